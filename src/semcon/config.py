@@ -1,0 +1,226 @@
+"""The run configuration: one validated pydantic model, loaded from YAML plus dotted ``key=value`` overrides.
+
+A run is fully described by its resolved config: ``semcon run RUN_DIR/config.yaml`` repeats it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Source = Literal["wiki", "gsm8k", "chatterbot", "mmlu", "humaneval", "jsonl"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as one line that names the file and the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSelection(Strict):
+    """One domain: rows of one source, optionally restricted to some of its categories."""
+
+    source: Source = Field(description="wiki | gsm8k | chatterbot | mmlu | humaneval | jsonl")
+    categories: list[str] | None = Field(None, description="keep only these categories (wiki topics, "
+                                         "chatterbot files, MMLU subjects)")
+    path: Path | None = Field(None, description="JSONL file with instruction, response[, category] (source=jsonl)")
+    name: str | None = Field(None, description="domain label in reports; derived from source and categories")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSelection:
+        if self.source == "jsonl" and self.path is None:
+            raise ValueError("source 'jsonl' needs 'path'")
+        if self.source != "jsonl" and self.path is not None:
+            raise ValueError(f"'path' only applies to source 'jsonl', not {self.source!r}")
+        return self
+
+    @property
+    def domain(self) -> str:
+        if self.name:
+            return self.name
+        if self.source == "jsonl":
+            return Path(self.path).stem
+        return self.source + (":" + "+".join(self.categories) if self.categories else "")
+
+
+class ClientConfig(Strict):
+    name: str = Field(description="unique client name; it names its adapter and its rows in every file")
+    model: str = Field("smollm2-135m", description="embedded name, Hugging Face id or local directory")
+    data: DataSelection | None = Field(None, description="this client's private domain (partition=category)")
+    num_examples: int | None = Field(None, gt=0, description="private examples (default data.examples_per_client)")
+
+
+class DataConfig(Strict):
+    partition: Literal["category", "iid", "dirichlet"] = Field(
+        "category", description="category: each client its own domain; iid/dirichlet: split the pooled domains")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (partition=dirichlet)")
+    examples_per_client: int = Field(64, gt=0, description="private training examples per client")
+    eval_per_domain: int = Field(16, ge=0, description="held-out evaluation examples per domain")
+    max_chars: int = Field(2000, gt=0, description="drop rows whose instruction+response is longer")
+
+
+class PublicConfig(Strict):
+    num_prompts: int = Field(32, gt=0, description="public prompts answered by every client each round")
+    path: Path | None = Field(None, description="JSONL of public prompts (instruction[, id]); default: "
+                              "held out from the clients' domains, responses dropped")
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names")
+
+
+class TrainConfig(Strict):
+    steps: int = Field(8, ge=0, description="optimizer steps per client per round")
+    batch_size: int = Field(8, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    max_length: int = Field(256, gt=8, description="tokens per example (prompt+response), longer ones truncated")
+    pseudo_label_weight: float = Field(1.0, ge=0, description="loss weight λ of pseudo-labelled examples")
+    lora: LoraConfig = LoraConfig()
+
+
+class GenerateConfig(Strict):
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(64, gt=0, description="prompts per batch (sorted by length)")
+
+
+class ConsensusConfig(Strict):
+    rule: Literal["medoid"] = Field("medoid", description="semantic medoid: argmax_i sum_j cos(e_i, e_j)")
+    threshold: float | None = Field(None, ge=-1, le=1,
+                                    description="τ: no pseudo-label when the best mean similarity is below it")
+    embedder: str = Field("all-minilm-l6-v2", description="sentence-transformers model (embedded name, id, dir)")
+    embed_batch_size: int = Field(64, gt=0)
+    max_answer_chars: int = Field(4000, gt=0, description="uploads with a longer answer are rejected")
+
+
+class EvalConfig(Strict):
+    before: bool = Field(True, description="also evaluate the base model before training")
+    batch_size: int = Field(8, gt=0)
+
+
+class RunConfig(Strict):
+    """Everything a run needs. Unknown keys are errors."""
+
+    name: str = "semcon"
+    seed: int = 0
+    rounds: int = Field(2, ge=0, description="consensus rounds after round 0 (private-only training)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Precision = Field("auto", description="dtype of the shared frozen base weights; auto: bf16 "
+                                 "where the CPU/GPU has native bf16, else fp32 (LoRA weights stay fp32)")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
+    clients: list[ClientConfig] = Field(min_length=1)
+    data: DataConfig = DataConfig()
+    public: PublicConfig = PublicConfig()
+    train: TrainConfig = TrainConfig()
+    generate: GenerateConfig = GenerateConfig()
+    consensus: ConsensusConfig = ConsensusConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        names = [c.name for c in self.clients]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"client names must be unique, repeated: {', '.join(dupes)}")
+        if self.data.partition == "category":
+            if missing := [c.name for c in self.clients if c.data is None]:
+                raise ValueError(f"partition=category needs 'data' for every client; missing for: {', '.join(missing)}")
+        elif all(c.data is None for c in self.clients):
+            raise ValueError("no client names a data selection, so there is nothing to partition")
+        return self
+
+    def dump(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    node: Any = tree
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {key!r}: {part!r} is not an index of a list of {len(node)}")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {'.'.join(parts[:i])!r} is not a section")
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings; values are parsed as YAML (numbers, lists, mappings)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {key!r}: value is not valid YAML ({e.problem})") from None
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _one_line(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{origin}: {loc}: {msg}{more}"
+
+
+def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    """Make relative data paths absolute against ``base`` and check that the files exist."""
+    selections = [(f"clients.{i}.data.path", c.data) for i, c in enumerate(cfg.clients) if c.data]
+    for key, sel in selections:
+        if sel.path is not None:
+            sel.path = (base / sel.path).resolve() if not sel.path.is_absolute() else sel.path
+            if not sel.path.is_file():
+                raise ConfigError(f"{key}: file not found: {sel.path}")
+    if cfg.public.path is not None:
+        p = cfg.public.path if cfg.public.path.is_absolute() else (base / cfg.public.path).resolve()
+        if not p.is_file():
+            raise ConfigError(f"public.path: file not found: {p}")
+        cfg.public.path = p
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                tree: dict | None = None) -> RunConfig:
+    """Load YAML (or a dict), apply overrides, validate. Raises ConfigError with one line."""
+    origin = "config"
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of keys")
+    tree = apply_overrides(dict(tree or {}), overrides or [])
+    try:
+        cfg = RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, origin)) from None
+    return resolve_paths(cfg, path.parent if path is not None else Path.cwd())

@@ -1,0 +1,186 @@
+"""Load causal LMs, format prompts with each model's own chat template, and hold clients' LoRA adapters.
+
+Clients that use the same base model share one copy of its frozen weights: each client is a named
+peft adapter on that copy, activated for its phase.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from semcon.assets import resolve_model
+from semcon.config import LoraConfig
+
+log = logging.getLogger(__name__)
+
+PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+@cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """bf16 where the hardware has it natively (``auto``), else fp32."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp32":
+        return torch.float32
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+    return torch.bfloat16 if native else torch.float32
+
+
+def load_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(spec))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(spec: str, dtype: torch.dtype, device: torch.device):
+    """A frozen base model in ``dtype`` on ``device`` (embedded name, local dir or hub id)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(spec), dtype=dtype)
+    model.requires_grad_(False)
+    return model.to(device).eval()
+
+
+class ChatFormat:
+    """Turns (instruction, response) into token ids with the model's own chat template.
+
+    Models without a chat template (base models such as Gemma-3-270M) get ``PLAIN_TEMPLATE`` and the
+    tokenizer's own special tokens (``<bos>``).
+    """
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def prompt_text(self, instruction: str) -> str:
+        if self.has_template:
+            msgs = [{"role": "user", "content": instruction}]
+            return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return PLAIN_TEMPLATE.format(instruction=instruction)
+
+    def response_text(self, instruction: str, response: str) -> str:
+        """What follows the prompt in a full conversation, end-of-turn marker included."""
+        if self.has_template:
+            msgs = [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}]
+            full = self.tok.apply_chat_template(msgs, tokenize=False)
+            prompt = self.prompt_text(instruction)
+            if full.startswith(prompt):
+                return full[len(prompt):]
+        return response + (self.tok.eos_token or "")
+
+    def prompt_ids(self, instruction: str) -> list[int]:
+        # Chat templates write their own special tokens; plain prompts need the tokenizer's (<bos>).
+        return self.tok(self.prompt_text(instruction), add_special_tokens=not self.has_template)["input_ids"]
+
+    def example_ids(self, instruction: str, response: str, max_length: int) -> tuple[list[int], list[int]]:
+        """Token ids and labels (prompt masked to -100), truncated to ``max_length``."""
+        prompt = self.prompt_ids(instruction)
+        answer = self.tok(self.response_text(instruction, response), add_special_tokens=False)["input_ids"]
+        prompt = prompt[-(max_length // 2):] if len(prompt) > max_length // 2 else prompt
+        ids = (prompt + answer)[:max_length]
+        labels = ([-100] * len(prompt) + answer)[:max_length]
+        return ids, labels
+
+    def eos_ids(self) -> set[int]:
+        ids = {self.tok.eos_token_id}
+        end = self.tok.convert_tokens_to_ids("<|im_end|>") if self.has_template else None
+        if isinstance(end, int) and end != self.tok.unk_token_id:
+            ids.add(end)
+        return {i for i in ids if i is not None}
+
+
+@dataclass
+class Backbone:
+    """One base model shared by all clients that use it; each client owns a named LoRA adapter on it."""
+
+    spec: str
+    tokenizer: object
+    model: torch.nn.Module  # a peft PeftModel once the first adapter exists
+    dtype: torch.dtype
+    device: torch.device
+
+    @classmethod
+    def load(cls, spec: str, dtype: torch.dtype, device: torch.device) -> Backbone:
+        return cls(spec, load_tokenizer(spec), load_causal_lm(spec, dtype, device), dtype, device)
+
+    @property
+    def fmt(self) -> ChatFormat:
+        return ChatFormat(self.tokenizer)
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(getattr(self.model, "peft_config", {}))
+
+    def add_adapter(self, name: str, lora: LoraConfig, seed: int) -> None:
+        """A fresh fp32 LoRA adapter named ``name`` (B=0, so it starts as the base model)."""
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                target_modules=lora.target_modules, task_type="CAUSAL_LM")
+        torch.manual_seed(seed)
+        if self.adapters:
+            self.model.add_adapter(name, config)
+        else:
+            self.model = get_peft_model(self.model, config, adapter_name=name, autocast_adapter_dtype=False)
+        for n, p in self.model.named_parameters():
+            if f".{name}." in n:
+                p.data = p.data.float()
+        self.model.to(self.device)
+
+    @contextmanager
+    def active(self, name: str | None):
+        """Run with the adapter ``name`` active, or with no adapter (the base model) for ``None``."""
+        if name is None:
+            if self.adapters:
+                with self.model.disable_adapter():
+                    yield self.model
+            else:
+                yield self.model
+            return
+        self.model.set_adapter(name)
+        yield self.model
+
+    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.model, adapter_name=name)
+
+    def load_adapter_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.model, state, adapter_name=name)
+
+    def save_adapter(self, name: str, directory: Path) -> Path:
+        """Save adapter ``name`` as ``directory/name`` (peft's layout for named adapters)."""
+        self.model.save_pretrained(str(directory), selected_adapters=[name])
+        return Path(directory) / name
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

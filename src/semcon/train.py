@@ -1,0 +1,167 @@
+"""LoRA supervised fine-tuning with the loss on response tokens only, built for small CPUs.
+
+The levers, in order of effect: the vocabulary projection runs only at response positions and in
+checkpointed chunks (the full ``[tokens, vocab]`` fp32 logits never exist), batches are grouped by
+length so padding costs little, and matmuls run in the base weights' dtype (bf16 where native).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from semcon.models import ChatFormat, trainable_parameters
+
+IGNORE = -100
+LOSS_CHUNK = 1024  # response positions per vocabulary-projection chunk
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    ids: list[int]
+    labels: list[int]
+    weight: float = 1.0
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    tokens: int
+    loss_first: float
+    loss_last: float
+    seconds: float
+
+
+def tokenize(fmt: ChatFormat, pairs: list[tuple[str, str, float]], max_length: int) -> list[TokenizedExample]:
+    """(instruction, response, weight) triples to token ids with prompt-masked labels."""
+    out = []
+    for instruction, response, weight in pairs:
+        ids, labels = fmt.example_ids(instruction, response, max_length)
+        if any(lab != IGNORE for lab in labels[1:]):
+            out.append(TokenizedExample(ids, labels, weight))
+    return out
+
+
+def length_grouped_batches(examples: list[TokenizedExample], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Indices grouped into batches of similar length (little padding), batches in random order."""
+    order = sorted(range(len(examples)), key=lambda i: (len(examples[i].ids), rng.random()))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[TokenizedExample], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-padded tensors: input_ids, attention_mask, labels (-100 on padding) and per-row weights."""
+    width = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        ids[row, :len(e.ids)] = torch.tensor(e.ids)
+        labels[row, :len(e.labels)] = torch.tensor(e.labels)
+        mask[row, :len(e.ids)] = 1
+    weights = torch.tensor([e.weight for e in examples], dtype=torch.float32)
+    return {k: v.to(device) for k, v in
+            dict(input_ids=ids, attention_mask=mask, labels=labels, weights=weights).items()}
+
+
+def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers CausalLM inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _chunk_nll(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None):
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def response_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token negative log-likelihood at response positions, and the row index of each token.
+
+    Runs the decoder once, then projects to the vocabulary only where a label exists, in chunks that
+    are recomputed in backward instead of stored.
+    """
+    lm = _causal_lm(model)
+    hidden = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              use_cache=False).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    where = targets != IGNORE
+    h, y = hidden[:, :-1][where], targets[where]
+    rows = where.nonzero()[:, 0]
+    head = lm.get_output_embeddings()
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    parts = []
+    for start in range(0, len(y), LOSS_CHUNK):
+        hc, yc = h[start:start + LOSS_CHUNK], y[start:start + LOSS_CHUNK]
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(_chunk_nll, hc, yc, head, softcap, use_reentrant=False))
+        else:
+            parts.append(_chunk_nll(hc, yc, head, softcap))
+    nll = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    return nll, rows
+
+
+def weighted_loss(nll: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Token-mean loss where every token carries its example's weight (λ for pseudo-labels)."""
+    w = weights[rows]
+    return (nll * w).sum() / w.sum().clamp_min(1e-8)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast when the base weights are bf16, so fp32 LoRA matmuls also run in bf16."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def train_lora(model: torch.nn.Module, fmt: ChatFormat, examples: list[TokenizedExample], *, steps: int,
+               batch_size: int, lr: float, seed: int, device: torch.device, dtype: torch.dtype,
+               on_step=None) -> TrainStats:
+    """``steps`` AdamW steps on the active adapter over length-grouped batches of ``examples``."""
+    import time
+
+    start = time.perf_counter()
+    rng = random.Random(seed)
+    params = trainable_parameters(model)
+    if steps == 0 or not examples or not params:
+        return TrainStats(0, 0, math.nan, math.nan, 0.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    model.train()
+    batches: list[list[int]] = []
+    losses, tokens = [], 0
+    for step in range(steps):
+        if not batches:
+            batches = length_grouped_batches(examples, batch_size, rng)
+        batch = collate([examples[i] for i in batches.pop()], fmt.tok.pad_token_id, device)
+        with autocast(device, dtype):
+            nll, rows = response_nll(model, batch)
+            loss = weighted_loss(nll, rows, batch["weights"])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        tokens += int(batch["attention_mask"].sum())
+        if on_step:
+            on_step(step, losses[-1])
+    model.eval()
+    return TrainStats(steps, tokens, losses[0], losses[-1], time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def mean_nll(model: torch.nn.Module, fmt: ChatFormat, examples: list[TokenizedExample], *, batch_size: int,
+             device: torch.device, dtype: torch.dtype) -> float:
+    """Teacher-forced mean NLL per response token (exp of it is the perplexity)."""
+    total, count = 0.0, 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
+    for start in range(0, len(order), batch_size):
+        batch = collate([examples[i] for i in order[start:start + batch_size]], fmt.tok.pad_token_id, device)
+        with autocast(device, dtype):
+            nll, _ = response_nll(model, batch)
+        total += float(nll.sum())
+        count += nll.numel()
+    return total / max(count, 1)

@@ -1,0 +1,284 @@
+"""Tests of semcon.data: JSONL validation, the embedded sources, and deterministic disjoint splits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from semcon.config import DataSelection, load_config
+from semcon.data import DataError, Example, Prompt, build_splits, load_selection, read_jsonl, read_prompts
+
+BIG = 10**9  # max_chars that keeps every row
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    """Write rows (objects, or raw strings written as they are) one per line."""
+    lines = (r if isinstance(r, str) else json.dumps(r) for r in rows)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def qa_rows(n: int, tag: str, category: str | None = None) -> list[dict]:
+    """``n`` distinct instruction/response rows."""
+    rows = [{"instruction": f"{tag} question {i}?", "response": f"{tag} answer {i}."} for i in range(n)]
+    if category:
+        for r in rows:
+            r["category"] = category
+    return rows
+
+
+def config(clients: list[dict], partition: str = "category", seed: int = 0, **sections):
+    """A RunConfig from a dict, as a user's YAML would give it."""
+    tree = {"seed": seed, "clients": clients, "data": {"partition": partition, "examples_per_client": 20,
+                                                        "eval_per_domain": 8, **sections.pop("data", {})},
+            "public": {"num_prompts": 12, **sections.pop("public", {})}, **sections}
+    return load_config(tree=tree)
+
+
+def instructions(examples) -> list[str]:
+    return [e.instruction for e in examples]
+
+
+def assert_disjoint(splits) -> None:
+    """No instruction is in two of: any client's private set, the public set, any eval set."""
+    groups = {f"private:{c}": instructions(e) for c, e in splits.private.items()}
+    groups["public"] = instructions(splits.public)
+    groups |= {f"eval:{d}": instructions(e) for d, e in splits.eval.items()}
+    owner: dict[str, str] = {}
+    for name, texts in groups.items():
+        assert len(set(texts)) == len(texts), f"repeated instruction inside {name}"
+        for t in texts:
+            assert t not in owner, f"{t[:60]!r} is in {owner[t]} and {name}"
+            owner[t] = name
+    ids = [e.id for es in [*splits.private.values(), *splits.eval.values()] for e in es]
+    assert len(set(ids)) == len(ids)
+
+
+def fingerprint(splits) -> tuple:
+    """Everything that identifies a split, for equality checks."""
+    return (
+        {c: [e.id for e in es] for c, es in splits.private.items()},
+        [(p.id, p.instruction) for p in splits.public],
+        {d: [e.id for e in es] for d, es in splits.eval.items()},
+        splits.client_domain,
+    )
+
+
+# ---------------------------------------------------------------- JSONL
+
+
+@pytest.mark.parametrize(("lines", "bad_line", "reason"), [
+    (['{"instruction": "a", "response": "b"}', '{"instruction": "c", "response": '], 2, "invalid JSON"),
+    (['["a", "b"]'], 1, "expected a JSON object, got list"),
+    (['{"instruction": "a", "response": "b"}', "", '{"response": "b"}'], 3, "missing 'instruction'"),
+    (['{"instruction": "a"}'], 1, "missing 'response'"),
+    (['{"instruction": "a", "response": "  "}'], 1, "'response' is empty"),
+    (['{"instruction": "", "response": "b"}'], 1, "'instruction' is empty"),
+    (['{"instruction": 3, "response": "b"}'], 1, "'instruction' must be a string, got int"),
+    (['{"instruction": "a", "response": "b", "category": 7}'], 1, "'category' must be a string"),
+])
+def test_read_jsonl_errors_name_file_and_line(tmp_path, lines, bad_line, reason):
+    path = write_jsonl(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(DataError) as err:
+        read_jsonl(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:{bad_line}: ") and reason in msg
+    assert "\n" not in msg
+
+
+def test_read_jsonl_missing_file(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_jsonl_with_and_without_category(tmp_path):
+    path = write_jsonl(tmp_path / "mine.jsonl", [
+        {"instruction": "Q1", "response": "A1", "category": "cats"},
+        {"instruction": "Q2", "response": "A2"},
+        "",
+        {"instruction": "Q1", "response": "repeated instruction, dropped"},
+        {"instruction": "Q3", "response": "A3", "category": None, "extra": 1},
+    ])
+    assert len(read_jsonl(path)) == 4
+    examples = load_selection(DataSelection(source="jsonl", path=path), BIG)
+    assert [(e.id, e.category) for e in examples] == [("mine:1", "cats"), ("mine:2", "default"),
+                                                       ("mine:5", "default")]
+    assert all(e.domain == "mine" for e in examples)
+    cats = load_selection(DataSelection(source="jsonl", path=path, categories=["cats"]), BIG)
+    assert [e.response for e in cats] == ["A1"]
+
+
+def test_read_jsonl_sees_edits(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", qa_rows(2, "x"))
+    assert len(read_jsonl(path)) == 2
+    write_jsonl(path, qa_rows(3, "x"))
+    assert len(read_jsonl(path)) == 3
+
+
+def test_read_prompts(tmp_path):
+    rows = [{"instruction": "Hi?"}, {"instruction": "Yo?", "id": "custom"}, {"instruction": "Hi?"},
+            {"instruction": "Why?"}]
+    path = write_jsonl(tmp_path / "pub.jsonl", rows)
+    assert read_prompts(path) == [Prompt("p0000", "Hi?", "public"), Prompt("custom", "Yo?", "public"),
+                                  Prompt("p0002", "Why?", "public")]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "a"}, {"id": "x"}])
+    with pytest.raises(DataError, match=rf"^{bad}:2: missing 'instruction'"):
+        read_prompts(bad)
+
+
+# ---------------------------------------------------------------- embedded sources
+
+
+@pytest.mark.parametrize(("source", "low", "high", "n_categories"), [
+    ("gsm8k", 1319, 1319, 1),
+    ("humaneval", 164, 164, 1),
+    ("wiki", 10_000, 10_033, 12),
+    ("mmlu", 13_900, 14_042, 57),
+    ("chatterbot", 700, 2_026, 21),  # most tech_support pairs repeat an instruction
+])
+def test_embedded_source_sizes(source, low, high, n_categories):
+    examples = load_selection(DataSelection(source=source), BIG)
+    assert low <= len(examples) <= high
+    assert len({e.category for e in examples}) == n_categories
+    assert len({e.id for e in examples}) == len(examples)
+    assert len({e.instruction for e in examples}) == len(examples)
+    assert all(e.instruction.strip() and e.response.strip() and e.domain == source for e in examples)
+
+
+def test_embedded_formats():
+    wiki = load_selection(DataSelection(source="wiki", categories=["Geography"]), BIG)
+    assert wiki[0].instruction.startswith("Tell me about ") and wiki[0].id.startswith("wiki:Geography:")
+    mmlu = load_selection(DataSelection(source="mmlu", categories=["astronomy"]), BIG)
+    e = mmlu[0]
+    assert e.instruction.endswith("\nAnswer with the letter of the correct option.")
+    letter = e.response[0]
+    assert letter in "ABCD" and e.response.startswith(f"{letter}. ")
+    assert f"\n{letter}. {e.response[3:]}\n" in e.instruction
+    code = load_selection(DataSelection(source="humaneval"), BIG)[0]
+    assert code.instruction.startswith("Complete this Python function:\n") and code.category == "code"
+
+
+def test_category_filter_and_unknown_category():
+    geo = load_selection(DataSelection(source="wiki", categories=["Geography", "Mathematics"]), BIG)
+    assert {e.category for e in geo} == {"Geography", "Mathematics"}
+    assert 1300 < len(geo) < 1400
+    assert {e.domain for e in geo} == {"wiki:Geography+Mathematics"}
+    with pytest.raises(DataError) as err:
+        load_selection(DataSelection(source="wiki", categories=["Geography", "Astrology"]), BIG)
+    msg = str(err.value)
+    assert "'wiki'" in msg and "'Astrology'" in msg
+    assert "available: Arts, Biology and health sciences, Everyday life, Geography" in msg
+
+
+def test_max_chars_drops_long_rows():
+    short = load_selection(DataSelection(source="gsm8k"), 400)
+    assert 0 < len(short) < 1319
+    assert all(len(e.instruction) + len(e.response) <= 400 for e in short)
+    with pytest.raises(DataError, match="max_chars=10"):
+        load_selection(DataSelection(source="gsm8k"), 10)
+
+
+# ---------------------------------------------------------------- splits
+
+CLIENTS = {
+    "category": [{"name": "geo", "data": {"source": "wiki", "categories": ["Geography"]}},
+                 {"name": "math", "data": {"source": "gsm8k"}},
+                 {"name": "math2", "data": {"source": "gsm8k"}, "num_examples": 7},
+                 {"name": "code", "data": {"source": "humaneval"}}],
+    "iid": [{"name": "a", "data": {"source": "gsm8k"}}, {"name": "b", "data": {"source": "humaneval"}},
+            {"name": "c"}],
+    "dirichlet": [{"name": "a", "data": {"source": "wiki", "categories": ["Mathematics", "History"]}},
+                  {"name": "b", "data": {"source": "chatterbot"}}, {"name": "c", "num_examples": 5}],
+}
+
+
+@pytest.mark.parametrize("partition", list(CLIENTS))
+def test_splits_are_deterministic_and_disjoint(partition):
+    clients = CLIENTS[partition]
+    first = build_splits(config(clients, partition, seed=3))
+    assert_disjoint(first)
+    assert fingerprint(build_splits(config(clients, partition, seed=3))) == fingerprint(first)
+    other = build_splits(config(clients, partition, seed=4))
+    assert_disjoint(other)
+    assert fingerprint(other) != fingerprint(first)
+
+
+@pytest.mark.parametrize("partition", list(CLIENTS))
+def test_split_counts_match_config(partition):
+    cfg = config(CLIENTS[partition], partition)
+    splits = build_splits(cfg)
+    assert {c: len(e) for c, e in splits.private.items()} == {
+        c.name: c.num_examples or 20 for c in cfg.clients}
+    assert [p.id for p in splits.public] == [f"p{i:04d}" for i in range(12)]
+    domains = sorted({c.data.domain for c in cfg.clients if c.data})
+    assert sorted(splits.eval) == domains
+    assert all(len(e) == 8 for e in splits.eval.values())
+    assert {p.domain for p in splits.public} == set(domains)  # round-robin over every domain
+    for d, examples in splits.eval.items():
+        assert all(e.domain == d for e in examples)
+    expected = {c.name: c.data.domain for c in cfg.clients} if partition == "category" else \
+        dict.fromkeys((c.name for c in cfg.clients), "mixed")
+    assert splits.client_domain == expected
+    if partition == "category":
+        for c in cfg.clients:
+            assert all(e.domain == c.data.domain for e in splits.private[c.name])
+
+
+def test_iid_mixes_domains():
+    splits = build_splits(config(CLIENTS["iid"], "iid", data={"examples_per_client": 60}))
+    for examples in splits.private.values():
+        assert {e.domain for e in examples} == {"gsm8k", "humaneval"}
+
+
+def test_running_out_of_data_names_the_client():
+    # humaneval has 164 rows: 8 eval + 6 public leave 150 private
+    clients = [{"name": "coder", "data": {"source": "humaneval"}, "num_examples": 100},
+               {"name": "greedy", "data": {"source": "humaneval"}, "num_examples": 60},
+               {"name": "math", "data": {"source": "gsm8k"}}]
+    with pytest.raises(DataError) as err:
+        build_splits(config(clients, data={"max_chars": BIG}))
+    msg = str(err.value)
+    assert "'greedy'" in msg and "'humaneval'" in msg and "50 private rows left" in msg
+    # iid, one domain: 8 eval + 12 public leave 144
+    clients = [{"name": "a", "data": {"source": "humaneval"}, "num_examples": 144}, {"name": "b"}]
+    with pytest.raises(DataError, match="'b'.*humaneval.*has 0 private rows left"):
+        build_splits(config(clients, "iid", data={"max_chars": BIG}))
+
+
+def test_public_file_prompts_are_kept_out_of_private_and_eval(tmp_path):
+    gsm = load_selection(DataSelection(source="gsm8k"), BIG)
+    mine = write_jsonl(tmp_path / "mine.jsonl", qa_rows(40, "mine"))
+    public = write_jsonl(tmp_path / "pub.jsonl", [{"instruction": e.instruction} for e in gsm[:300]]
+                         + [{"instruction": "mine question 3?"}])
+    clients = [{"name": "m", "data": {"source": "gsm8k"}},
+               {"name": "j", "data": {"source": "jsonl", "path": str(mine)}}]
+    splits = build_splits(config(clients, public={"path": str(public), "num_prompts": 301}))
+    assert len(splits.public) == 301 and splits.public[-1].instruction == "mine question 3?"
+    assert_disjoint(splits)
+    assert {p.domain for p in splits.public} == {"public"}
+
+
+def test_clients_sharing_a_domain_get_disjoint_slices():
+    clients = [{"name": f"c{i}", "data": {"source": "gsm8k"}} for i in range(3)]
+    splits = build_splits(config(clients))
+    assert_disjoint(splits)
+    assert sorted(splits.eval) == ["gsm8k"]
+
+
+def test_two_domains_with_one_label_is_an_error(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", qa_rows(50, "a"))
+    b = write_jsonl(tmp_path / "b.jsonl", qa_rows(50, "b"))
+    clients = [{"name": "x", "data": {"source": "jsonl", "path": str(a), "name": "same"}},
+               {"name": "y", "data": {"source": "jsonl", "path": str(b), "name": "same"}}]
+    with pytest.raises(DataError, match="'x' and 'y'.*'same'"):
+        build_splits(config(clients))
+
+
+def test_overlapping_selections_stay_disjoint():
+    clients = [{"name": "all", "data": {"source": "wiki", "categories": ["Mathematics", "History"]}},
+               {"name": "maths", "data": {"source": "wiki", "categories": ["Mathematics"]}}]
+    splits = build_splits(config(clients))
+    assert_disjoint(splits)
+    assert isinstance(splits.private["maths"][0], Example)

@@ -1,0 +1,63 @@
+import pytest
+
+from semcon.protocol import Download, ProtocolError, Upload, decode, encode, raw_bytes, validate_upload
+
+IDS = {"p0000", "p0001"}
+
+
+def upload(**kw):
+    base = dict(round=1, client="a", answers={"p0000": "Paris is the capital.", "p0001": "Zürich ∑ 42"})
+    base.update(kw)
+    return Upload(**base)
+
+
+def check(msg, **kw):
+    args = dict(client="a", round=1, prompt_ids=IDS, max_chars=100)
+    args.update(kw)
+    return validate_upload(msg, **args)
+
+
+def test_round_trip_and_byte_counts():
+    for msg in (upload(), Download(round=3, labels={"p0000": "x" * 500, "p0001": "ü"})):
+        payload = encode(msg)
+        assert decode(payload) == msg
+        assert isinstance(payload, bytes)
+    up = upload()
+    assert raw_bytes(up) == len("Paris is the capital.".encode()) + len("Zürich ∑ 42".encode())
+    long = Download(round=1, labels={f"p{i:04d}": "the same sentence again. " * 20 for i in range(50)})
+    assert len(encode(long)) < raw_bytes(long) / 5  # zstd compresses repetitive text
+
+
+def test_valid_upload_has_no_problems():
+    assert check(upload()) == []
+
+
+@pytest.mark.parametrize("msg, kw, needle", [
+    (upload(round=2), {}, "round 2 instead of 1"),
+    (upload(client="b"), {}, "claims to be client 'b'"),
+    (upload(answers={"p0000": "x", "p0001": "y", "p9999": "z"}), {}, "unknown prompt ids p9999"),
+    (upload(answers={"p0000": "x"}), {}, "missing 1 prompt ids"),
+    (upload(answers={"p0000": 7, "p0001": "y"}), {}, "answer to p0000 is int"),
+    (upload(answers={"p0000": "x" * 101, "p0001": "y"}), {}, "101 characters"),
+    (upload(answers={"p0000": " ", "p0001": ""}), {}, "every answer is empty"),
+    (upload(answers=["x", "y"]), {}, "not a mapping"),
+    (Download(round=1, labels={}), {}, "expected an upload"),
+])
+def test_every_kind_of_invalid_upload(msg, kw, needle):
+    problems = check(msg, **kw)
+    assert any(needle in p for p in problems), problems
+
+
+@pytest.mark.parametrize("payload", [b"", b"garbage", encode(upload())[:-5]])
+def test_garbage_bytes_raise_protocol_error(payload):
+    with pytest.raises(ProtocolError):
+        decode(payload)
+
+
+def test_wrong_shape_message_raises_protocol_error():
+    import msgpack
+    import zstandard
+
+    payload = zstandard.ZstdCompressor().compress(msgpack.packb({"v": 1, "kind": "upload", "round": 1}))
+    with pytest.raises(ProtocolError, match="lacks field"):
+        decode(payload)
