@@ -19,6 +19,11 @@ console = Console()
 err = Console(stderr=True)
 
 
+@app.callback()
+def _root() -> None:
+    """semcon: federated fine-tuning of LLMs by semantic consensus."""
+
+
 def fail(message: str) -> None:
     """One line on stderr and exit code 2: the user's input is wrong, not the program."""
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

@@ -45,7 +45,7 @@ class Client:
         with self.backbone.active(self.name) as model:
             return train_lora(model, self.fmt, examples, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
                               seed=self.seed(round), device=self.backbone.device, dtype=self.backbone.dtype,
-                              on_step=on_step)
+                              micro_batch_tokens=t.micro_batch_tokens, on_step=on_step)
 
     def answer(self, round: int, prompts: list[Prompt], on_batch=None) -> Upload:
         """Greedy answers to every public prompt, as text."""

@@ -151,6 +151,11 @@ class Backbone:
         for n, p in self.model.named_parameters():
             if f".{name}." in n:
                 p.data = p.data.float()
+        # Every forward runs under autocast in the base dtype, so peft's cast of each layer input to the
+        # fp32 adapter dtype would only add a copy per layer.
+        for module in self.model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
         self.model.to(self.device)
 
     @contextmanager

@@ -55,6 +55,18 @@ def length_grouped_batches(examples: list[TokenizedExample], batch_size: int, rn
     return batches
 
 
+def micro_batches(rows: list[TokenizedExample], max_tokens: int) -> list[list[TokenizedExample]]:
+    """Split a batch so that each piece pads to at most ``max_tokens`` (at least one row per piece)."""
+    rows = sorted(rows, key=lambda e: len(e.ids))
+    out, current = [], []
+    for e in rows:
+        if current and (len(current) + 1) * len(e.ids) > max_tokens:
+            out.append(current)
+            current = []
+        current.append(e)
+    return out + [current] if current else out
+
+
 def collate(examples: list[TokenizedExample], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Right-padded tensors: input_ids, attention_mask, labels (-100 on padding) and per-row weights."""
     width = max(len(e.ids) for e in examples)
@@ -108,12 +120,6 @@ def response_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tupl
     return nll, rows
 
 
-def weighted_loss(nll: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Token-mean loss where every token carries its example's weight (λ for pseudo-labels)."""
-    w = weights[rows]
-    return (nll * w).sum() / w.sum().clamp_min(1e-8)
-
-
 def autocast(device: torch.device, dtype: torch.dtype):
     """bf16 autocast when the base weights are bf16, so fp32 LoRA matmuls also run in bf16."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -121,7 +127,7 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 def train_lora(model: torch.nn.Module, fmt: ChatFormat, examples: list[TokenizedExample], *, steps: int,
                batch_size: int, lr: float, seed: int, device: torch.device, dtype: torch.dtype,
-               on_step=None) -> TrainStats:
+               micro_batch_tokens: int = 1024, on_step=None) -> TrainStats:
     """``steps`` AdamW steps on the active adapter over length-grouped batches of ``examples``."""
     import time
 
@@ -137,17 +143,23 @@ def train_lora(model: torch.nn.Module, fmt: ChatFormat, examples: list[Tokenized
     for step in range(steps):
         if not batches:
             batches = length_grouped_batches(examples, batch_size, rng)
-        batch = collate([examples[i] for i in batches.pop()], fmt.tok.pad_token_id, device)
-        with autocast(device, dtype):
-            nll, rows = response_nll(model, batch)
-            loss = weighted_loss(nll, rows, batch["weights"])
-        loss.backward()
+        rows = [examples[i] for i in batches.pop()]
+        # Token-mean over the whole batch, accumulated over micro-batches that bound activation memory.
+        denom = sum(e.weight * sum(lab != IGNORE for lab in e.labels[1:]) for e in rows)
+        total = 0.0
+        for micro in micro_batches(rows, micro_batch_tokens):
+            batch = collate(micro, fmt.tok.pad_token_id, device)
+            with autocast(device, dtype):
+                nll, where = response_nll(model, batch)
+                loss = (nll * batch["weights"][where]).sum() / max(denom, 1e-8)
+            loss.backward()
+            total += loss.item()
+            tokens += int(batch["attention_mask"].sum())
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        tokens += int(batch["attention_mask"].sum())
+        losses.append(total)
         if on_step:
-            on_step(step, losses[-1])
+            on_step(step, total)
     model.eval()
     return TrainStats(steps, tokens, losses[0], losses[-1], time.perf_counter() - start)
 
