@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 
 from semcon.models import ChatFormat
@@ -32,21 +33,50 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple
     return ids.to(device), mask.to(device)
 
 
+def _next_tokens(model: torch.nn.Module, **inputs) -> torch.Tensor:
+    """Greedy next token per row. The vocabulary projection runs on the last position only, as a 2-D
+    matmul (a sliced 3-D input makes ``nn.Linear`` copy the head weight once per row)."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = lm.get_decoder()(**inputs, use_cache=True).last_hidden_state[:, -1].contiguous()
+    return lm.get_output_embeddings()(hidden).argmax(-1)  # softcapping (Gemma) is monotonic: same argmax
+
+
+def _prefill(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, device: torch.device,
+             group: int) -> tuple[torch.Tensor, torch.Tensor, DynamicCache]:
+    """Run the prompts in groups of similar length (little padding), then merge the groups' KV caches
+    into one left-padded cache. Returns first tokens, attention mask and the cache."""
+    width = max(len(p) for p in prompts)
+    firsts, layers = [], []
+    for start in range(0, len(prompts), group):
+        ids, mask = _left_pad(prompts[start:start + group], pad_id, device)
+        cache = DynamicCache(config=_causal_config(model))
+        firsts.append(_next_tokens(model, input_ids=ids, attention_mask=mask,
+                                   position_ids=(mask.cumsum(-1) - 1).clamp_min(0), past_key_values=cache))
+        pad = width - ids.shape[1]
+        layers.append([(F.pad(layer.keys, (0, 0, pad, 0)), F.pad(layer.values, (0, 0, pad, 0)))
+                       for layer in cache.layers])
+    merged = DynamicCache(config=_causal_config(model))
+    for i in range(len(layers[0])):
+        merged.update(torch.cat([g[i][0] for g in layers]), torch.cat([g[i][1] for g in layers]), i)
+    _, mask = _left_pad(prompts, pad_id, device)
+    return torch.cat(firsts), mask, merged
+
+
+def _causal_config(model: torch.nn.Module):
+    return (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+
+
 @torch.inference_mode()
 def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set[int],
-                 pad_id: int, device: torch.device, dtype: torch.dtype) -> list[list[int]]:
-    """Greedy continuation of each prompt (token ids), stopping rows at an EOS id or the cap."""
-    ids, mask = _left_pad(prompts, pad_id, device)
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    cache = DynamicCache()
+                 pad_id: int, device: torch.device, dtype: torch.dtype, prefill_group: int = 16) -> list[list[int]]:
+    """Greedy continuation of each prompt (token ids, longest first), stopping rows at EOS or the cap."""
     alive = torch.arange(len(prompts), device=device)  # original row of each row still in the batch
     outputs: list[list[int]] = [[] for _ in prompts]
     eos = torch.tensor(sorted(eos_ids), device=device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        next_ids, mask, cache = _prefill(model, prompts, pad_id, device, prefill_group)
+        positions = mask.sum(-1, keepdim=True) - 1
         for step in range(max_new_tokens):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                           use_cache=True, logits_to_keep=1).logits[:, -1]
-            next_ids = logits.argmax(-1)
             done = torch.isin(next_ids, eos)
             for row, tok, stop in zip(alive.tolist(), next_ids.tolist(), done.tolist()):
                 if not stop:
@@ -58,11 +88,11 @@ def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_new_to
                 if len(keep) == 0:
                     break
                 cache.batch_select_indices(keep)
-                alive, next_ids, mask = alive[keep], next_ids[keep], mask[keep]
-                positions = positions[keep]
-            ids = next_ids[:, None]
+                alive, next_ids, mask, positions = alive[keep], next_ids[keep], mask[keep], positions[keep]
             mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
-            positions = positions[:, -1:] + 1
+            positions = positions + 1
+            next_ids = _next_tokens(model, input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
+                                    past_key_values=cache)
     return outputs
 
 

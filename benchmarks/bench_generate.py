@@ -1,0 +1,92 @@
+"""semcon's batched greedy generation against a per-prompt ``model.generate`` loop (SmolLM2-135M).
+
+Both sides answer the same 64 public prompts from the demo's three domains (answers of very different
+lengths) with the chat template and ``max_new_tokens``. Useful tokens are those up to EOS. Prints one
+JSON line: tokens/s of each, ``speedup`` (target >= 15) and ``fraction_of_peak``: semcon's rate over the
+compute-bound rate (measured matmul GFLOP/s in semcon's dtype / (2 x parameters)).
+
+    python benchmarks/bench_generate.py [--prompts 64] [--max-new-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+
+def prompts(n: int) -> list[str]:
+    from semcon.config import load_config
+    from semcon.data import build_splits
+
+    cfg = load_config("configs/demo.yaml", [f"public.num_prompts={n}"])
+    return [p.instruction for p in build_splits(cfg).public]
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=64)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    from semcon.generate import generate
+    from semcon.models import Backbone, load_causal_lm, pick_dtype
+
+    device = torch.device("cpu")
+    texts = prompts(args.prompts)
+    dtype = pick_dtype("auto", device)
+    bb = Backbone.load("smollm2-135m", dtype, device)
+    fmt = bb.fmt
+
+    generate(bb.model, fmt, texts[:4], max_new_tokens=4, batch_size=4, device=device, dtype=dtype)  # warm-up
+    start = time.perf_counter()
+    ours = generate(bb.model, fmt, texts, max_new_tokens=args.max_new_tokens, batch_size=args.batch,
+                    device=device, dtype=dtype)
+    ours_s = time.perf_counter() - start
+    ours_tokens = sum(len(g.tokens) for g in ours)
+    del bb
+
+    plain = load_causal_lm("smollm2-135m", torch.float32, device)
+    eos = sorted(fmt.eos_ids())
+    tokens, plain_s = 0, 0.0
+    with torch.inference_mode():
+        for i, text in enumerate(texts):
+            ids = torch.tensor([fmt.prompt_ids(text)])
+            start = time.perf_counter()
+            out = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
+                                 do_sample=False, eos_token_id=eos, pad_token_id=fmt.tok.pad_token_id)
+            plain_s += time.perf_counter() - start
+            new = out[0, ids.shape[1]:].tolist()
+            tokens += next((k for k, t in enumerate(new) if t in eos), len(new))
+            print(f"\rper-prompt loop {i + 1}/{len(texts)}", end="", file=sys.stderr)
+    print(file=sys.stderr)
+
+    params = sum(p.numel() for p in plain.parameters())
+    peak = matmul_gflops(dtype) * 1e9 / (2 * params)
+    ours_rate, plain_rate = ours_tokens / ours_s, tokens / plain_s
+    lengths = sorted(len(g.tokens) for g in ours)
+    print(json.dumps({
+        "bench": "generate", "prompts": len(texts), "max_new_tokens": args.max_new_tokens,
+        "dtype": str(dtype).removeprefix("torch."), "batch": args.batch,
+        "answer_tokens_min_median_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],
+        "loop_tokens_per_s": round(plain_rate, 1), "semcon_tokens_per_s": round(ours_rate, 1),
+        "speedup": round(ours_rate / plain_rate, 2),
+        "peak_tokens_per_s": round(peak, 1), "fraction_of_peak": round(ours_rate / peak, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
