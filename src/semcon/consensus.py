@@ -32,13 +32,12 @@ def semantic_medoid(emb: np.ndarray, valid: np.ndarray | None = None, threshold:
     valid = np.ones((p, n), dtype=bool) if valid is None else valid.astype(bool)
     if n == 0:  # every upload was rejected
         return Consensus(np.full(p, -1), np.full(p, np.nan), np.zeros(p, dtype=int))
-    e = np.where(valid[..., None], emb, 0.0).astype(np.float64)
+    e = emb if valid.all() else np.where(valid[..., None], emb, 0)
     total = e.sum(axis=1)  # [P, D]
-    # Σ_j e_i·e_j over valid j, minus the self term 1 so the score is the similarity to the others.
-    scores = np.einsum("pnd,pd->pn", e, total) - (e * e).sum(-1)
+    # Σ_j e_i·e_j over valid j, minus the self term e_i·e_i: the similarity to the others.
+    scores = np.matmul(e, total[..., None])[..., 0] - np.einsum("pnd,pnd->pn", e, e)
     scores = np.where(valid, scores, -np.inf)
-    # Round away float noise so exactly tied answers (identical texts) resolve to the lowest index.
-    choice = np.argmax(np.round(scores, 9), axis=1)
+    choice = np.argmax(scores, axis=1)  # identical answers score identically: the lowest index wins
     count = valid.sum(axis=1)
     best = scores[np.arange(p), choice]
     with np.errstate(invalid="ignore", divide="ignore"):
