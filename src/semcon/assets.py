@@ -73,7 +73,11 @@ def gguf_file(model: EmbeddedModel) -> Path:
         raise FileNotFoundError(f"embedded model {model.name!r} is not installed: {model.install}") from e
     if len(parts) == 1:
         return parts[0]
-    out = cache_dir() / "gguf" / f"{model.name}.gguf"
+    return join_parts(parts, cache_dir() / "gguf" / f"{model.name}.gguf", model.sha256)
+
+
+def join_parts(parts: list[Path], out: Path, sha256: str | None) -> Path:
+    """Concatenate ``parts`` into ``out`` once, checking the sha256 of the result; reuses a complete file."""
     if out.exists() and out.stat().st_size == sum(p.stat().st_size for p in parts):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,9 +88,9 @@ def gguf_file(model: EmbeddedModel) -> Path:
                 while block := r.read(1 << 22):
                     w.write(block)
                     digest.update(block)
-    if model.sha256 and digest.hexdigest() != model.sha256:
+    if sha256 and digest.hexdigest() != sha256:
         tmp.unlink()
-        raise ValueError(f"checksum mismatch joining {model.name}: got {digest.hexdigest()}")
+        raise ValueError(f"checksum mismatch joining {out.name}: got {digest.hexdigest()}, expected {sha256}")
     os.replace(tmp, out)
     return out
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+TIE_TOLERANCE = 1e-5  # per answer summed over
+
+
 @dataclass(frozen=True)
 class Consensus:
     choice: np.ndarray  # [P] chosen client index per prompt, -1 where no pseudo-label is given
@@ -37,7 +40,9 @@ def semantic_medoid(emb: np.ndarray, valid: np.ndarray | None = None, threshold:
     # Σ_j e_i·e_j over valid j, minus the self term e_i·e_i: the similarity to the others.
     scores = np.matmul(e, total[..., None])[..., 0] - np.einsum("pnd,pnd->pn", e, e)
     scores = np.where(valid, scores, -np.inf)
-    choice = np.argmax(scores, axis=1)  # identical answers score identically: the lowest index wins
+    # Ties (within float32 rounding, as for identical texts) go to the lowest index.
+    best = scores.max(axis=1, keepdims=True)
+    choice = np.argmax(scores >= best - TIE_TOLERANCE * max(n, 1), axis=1)
     count = valid.sum(axis=1)
     best = scores[np.arange(p), choice]
     with np.errstate(invalid="ignore", divide="ignore"):

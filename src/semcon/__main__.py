@@ -1,0 +1,3 @@
+from semcon.cli import main
+
+main()

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from semcon.config import ConfigError, RunConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_yaml_loads_and_says_how_to_run_it(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    assert path.read_text().startswith("# "), "every shipped YAML starts with a comment giving its command"
+
+
+def test_public_override_keys():
+    cfg = load_config(ROOT / "configs/demo.yaml", [
+        "rounds=3", "seed=7", "public.num_prompts=5", "generate.max_new_tokens=12", "train.steps=1",
+        "clients=[{name: a, model: smollm2-135m, data: {source: gsm8k}}]", "clients.0.data.source=wiki",
+    ])
+    assert (cfg.rounds, cfg.seed, cfg.public.num_prompts, cfg.generate.max_new_tokens, cfg.train.steps) == (3, 7, 5, 12, 1)
+    assert [c.name for c in cfg.clients] == ["a"] and cfg.clients[0].data.source == "wiki"
+
+
+@pytest.mark.parametrize("override, needle", [
+    (["train.stepz=3"], "train.stepz: unknown key"),
+    (["rounds=many"], "rounds: Input should be a valid integer"),
+    (["public.num_prompts=0"], "public.num_prompts: Input should be greater than 0"),
+    (["clients.5.name=x"], "not an index"),
+    (["noequals"], "not key=value"),
+    (["clients.0.data.source=nope"], "clients.0.data.source"),
+    (["clients.1.name=geography"], "client names must be unique"),
+    (["clients.0.data.path=x.jsonl"], "'path' only applies to source 'jsonl'"),
+])
+def test_bad_overrides_give_one_line_naming_the_key(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(ROOT / "configs/demo.yaml", override)
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rounds: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+ invalid YAML"):
+        load_config(bad)
+    missing_data = tmp_path / "m.yaml"
+    missing_data.write_text(yaml.safe_dump({"clients": [{"name": "a", "data": {"source": "jsonl", "path": "no.jsonl"}}]}))
+    with pytest.raises(ConfigError, match=r"clients.0.data.path: file not found"):
+        load_config(missing_data)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs/demo.yaml", ["seed=3"])
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.dump())
+    assert load_config(path) == cfg

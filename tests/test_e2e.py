@@ -1,0 +1,42 @@
+"""End to end on the embedded SmolLM2-135M and MiniLM, through the real command line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_two_clients_one_round_on_embedded_models(tmp_path):
+    out = tmp_path / "run"
+    overrides = [
+        "rounds=1", "public.num_prompts=4", "generate.max_new_tokens=16", "train.steps=1", "train.batch_size=4",
+        "data.examples_per_client=4", "data.eval_per_domain=2",
+        "clients=[{name: geo, data: {source: wiki, categories: [Geography]}}, {name: math, data: {source: gsm8k}}]",
+    ]
+    cmd = [sys.executable, "-m", "semcon", "run", "configs/demo.yaml", "--out", str(out)]
+    for o in overrides:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "held-out reference NLL" in proc.stdout
+
+    for name in ("config.yaml", "metrics.jsonl", "ledger.jsonl", "summary.json", "pseudo_labels/round_01.jsonl",
+                 "adapters/geo/adapter_model.safetensors", "adapters/math/adapter_config.json"):
+        assert (out / name).is_file(), name
+    labels = [json.loads(x) for x in (out / "pseudo_labels/round_01.jsonl").read_text().splitlines()]
+    assert 1 <= len(labels) <= 4
+    assert all(row["client"] in ("geo", "math") and row["text"].strip() for row in labels)
+    assert all(-1.0 <= row["agreement"] <= 1.0 for row in labels)
+    ledger = [json.loads(x) for x in (out / "ledger.jsonl").read_text().splitlines()]
+    assert sorted((r["client"], r["direction"]) for r in ledger) == [
+        ("geo", "down"), ("geo", "up"), ("math", "down"), ("math", "up")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["nll_after"]) == {"geo", "math"}
+    assert set(summary["nll_after"]["geo"]) == {"wiki:Geography", "gsm8k"}
+    # a 135M model answering real prompts gives real text: more than a few bytes each
+    assert summary["bytes_up"] > 4 * 2 * 10

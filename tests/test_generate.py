@@ -1,0 +1,47 @@
+import torch
+
+from semcon.generate import generate, greedy_batch
+from semcon.models import Backbone
+
+PROMPTS = ["Hi", "What is the tallest mountain on Earth and how tall is it?", "Count to three.",
+           "Describe the water cycle in two sentences, mentioning evaporation.", "2+2?"]
+
+
+def reference(model, fmt, text, max_new_tokens, eos):
+    ids = torch.tensor([fmt.prompt_ids(text)])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, eos_token_id=sorted(eos), pad_token_id=fmt.tok.pad_token_id)
+    new = out[0, ids.shape[1]:].tolist()
+    return new[:next((k for k, t in enumerate(new) if t in eos), len(new))]
+
+
+def test_batched_greedy_equals_per_prompt_generate(tiny_llama_dir):
+    bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
+    fmt = bb.fmt
+    ours = generate(bb.model, fmt, PROMPTS, max_new_tokens=12, batch_size=3, device=bb.device, dtype=bb.dtype)
+    for text, g in zip(PROMPTS, ours):
+        assert g.tokens == reference(bb.model, fmt, text, 12, fmt.eos_ids())
+
+
+def test_finished_rows_leave_the_batch(tiny_llama_dir):
+    """Make some rows end at once by declaring their first greedy token an EOS id."""
+    bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
+    fmt = bb.fmt
+    prompts = [fmt.prompt_ids(t) for t in PROMPTS]
+    free = greedy_batch(bb.model, prompts, max_new_tokens=6, eos_ids={-1}, pad_id=fmt.tok.pad_token_id,
+                        device=bb.device, dtype=bb.dtype, prefill_group=2)
+    # a stop token that some rows emit and others never do
+    stop = {next(t for row in free for t in row if 0 < sum(t in r for r in free) < len(free))}
+    calls = []
+    pre = bb.model.get_decoder().register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        out = greedy_batch(bb.model, prompts, max_new_tokens=6, eos_ids=stop, pad_id=fmt.tok.pad_token_id,
+                           device=bb.device, dtype=bb.dtype, prefill_group=2)
+    finally:
+        pre.remove()
+    for row, toks in enumerate(out):  # each row is the free run cut at its first stop token
+        cut = next((k for k, t in enumerate(free[row]) if t in stop), len(free[row]))
+        assert toks == free[row][:cut]
+    decode_sizes = calls[3:]  # after three prefill groups
+    assert max(decode_sizes) <= len(prompts) and decode_sizes[-1] < len(prompts)  # finished rows cost nothing

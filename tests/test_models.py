@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from semcon.assets import join_parts
+from semcon.config import LoraConfig
+from semcon.models import PLAIN_TEMPLATE, Backbone, ChatFormat, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("smollm2-135m")
+
+
+def test_chat_example_masks_exactly_the_prompt(tok):
+    fmt = ChatFormat(tok)
+    ids, labels = fmt.example_ids("What is 2+2?", "It is 4.", max_length=256)
+    prompt = fmt.prompt_ids("What is 2+2?")
+    assert ids[:len(prompt)] == prompt
+    assert labels[:len(prompt)] == [-100] * len(prompt)
+    answer = [t for t in labels if t != -100]
+    assert tok.decode(answer).startswith("It is 4.<|im_end|>")
+    assert fmt.has_template and "<|im_start|>assistant" in fmt.prompt_text("hi")
+
+
+def test_truncation_keeps_some_response(tok):
+    fmt = ChatFormat(tok)
+    ids, labels = fmt.example_ids("word " * 400, "short answer", max_length=64)
+    assert len(ids) == len(labels) <= 64
+    assert tok.decode([t for t in labels if t != -100]).startswith("short answer")
+
+
+def test_plain_template_for_models_without_chat_template(tok):
+    tok = load_tokenizer("smollm2-135m")
+    tok.chat_template = None
+    fmt = ChatFormat(tok)
+    assert not fmt.has_template
+    assert fmt.prompt_text("Say hi") == PLAIN_TEMPLATE.format(instruction="Say hi")
+    ids, labels = fmt.example_ids("Say hi", "Hi!", 64)
+    assert tok.decode([t for t in labels if t != -100]) == "Hi!" + tok.eos_token
+
+
+def test_adapters_share_one_base_and_start_as_the_base(tiny_llama_dir):
+    bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
+    bb.add_adapter("alice", LoraConfig(r=4), seed=0)
+    bb.add_adapter("bob", LoraConfig(r=4), seed=1)
+    assert bb.adapters == ["alice", "bob"]
+    x = torch.tensor([[1, 2, 3, 4]])
+    with bb.active(None) as m:
+        base = m(input_ids=x).logits
+    with bb.active("bob") as m:
+        assert torch.allclose(m(input_ids=x).logits, base)  # B = 0 at init
+    state = bb.adapter_state("alice")
+    assert state and all(v.dtype == torch.float32 for v in state.values())
+
+
+def test_join_parts_checks_sha256(tmp_path):
+    import hashlib
+
+    parts = []
+    for i, chunk in enumerate([b"abc", b"def", b"g"]):
+        parts.append(tmp_path / f"part{i}")
+        parts[-1].write_bytes(chunk)
+    good = hashlib.sha256(b"abcdefg").hexdigest()
+    out = join_parts(parts, tmp_path / "joined.gguf", good)
+    assert out.read_bytes() == b"abcdefg"
+    assert join_parts(parts, out, good) == out  # reused
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        join_parts(parts, tmp_path / "other.gguf", "0" * 64)
+    assert not (tmp_path / "other.gguf").exists()
