@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Federated fine-tuning of LLMs by semantic consensus: clients share answers, never weights.")
-console = Console()
+# Piped output (CI logs, files) gets wide tables rather than rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
@@ -36,6 +38,7 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=r"Adapter name .* should not be contained in the prefix")
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated")

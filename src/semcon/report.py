@@ -10,7 +10,8 @@ PHASES = ("train", "generate", "embed", "consensus", "transfer")
 
 def round_table(summary: dict) -> Table:
     table = Table(title="rounds", title_justify="left")
-    for col in ("round", "bytes up", "bytes down", *(f"{p} s" for p in PHASES), "agreement", "labels", "rejected"):
+    for col in ("round", "bytes up", "bytes down", *(f"{p} s" for p in PHASES), "agreement", "labels", "rejected",
+                "peak RSS GiB"):
         table.add_column(col, justify="right")
     for r in summary["per_round"]:
         s = r["seconds"]
@@ -19,7 +20,7 @@ def round_table(summary: dict) -> Table:
                       *(f"{s[p]:.1f}" if p in s else "-" for p in PHASES),
                       f"{agreement:.3f}" if agreement is not None else "-",
                       f"{r['pseudo_labels']}/{r['prompts']}" if "prompts" in r else "-",
-                      ", ".join(r.get("rejected", {})) or "-")
+                      ", ".join(r.get("rejected", {})) or "-", f"{r['peak_rss_gb']:.2f}")
     return table
 
 
