@@ -36,7 +36,9 @@ def test_two_clients_one_round_on_embedded_models(tmp_path):
     assert sorted((r["client"], r["direction"]) for r in ledger) == [
         ("geo", "down"), ("geo", "up"), ("math", "down"), ("math", "up")]
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["nll_after"]) == {"geo", "math"}
-    assert set(summary["nll_after"]["geo"]) == {"wiki:Geography", "gsm8k"}
+    assert set(summary["eval_after"]) == {"geo", "math"}
+    assert set(summary["eval_after"]["geo"]) == {"wiki:Geography", "gsm8k"}
+    gsm = summary["eval_after"]["math"]["gsm8k"]
+    assert {"nll", "rouge_l", "cosine", "exact_match"} <= set(gsm) and gsm["nll"] > 0
     # a 135M model answering real prompts gives real text: more than a few bytes each
     assert summary["bytes_up"] > 4 * 2 * 10

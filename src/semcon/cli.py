@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markdown import Markdown
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -53,27 +55,108 @@ def run(
 ) -> None:
     """Run a semantic-consensus federation in this process and write its run directory."""
     from semcon.config import ConfigError, load_config
-    from semcon.data import DataError
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=err, show_path=False, show_time=False)])
+    _setup_logging(verbose)
     try:
         cfg = load_config(config, set_ or [])
     except ConfigError as e:
         fail(str(e))
     _quiet_libraries()
     from semcon.report import print_summary
-    from semcon.simulation import default_out, run as run_federation
+    from semcon.simulation import default_out
 
     out = out or default_out(cfg)
+    summary = _run_one(cfg, out)
+    print_summary(summary, console)
+    console.print(f"run directory: [bold]{out}[/]")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False, show_time=False)])
+
+
+def _run_one(cfg, out: Path) -> dict:
+    """One federation with rich progress bars; bad data ends the command with exit code 2."""
+    from semcon.data import DataError
+    from semcon.simulation import run as run_federation
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=True) as progress:
-            summary = run_federation(cfg, out, progress)
+            return run_federation(cfg, out, progress)
     except (DataError, FileNotFoundError) as e:
         fail(str(e))
-    print_summary(summary, console)
-    console.print(f"run directory: [bold]{out}[/]")
+
+
+@app.command()
+def compare(
+    config: Annotated[Path, typer.Argument(help="YAML config of the setting")],
+    methods: Annotated[str | None, typer.Option("--methods", help="comma-separated; default: all five")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, as for `semcon run`")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="directory for DIR/<method>/ and report.md")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run several methods on one setting (same data, models, rounds, budget) and write a report."""
+    from semcon.compare import parse_methods, plan, write_report
+    from semcon.config import ConfigError, load_config
+
+    _setup_logging(verbose)
+    try:
+        wanted = parse_methods(methods)
+        cfgs = {m: load_config(config, [*(set_ or []), f"method={m}"]) for m in wanted if m not in ("fedavg", "fedprox")}
+        for m in ("fedavg", "fedprox"):
+            if m in wanted:  # validated without the averaging check, so that it can be reported, not raised
+                cfgs[m] = load_config(config, [*(set_ or []), "method=local"]).model_copy(update={"method": m})
+        cfgs = {m: cfgs[m] for m in wanted}
+    except (ConfigError, ValueError) as e:
+        fail(str(e))
+    runnable, skipped = plan(cfgs)
+    if not runnable:
+        fail("; ".join(f"{m}: {why}" for m, why in skipped.items()))
+    _quiet_libraries()
+    out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    summaries = {}
+    for m in runnable:
+        console.rule(f"[bold]{m}")
+        summaries[m] = _run_one(cfgs[m], out / m)
+    report = write_report(out, summaries, {m: cfgs[m] for m in runnable}, skipped)
+    console.print(Markdown(report.read_text(encoding="utf-8").split("## Plots")[0]))
+    console.print(f"report: [bold]{report}[/]")
+
+
+@app.command()
+def comm(
+    models: Annotated[list[str] | None, typer.Argument(help="architecture names or config.json paths "
+                                                       "(default: the built-in list)")] = None,
+    rank: Annotated[int, typer.Option(help="LoRA rank")] = 16,
+    targets: Annotated[str, typer.Option(help="'all-linear' or comma-separated module names")] = "all-linear",
+    dtype: Annotated[str, typer.Option(help="tensor dtype on the wire: fp32, fp16, bf16")] = "bf16",
+    prompts: Annotated[int, typer.Option(help="public prompts per round")] = 1000,
+    answer_bytes: Annotated[int, typer.Option(help="mean answer size in bytes")] = 400,
+) -> None:
+    """Analytic traffic per client per round: full FedAvg, LoRA-FedAvg and semantic consensus."""
+    from rich.table import Table
+
+    from semcon.comm import ARCHS, comm_report, human_bytes, resolve_arch
+
+    try:
+        archs = [resolve_arch(m) for m in models] if models else list(ARCHS.values())
+        rows, assumptions = comm_report(archs, rank=rank, targets=targets, dtype=dtype, prompts=prompts,
+                                        mean_answer_bytes=answer_bytes)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    table = Table(title=f"traffic per client per round (LoRA r={rank} on {targets}, {dtype}; "
+                        f"{prompts} prompts x {answer_bytes} B)", title_justify="left")
+    for col in ("model", "method", "up", "down", "x semcon (raw text)", "x semcon (encoded)"):
+        table.add_column(col, justify="left" if col in ("model", "method") else "right")
+    for r in rows:
+        table.add_row(r["model"], r["method"], human_bytes(r["up_bytes"]), human_bytes(r["down_bytes"]),
+                      f"{r['x_semcon_raw']:,.1f}", f"{r['x_semcon_encoded']:,.1f}")
+    console.print(table)
+    console.print("[bold]assumptions[/]")
+    for a in assumptions:
+        console.print(f"- {a}", highlight=False)
 
 
 def main() -> None:

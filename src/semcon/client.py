@@ -1,30 +1,36 @@
-"""A client: its own model (a LoRA adapter on a shared base), its private data, and the three things it does."""
+"""A client: its own model (a LoRA adapter on a shared base), its private data, and the things it does."""
 
 from __future__ import annotations
 
-import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from semcon.config import RunConfig
 from semcon.data import Example, Prompt
+from semcon.evaluate import evaluate_client
 from semcon.generate import generate
 from semcon.models import Backbone
-from semcon.protocol import Download, Upload
+from semcon.protocol import AdapterUpdate, Download, Upload
 from semcon.train import TokenizedExample, TrainStats, mean_nll, tokenize, train_lora
 
 
 class Client:
-    """Trains on private data plus pseudo-labels, answers public prompts, evaluates itself.
+    """Trains on private data plus the pseudo-labels it last received, answers public prompts, evaluates itself.
 
     Holds no weights of its own beyond its adapter: ``backbone`` may be shared with other clients.
+    ``adapter_seed`` makes adapters start identical (parameter averaging needs a common start).
     """
 
-    def __init__(self, cid: int, name: str, backbone: Backbone, private: list[Example], cfg: RunConfig):
+    def __init__(self, cid: int, name: str, backbone: Backbone, private: list[Example], cfg: RunConfig,
+                 adapter_seed: int | None = None, steps: int | None = None):
         self.cid, self.name, self.backbone, self.cfg = cid, name, backbone, cfg
         self.private = private
+        self.steps = cfg.train.steps if steps is None else steps
         self.fmt = backbone.fmt
+        self.pseudo: Download | None = None
         self._private_tok = self._tokenize([(e.instruction, e.response, 1.0) for e in private])
         if name not in backbone.adapters:
-            backbone.add_adapter(name, cfg.train.lora, seed=self.seed(0))
+            backbone.add_adapter(name, cfg.train.lora, seed=self.seed(0) if adapter_seed is None else adapter_seed)
 
     def seed(self, round: int) -> int:
         return self.cfg.seed * 1_000_003 + round * 1_009 + self.cid
@@ -32,20 +38,22 @@ class Client:
     def _tokenize(self, triples: list[tuple[str, str, float]]) -> list[TokenizedExample]:
         return tokenize(self.fmt, triples, self.cfg.train.max_length)
 
-    def train(self, round: int, pseudo: Download | None, prompts: list[Prompt], on_step=None) -> TrainStats:
+    def train(self, round: int, prompts: list[Prompt], prox_mu: float = 0.0, on_step=None) -> TrainStats:
         """Fine-tune the adapter on private data ∪ pseudo-labelled public prompts (a plain union, weight λ)."""
+        import torch
+
         examples = list(self._private_tok)
-        if pseudo is not None:
+        lam = self.cfg.train.pseudo_label_weight
+        if self.pseudo is not None and lam > 0:
             by_id = {p.id: p.instruction for p in prompts}
-            lam = self.cfg.train.pseudo_label_weight
-            examples += self._tokenize([(by_id[pid], text, lam) for pid, text in pseudo.labels.items()
-                                        if pid in by_id and lam > 0])
+            examples += self._tokenize([(by_id[pid], text, lam) for pid, text in self.pseudo.labels.items()
+                                        if pid in by_id])
         torch.manual_seed(self.seed(round))
         t = self.cfg.train
         with self.backbone.active(self.name) as model:
-            return train_lora(model, self.fmt, examples, steps=t.steps, batch_size=t.batch_size, lr=t.lr,
+            return train_lora(model, self.fmt, examples, steps=self.steps, batch_size=t.batch_size, lr=t.lr,
                               seed=self.seed(round), device=self.backbone.device, dtype=self.backbone.dtype,
-                              micro_batch_tokens=t.micro_batch_tokens, on_step=on_step)
+                              micro_batch_tokens=t.micro_batch_tokens, prox_mu=prox_mu, on_step=on_step)
 
     def answer(self, round: int, prompts: list[Prompt], on_batch=None) -> Upload:
         """Greedy answers to every public prompt, as text."""
@@ -56,12 +64,27 @@ class Client:
                             on_batch=on_batch)
         return Upload(round=round, client=self.name, answers={p.id: o.text for p, o in zip(prompts, outs)})
 
-    def evaluate(self, eval_sets: dict[str, list[Example]], base: bool = False) -> dict[str, float]:
-        """Held-out reference NLL per domain (teacher forced, response tokens only); ``base``: no adapter."""
-        out = {}
+    def adapter_update(self, round: int) -> AdapterUpdate:
+        """This client's adapter tensors, for the parameter-averaging baselines."""
+        state = {k: v.detach().cpu().contiguous() for k, v in self.backbone.adapter_state(self.name).items()}
+        return AdapterUpdate(round=round, client=self.name, tensors=save_tensors(state),
+                             num_examples=len(self.private))
+
+    def load_adapter(self, msg: AdapterUpdate) -> None:
+        self.backbone.load_adapter_state(self.name, load_tensors(msg.tensors))
+
+    def nll(self, eval_sets: dict[str, list[Example]]) -> dict[str, float]:
+        """Held-out reference NLL per domain (teacher forced, response tokens only): cheap, every round."""
+        with self.backbone.active(self.name) as model:
+            return {d: round(mean_nll(model, self.fmt, self._tokenize([(e.instruction, e.response, 1.0) for e in rows]),
+                                      batch_size=self.cfg.eval.batch_size, device=self.backbone.device,
+                                      dtype=self.backbone.dtype), 5) for d, rows in eval_sets.items()}
+
+    def evaluate(self, eval_sets: dict[str, list[Example]], base: bool = False, embed=None) -> dict:
+        """Every held-out metric per domain (see ``evaluate.py``); ``base``: the model without adapter."""
+        e, g = self.cfg.eval, self.cfg.generate
         with self.backbone.active(None if base else self.name) as model:
-            for domain, rows in eval_sets.items():
-                toks = self._tokenize([(e.instruction, e.response, 1.0) for e in rows])
-                out[domain] = round(mean_nll(model, self.fmt, toks, batch_size=self.cfg.eval.batch_size,
-                                             device=self.backbone.device, dtype=self.backbone.dtype), 5)
-        return out
+            return evaluate_client(model, self.fmt, eval_sets, embed=embed, max_length=self.cfg.train.max_length,
+                                   batch_size=e.batch_size, generate_answers=e.generate,
+                                   max_new_tokens=e.max_new_tokens or g.max_new_tokens, gen_batch_size=g.batch_size,
+                                   device=self.backbone.device, dtype=self.backbone.dtype)

@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+Method = Literal["semantic_consensus", "fedavg", "fedprox", "local", "centralized"]
+METHODS: tuple[str, ...] = ("semantic_consensus", "fedavg", "fedprox", "local", "centralized")
 Source = Literal["wiki", "gsm8k", "chatterbot", "mmlu", "humaneval", "jsonl"]
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -86,6 +88,7 @@ class TrainConfig(Strict):
     micro_batch_tokens: int = Field(1024, gt=0, description="padded tokens per forward pass; a batch is "
                                     "accumulated over micro-batches, which bounds activation memory")
     pseudo_label_weight: float = Field(1.0, ge=0, description="loss weight λ of pseudo-labelled examples")
+    prox_mu: float = Field(0.01, ge=0, description="FedProx μ: weight of (μ/2)||w - w_global||² on the adapter")
     lora: LoraConfig = LoraConfig()
 
 
@@ -106,12 +109,26 @@ class ConsensusConfig(Strict):
 class EvalConfig(Strict):
     before: bool = Field(True, description="also evaluate the base model before training")
     batch_size: int = Field(8, gt=0)
+    generate: bool = Field(True, description="greedy answers to the eval prompts: ROUGE-L, cosine, GSM8K match")
+    max_new_tokens: int | None = Field(None, gt=0, description="default: generate.max_new_tokens")
+    every_round: bool = Field(True, description="reference NLL after every round (quality-per-round plots)")
+    energy: bool = Field(True, description="track energy with codecarbon's offline tracker")
+
+
+class NetworkConfig(Strict):
+    """A link model for the transfer time of an in-process run (bytes are measured, time is modelled)."""
+
+    uplink_mbps: float = Field(20.0, gt=0, description="client to server, Mbit/s (hospital-to-cloud WAN)")
+    downlink_mbps: float = Field(100.0, gt=0, description="server to client, Mbit/s")
+    latency_ms: float = Field(50.0, ge=0, description="one-way latency per message")
 
 
 class RunConfig(Strict):
     """Everything a run needs. Unknown keys are errors."""
 
     name: str = "semcon"
+    method: Method = Field("semantic_consensus", description="semantic_consensus | fedavg | fedprox | local | "
+                           "centralized (the baselines share data, models, rounds and training budget)")
     seed: int = 0
     rounds: int = Field(2, ge=0, description="consensus rounds after round 0 (private-only training)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -125,6 +142,7 @@ class RunConfig(Strict):
     generate: GenerateConfig = GenerateConfig()
     consensus: ConsensusConfig = ConsensusConfig()
     eval: EvalConfig = EvalConfig()
+    network: NetworkConfig = NetworkConfig()
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -136,10 +154,20 @@ class RunConfig(Strict):
                 raise ValueError(f"partition=category needs 'data' for every client; missing for: {', '.join(missing)}")
         elif all(c.data is None for c in self.clients):
             raise ValueError("no client names a data selection, so there is nothing to partition")
+        if problem := averaging_problem(self):
+            raise ValueError(problem)
         return self
 
     def dump(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def averaging_problem(cfg: RunConfig) -> str | None:
+    """Why parameter averaging (fedavg/fedprox) cannot run on this federation, or None when it can."""
+    if cfg.method not in ("fedavg", "fedprox") or len({c.model for c in cfg.clients}) == 1:
+        return None
+    models = ", ".join(f"{c.name}={c.model}" for c in cfg.clients)
+    return f"{cfg.method} averages adapter weights and needs one base model for all clients; got {models}"
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:

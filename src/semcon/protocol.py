@@ -38,11 +38,24 @@ class Download:
     kind: str = field(default="download", init=False)
 
 
-Message = Upload | Download
+@dataclass(frozen=True)
+class AdapterUpdate:
+    """LoRA adapter tensors (safetensors bytes) for the parameter-averaging baselines, either way."""
+
+    round: int
+    client: str  # "server" for the averaged adapter sent down
+    tensors: bytes
+    num_examples: int = 0
+    kind: str = field(default="adapter", init=False)
+
+
+Message = Upload | Download | AdapterUpdate
 
 
 def raw_bytes(msg: Message) -> int:
-    """UTF-8 bytes of the message's texts: the payload before any framing or compression."""
+    """UTF-8 bytes of the message's texts (or its tensor bytes): the payload before framing and compression."""
+    if isinstance(msg, AdapterUpdate):
+        return len(msg.tensors)
     texts = msg.answers.values() if isinstance(msg, Upload) else msg.labels.values()
     return sum(len(t.encode("utf-8")) for t in texts)
 
@@ -52,6 +65,9 @@ def encode(msg: Message) -> bytes:
         body = {"v": CODEC_VERSION, "kind": "upload", "round": msg.round, "client": msg.client, "answers": msg.answers}
     elif isinstance(msg, Download):
         body = {"v": CODEC_VERSION, "kind": "download", "round": msg.round, "labels": msg.labels}
+    elif isinstance(msg, AdapterUpdate):
+        body = {"v": CODEC_VERSION, "kind": "adapter", "round": msg.round, "client": msg.client,
+                "tensors": msg.tensors, "num_examples": msg.num_examples}
     else:
         raise TypeError(f"not a message: {type(msg).__name__}")
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(msgpack.packb(body, use_bin_type=True))
@@ -70,6 +86,9 @@ def decode(data: bytes) -> Message:
             return Upload(round=body["round"], client=body["client"], answers=body["answers"])
         if body["kind"] == "download":
             return Download(round=body["round"], labels=body["labels"])
+        if body["kind"] == "adapter":
+            return AdapterUpdate(round=body["round"], client=body["client"], tensors=body["tensors"],
+                                 num_examples=body["num_examples"])
     except KeyError as e:
         raise ProtocolError(f"{body.get('kind')} message lacks field {e}") from None
     raise ProtocolError(f"unknown message kind {body.get('kind')!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-PHASES = ("train", "generate", "embed", "consensus", "transfer")
+PHASES = ("train", "generate", "upload", "aggregate", "transfer")
 
 
 def round_table(summary: dict) -> Table:
@@ -28,15 +28,15 @@ def nll_table(summary: dict) -> Table:
     """Held-out reference NLL per client and domain, base model → after the federation."""
     table = Table(title="held-out reference NLL per domain (base → after; lower is better)", title_justify="left")
     table.add_column("client")
-    domains = sorted({d for per in summary["nll_after"].values() for d in per})
+    domains = sorted({d for per in summary["eval_after"].values() for d in per})
     for d in domains:
         table.add_column(d, justify="right")
-    for client, after in summary["nll_after"].items():
-        before = summary["nll_before"].get(client, {})
+    for client, after in summary["eval_after"].items():
+        before = summary["eval_before"].get(client, {})
         own = summary.get("own_domain", {}).get(client)
         cells = []
         for d in domains:
-            b, a = before.get(d), after.get(d)
+            b, a = before.get(d, {}).get("nll"), after.get(d, {}).get("nll")
             cell = f"{b:.3f} → {a:.3f}" if b is not None else f"{a:.3f}"
             cells.append(f"[bold]{cell}[/]" if d == own else cell)
         table.add_row(client, *cells)

@@ -11,16 +11,20 @@ import resource
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from semcon.algorithms import Algorithm, FedAvg, LocalOnly, SemanticConsensus
 from semcon.client import Client
-from semcon.config import RunConfig
-from semcon.data import build_splits
+from semcon.config import NetworkConfig, RunConfig
+from semcon.data import Example, Prompt, build_splits
+from semcon.embed import Embedder
+from semcon.energy import EnergyMeter
 from semcon.models import Backbone, pick_device, pick_dtype
-from semcon.protocol import Download, Upload, decode, encode
+from semcon.protocol import Download, Message, decode, encode
 from semcon.rundir import RunDir
 from semcon.server import Server
 
@@ -50,13 +54,13 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def send_up(run: RunDir, msg: Upload) -> bytes:
+def send_up(run: RunDir, msg: Message) -> bytes:
     payload = encode(msg)
     run.ledger(msg.round, msg.client, "up", msg, payload)
     return payload
 
 
-def broadcast(run: RunDir, msg: Download, clients: list[str]) -> dict[str, Download]:
+def broadcast(run: RunDir, msg: Message, clients: list[str]) -> dict[str, Message]:
     """One encoding, delivered to (and counted for) every client; each decodes its own copy."""
     payload = encode(msg)
     received = {}
@@ -66,8 +70,19 @@ def broadcast(run: RunDir, msg: Download, clients: list[str]) -> dict[str, Downl
     return received
 
 
-def setup(cfg: RunConfig) -> tuple[list[Client], Server, list, dict]:
-    """Build the data splits, load each distinct base model once, and create clients and server."""
+@dataclass
+class Federation:
+    """Everything a run holds: clients (adapters on shared backbones), the method, prompts, eval sets."""
+
+    clients: list[Client]
+    algorithm: Algorithm
+    prompts: list[Prompt]
+    eval_sets: dict[str, list[Example]]
+    embedder: Embedder
+
+
+def setup(cfg: RunConfig) -> Federation:
+    """Build the splits, load each distinct base model once, create the clients and the method."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -75,73 +90,120 @@ def setup(cfg: RunConfig) -> tuple[list[Client], Server, list, dict]:
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
     backbones = {spec: Backbone.load(spec, dtype, device) for spec in dict.fromkeys(c.model for c in cfg.clients)}
-    clients = [Client(i, c.name, backbones[c.model], splits.private[c.name], cfg) for i, c in enumerate(cfg.clients)]
-    server = Server(cfg.consensus, [c.name for c in clients])
-    return clients, server, splits.public, splits.eval
+    embedder = Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size)
+    if cfg.method == "centralized":  # one model on the pooled private data, the same total training budget
+        pooled = [e for c in cfg.clients for e in splits.private[c.name]]
+        clients = [Client(0, "centralized", backbones[cfg.clients[0].model], pooled, cfg,
+                          steps=cfg.train.steps * len(cfg.clients))]
+    else:
+        common_init = cfg.seed if cfg.method in ("fedavg", "fedprox") else None
+        clients = [Client(i, c.name, backbones[c.model], splits.private[c.name], cfg, adapter_seed=common_init)
+                   for i, c in enumerate(cfg.clients)]
+    names = [c.name for c in clients]
+    algorithm: Algorithm = {
+        "semantic_consensus": lambda: SemanticConsensus(Server(cfg.consensus, names, embedder), splits.public,
+                                                        cfg.rounds),
+        "fedavg": lambda: FedAvg(cfg.rounds, names),
+        "fedprox": lambda: FedAvg(cfg.rounds, names, mu=cfg.train.prox_mu),
+        "local": lambda: LocalOnly("local"),
+        "centralized": lambda: LocalOnly("centralized"),
+    }[cfg.method]()
+    return Federation(clients, algorithm, splits.public, splits.eval, embedder)
 
 
-def evaluate(clients: list[Client], eval_sets: dict, base: bool) -> dict[str, dict[str, float]]:
-    """NLL per client per domain; the base model is evaluated once per shared backbone."""
+def evaluate(fed: Federation, base: bool) -> dict[str, dict]:
+    """Metrics per client per domain; the base model is evaluated once per shared backbone."""
     out, seen = {}, {}
-    for c in clients:
+    for c in fed.clients:
         key = id(c.backbone)
-        if base and key in seen:
-            out[c.name] = seen[key]
-            continue
-        out[c.name] = seen[key] = c.evaluate(eval_sets, base=base)
+        if not (base and key in seen):
+            seen[key] = c.evaluate(fed.eval_sets, base=base, embed=fed.embedder)
+        out[c.name] = seen[key]
     return out
 
 
 def run(cfg: RunConfig, out: Path, progress=None) -> dict:
-    """Run the whole federation into ``out`` and return the summary."""
+    """Run the whole federation into ``out`` and return the summary (with its energy, where measurable)."""
+    with EnergyMeter(cfg.eval.energy) as meter:
+        summary = _run(cfg, out, progress)
+    summary["energy_kwh"], summary["energy_method"] = meter.result.kwh, meter.result.method
+    RunDir(out).summary(summary)
+    return summary
+
+
+def _run(cfg: RunConfig, out: Path, progress=None) -> dict:
     run_dir = RunDir.create(out, cfg)
     started = time.perf_counter()
-    clients, server, prompts, eval_sets = setup(cfg)
+    fed = setup(cfg)
+    algo, clients = fed.algorithm, fed.clients
     names = [c.name for c in clients]
-    log.info("%d clients, %d public prompts, eval domains: %s", len(clients), len(prompts), ", ".join(eval_sets))
+    log.info("%s: %d clients, %d public prompts, eval domains: %s", algo.name, len(clients), len(fed.prompts),
+             ", ".join(fed.eval_sets))
 
     phases = Phases(progress)
     with phases("evaluate", label="base models"):
-        before = evaluate(clients, eval_sets, base=True) if cfg.eval.before else {}
+        before = evaluate(fed, base=True) if cfg.eval.before else {}
     rounds = []
-    pseudo: dict[str, Download | None] = {n: None for n in names}
-    for t in range(cfg.rounds + 1):
-        phases = Phases(progress)
-        result = None
-        if t > 0:  # round 0 has no consensus yet: private data only
-            with phases("generate", total=len(clients) * len(prompts), label=f"round {t}") as tick:
-                uploads = [c.answer(t, prompts, on_batch=tick) for c in clients]
+    for t in range(cfg.rounds + 2):  # round 0 trains on private data only; the extra round is a final averaging
+        phases, result = Phases(progress), None
+        if algo.communicates(t):
+            with phases(algo.upload_phase, total=len(clients), label=f"round {t}") as tick:
+                uploads = []
+                for c in clients:
+                    uploads.append(algo.upload(c, t))
+                    tick()
             with phases("transfer"):
                 payloads = {u.client: send_up(run_dir, u) for u in uploads}
-            with phases("consensus", label=f"round {t}"):
-                result = server.aggregate(t, prompts, payloads)
+            with phases("aggregate", label=f"round {t}"):
+                result = algo.aggregate(t, payloads)
             with phases("transfer"):
-                pseudo = broadcast(run_dir, result.download, names)
-            run_dir.pseudo_labels(t, result.labels)
-        with phases("train", total=len(clients) * cfg.train.steps, label=f"round {t}") as tick:
-            stats = {c.name: c.train(t, pseudo[c.name], prompts, on_step=lambda *_: tick()) for c in clients}
-        rounds.append(round_metrics(run_dir, t, phases, stats, result, len(prompts)))
-        log.info(round_line(rounds[-1]))
+                received = broadcast(run_dir, result.download, names)
+            for c in clients:
+                algo.receive(c, received[c.name])
+            if result.labels:
+                run_dir.pseudo_labels(t, result.labels)
+        stats, quality = {}, {}
+        if t <= cfg.rounds:
+            with phases("train", total=sum(c.steps for c in clients), label=f"round {t}") as tick:
+                stats = {c.name: algo.train(c, t, on_step=lambda *_: tick()) for c in clients}
+        if cfg.eval.every_round and (stats or result):
+            with phases("evaluate", label=f"round {t}"):
+                quality = {c.name: c.nll(fed.eval_sets) for c in clients}
+        if stats or result:
+            rounds.append(round_metrics(run_dir, t, phases, stats, result, quality, len(fed.prompts), cfg.network))
+            log.info(round_line(rounds[-1]))
 
     with phases("evaluate", label="after training"):
-        after = evaluate(clients, eval_sets, base=False)
+        after = evaluate(fed, base=False)
     for c in clients:
         c.backbone.save_adapter(c.name, run_dir.adapters)
     for stage, table in (("before", before), ("after", after)):
         for client, per_domain in table.items():
-            run_dir.metric("eval", stage=stage, client=client, nll=per_domain)
-    summary = {
-        "name": cfg.name, "rounds": cfg.rounds, "clients": names, "seconds": round(time.perf_counter() - started, 2),
-        "own_domain": {c.name: cfg.clients[c.cid].data.domain if cfg.clients[c.cid].data else None for c in clients},
-        "nll_before": before, "nll_after": after, "per_round": rounds,
+            run_dir.metric("eval", stage=stage, client=client, metrics=per_domain)
+    return {
+        "name": cfg.name, "method": algo.name, "rounds": cfg.rounds, "clients": names,
+        "seconds": round(time.perf_counter() - started, 2),
+        "own_domain": {c.name: c.private[0].domain if c.private and cfg.data.partition == "category"
+                       and cfg.method != "centralized" else None for c in clients},
+        "eval_before": before, "eval_after": after, "per_round": rounds,
         "bytes_up": sum(r["bytes_up"] for r in rounds), "bytes_down": sum(r["bytes_down"] for r in rounds),
         "peak_rss_gb": round(peak_rss_gb(), 3),
     }
-    run_dir.summary(summary)
-    return summary
 
 
-def round_metrics(run_dir: RunDir, t: int, phases: Phases, stats: dict, result, num_prompts: int) -> dict:
+def modelled_transfer_s(ledger: list[dict], net: NetworkConfig) -> float:
+    """Transfer time of one round under the link model: clients send in parallel, then receive in
+    parallel; each message costs the latency plus its encoded bytes over the link."""
+    def slowest(direction: str, mbps: float) -> float:
+        times = [net.latency_ms / 1e3 + r["encoded_bytes"] * 8 / (mbps * 1e6) for r in ledger
+                 if r["direction"] == direction]
+        return max(times, default=0.0)
+
+    return slowest("up", net.uplink_mbps) + slowest("down", net.downlink_mbps)
+
+
+def round_metrics(run_dir: RunDir, t: int, phases: Phases, stats: dict, result, quality: dict, num_prompts: int,
+                  net: NetworkConfig) -> dict:
     """One ``metrics.jsonl`` row per round: traffic, seconds per phase, agreement, losses, memory."""
     ledger = [r for r in run_dir.rows("ledger.jsonl") if r["round"] == t]
     row = {
@@ -151,14 +213,17 @@ def round_metrics(run_dir: RunDir, t: int, phases: Phases, stats: dict, result, 
         "raw_bytes_up": sum(r["raw_bytes"] for r in ledger if r["direction"] == "up"),
         "seconds": {k: round(v, 3) for k, v in phases.seconds.items()},
         "train_loss": {n: [round(s.loss_first, 4), round(s.loss_last, 4)] for n, s in stats.items()},
+        "modelled_transfer_s": round(modelled_transfer_s(ledger, net), 3),
         "train_tokens": {n: s.tokens for n, s in stats.items()},
+        "eval_nll": quality,
         "peak_rss_gb": round(peak_rss_gb(), 3),
     }
     if result is not None:
+        row.update(rejected=result.rejected, accepted=result.accepted)
+    if result is not None and isinstance(result.download, Download):  # semantic consensus
         row["seconds"]["embed"] = round(result.seconds_embed, 3)
         row.update(mean_agreement=round(result.mean_agreement, 4) if not np.isnan(result.mean_agreement) else None,
-                   pseudo_labels=len(result.labels), unlabelled=len(result.unlabelled),
-                   rejected=result.rejected, accepted=result.accepted, prompts=num_prompts)
+                   pseudo_labels=len(result.labels), unlabelled=len(result.unlabelled), prompts=num_prompts)
     run_dir.metric("round", **row)
     return row
 

@@ -127,8 +127,12 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 def train_lora(model: torch.nn.Module, fmt: ChatFormat, examples: list[TokenizedExample], *, steps: int,
                batch_size: int, lr: float, seed: int, device: torch.device, dtype: torch.dtype,
-               micro_batch_tokens: int = 1024, on_step=None) -> TrainStats:
-    """``steps`` AdamW steps on the active adapter over length-grouped batches of ``examples``."""
+               micro_batch_tokens: int = 1024, prox_mu: float = 0.0, on_step=None) -> TrainStats:
+    """``steps`` AdamW steps on the active adapter over length-grouped batches of ``examples``.
+
+    ``prox_mu`` > 0 adds FedProx's (μ/2)||w - w_start||², w_start being the weights this call starts from
+    (the global adapter just received).
+    """
     import time
 
     start = time.perf_counter()
@@ -137,6 +141,7 @@ def train_lora(model: torch.nn.Module, fmt: ChatFormat, examples: list[Tokenized
     if steps == 0 or not examples or not params:
         return TrainStats(0, 0, math.nan, math.nan, 0.0)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    anchor = [p.detach().clone() for p in params] if prox_mu > 0 else None
     model.train()
     batches: list[list[int]] = []
     losses, tokens = [], 0
@@ -155,6 +160,10 @@ def train_lora(model: torch.nn.Module, fmt: ChatFormat, examples: list[Tokenized
             loss.backward()
             total += loss.item()
             tokens += int(batch["attention_mask"].sum())
+        if anchor is not None:
+            prox = 0.5 * prox_mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+            prox.backward()
+            total += prox.item()
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(total)
