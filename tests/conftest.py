@@ -62,3 +62,41 @@ def tiny_tree(model: str, **top) -> dict:
     }
     tree.update(top)
     return tree
+
+
+def _save_tiny(model, tok, path):
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory):
+    """A 2-layer random Gemma3 with Gemma-3-270M's real tokenizer (262k vocabulary, no chat template)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from semcon.models import load_tokenizer
+
+    tok = load_tokenizer("gemma3-270m")
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                           sliding_window=64, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                           pad_token_id=tok.pad_token_id)
+    torch.manual_seed(1)
+    return _save_tiny(Gemma3ForCausalLM(cfg), tok, tmp_path_factory.mktemp("tiny-gemma3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory):
+    """A 2-layer random Qwen2 with MiniLM's real WordPiece tokenizer ([SEP] ends an answer)."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from semcon.assets import embedder_dir
+
+    tok = AutoTokenizer.from_pretrained(embedder_dir())
+    tok.eos_token = "[SEP]"
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(2)
+    return _save_tiny(Qwen2ForCausalLM(cfg), tok, tmp_path_factory.mktemp("tiny-qwen2"))

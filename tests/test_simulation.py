@@ -63,3 +63,14 @@ def test_a_client_uploading_garbage_is_rejected_and_the_run_goes_on(tiny_llama_d
     assert "math" in last["rejected"] and last["accepted"] == ["geo"]
     labels = read_jsonl(tmp_path / "pseudo_labels" / "round_01.jsonl")
     assert {row["client"] for row in labels} <= {"geo"}
+
+
+def test_modelled_transfer_time_by_hand():
+    from semcon.config import NetworkConfig
+
+    net = NetworkConfig(uplink_mbps=8, downlink_mbps=80, latency_ms=50)
+    ledger = [{"direction": "up", "encoded_bytes": 1_000_000}, {"direction": "up", "encoded_bytes": 500_000},
+              {"direction": "down", "encoded_bytes": 1_000_000}]
+    # slowest upload: 0.05 s + 8e6 bit / 8e6 bit/s = 1.05 s; download: 0.05 + 8e6 / 8e7 = 0.15 s
+    assert simulation.modelled_transfer_s(ledger, net) == pytest.approx(1.2)
+    assert simulation.modelled_transfer_s([], net) == 0.0

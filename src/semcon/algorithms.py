@@ -7,7 +7,6 @@ They share data, models, rounds and the local training budget; only what crosses
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Protocol
 
@@ -17,11 +16,9 @@ from safetensors.torch import save as save_tensors
 
 from semcon.client import Client
 from semcon.data import Prompt
-from semcon.protocol import AdapterUpdate, Message, ProtocolError, decode
+from semcon.protocol import AdapterUpdate, Message, accept_uploads
 from semcon.server import RoundResult, Server
 from semcon.train import TrainStats
-
-log = logging.getLogger(__name__)
 
 
 class Algorithm(Protocol):
@@ -80,18 +77,8 @@ class FedAvg:
         return client.adapter_update(t)
 
     def aggregate(self, t, payloads):
-        updates, rejected = {}, {}
-        for name in self.clients:
-            if name not in payloads:
-                continue
-            try:
-                msg = decode(payloads[name])
-                state = self._check(msg, name, t)
-            except (ProtocolError, ValueError) as e:
-                rejected[name] = str(e)
-                log.warning("round %d: rejected the upload of client %r: %s", t, name, e)
-                continue
-            updates[name] = (state, msg.num_examples)
+        updates, rejected = accept_uploads(t, self.clients, payloads,
+                                           lambda msg, name: (self._check(msg, name, t), msg.num_examples))
         if not updates:
             raise RuntimeError(f"round {t}: no valid adapter upload; rejected: {rejected}")
         averaged = average_states([s for s, _ in updates.values()], [n for _, n in updates.values()])

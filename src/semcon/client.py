@@ -26,11 +26,16 @@ class Client:
         self.cid, self.name, self.backbone, self.cfg = cid, name, backbone, cfg
         self.private = private
         self.steps = cfg.train.steps if steps is None else steps
+        own = next((c for c in cfg.clients if c.name == name), None)  # None for the centralized model
+        self.lora = own.lora if own and own.lora else cfg.train.lora
+        self.lr = own.lr if own and own.lr else cfg.train.lr
+        self.batch_size = own.batch_size if own and own.batch_size else cfg.train.batch_size
+        self.max_new_tokens = own.max_new_tokens if own and own.max_new_tokens else cfg.generate.max_new_tokens
         self.fmt = backbone.fmt
         self.pseudo: Download | None = None
         self._private_tok = self._tokenize([(e.instruction, e.response, 1.0) for e in private])
         if name not in backbone.adapters:
-            backbone.add_adapter(name, cfg.train.lora, seed=self.seed(0) if adapter_seed is None else adapter_seed)
+            backbone.add_adapter(name, self.lora, seed=self.seed(0) if adapter_seed is None else adapter_seed)
 
     def seed(self, round: int) -> int:
         return self.cfg.seed * 1_000_003 + round * 1_009 + self.cid
@@ -51,7 +56,7 @@ class Client:
         torch.manual_seed(self.seed(round))
         t = self.cfg.train
         with self.backbone.active(self.name) as model:
-            return train_lora(model, self.fmt, examples, steps=self.steps, batch_size=t.batch_size, lr=t.lr,
+            return train_lora(model, self.fmt, examples, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                               seed=self.seed(round), device=self.backbone.device, dtype=self.backbone.dtype,
                               micro_batch_tokens=t.micro_batch_tokens, prox_mu=prox_mu, on_step=on_step)
 
@@ -59,7 +64,7 @@ class Client:
         """Greedy answers to every public prompt, as text."""
         g = self.cfg.generate
         with self.backbone.active(self.name) as model:
-            outs = generate(model, self.fmt, [p.instruction for p in prompts], max_new_tokens=g.max_new_tokens,
+            outs = generate(model, self.fmt, [p.instruction for p in prompts], max_new_tokens=self.max_new_tokens,
                             batch_size=g.batch_size, device=self.backbone.device, dtype=self.backbone.dtype,
                             on_batch=on_batch)
         return Upload(round=round, client=self.name, answers={p.id: o.text for p, o in zip(prompts, outs)})
@@ -86,5 +91,5 @@ class Client:
         with self.backbone.active(None if base else self.name) as model:
             return evaluate_client(model, self.fmt, eval_sets, embed=embed, max_length=self.cfg.train.max_length,
                                    batch_size=e.batch_size, generate_answers=e.generate,
-                                   max_new_tokens=e.max_new_tokens or g.max_new_tokens, gen_batch_size=g.batch_size,
+                                   max_new_tokens=e.max_new_tokens or self.max_new_tokens, gen_batch_size=g.batch_size,
                                    device=self.backbone.device, dtype=self.backbone.dtype)

@@ -51,11 +51,24 @@ class DataSelection(Strict):
         return self.source + (":" + "+".join(self.categories) if self.categories else "")
 
 
+class LoraConfig(Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1, description="0 by default: on CPU the dropout masks cost ~20% of a step")
+    target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names")
+
+
 class ClientConfig(Strict):
     name: str = Field(description="unique client name; it names its adapter and its rows in every file")
-    model: str = Field("smollm2-135m", description="embedded name, Hugging Face id or local directory")
+    model: str = Field("smollm2-135m", description="embedded name (smollm2-135m, gemma3-270m, qwen2.5-0.5b), "
+                       "Hugging Face id or local directory")
     data: DataSelection | None = Field(None, description="this client's private domain (partition=category)")
     num_examples: int | None = Field(None, gt=0, description="private examples (default data.examples_per_client)")
+    # Per-client training and generation settings; unset means the run-wide value.
+    lora: LoraConfig | None = Field(None, description="this client's LoRA rank and targets (default train.lora)")
+    lr: float | None = Field(None, gt=0, description="default train.lr")
+    batch_size: int | None = Field(None, gt=0, description="default train.batch_size")
+    max_new_tokens: int | None = Field(None, gt=0, description="default generate.max_new_tokens")
 
 
 class DataConfig(Strict):
@@ -71,13 +84,6 @@ class PublicConfig(Strict):
     num_prompts: int = Field(32, gt=0, description="public prompts answered by every client each round")
     path: Path | None = Field(None, description="JSONL of public prompts (instruction[, id]); default: "
                               "held out from the clients' domains, responses dropped")
-
-
-class LoraConfig(Strict):
-    r: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1, description="0 by default: on CPU the dropout masks cost ~20% of a step")
-    target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names")
 
 
 class TrainConfig(Strict):
@@ -134,6 +140,10 @@ class RunConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Precision = Field("auto", description="dtype of the shared frozen base weights; auto: bf16 "
                                  "where the CPU/GPU has native bf16, else fp32 (LoRA weights stay fp32)")
+    resident_models: Literal["auto", "all", "one"] = Field(
+        "auto", description="auto: keep every base model loaded when their weights fit memory_budget_gb, "
+        "else load one at a time for its phase; all / one force either")
+    memory_budget_gb: float | None = Field(None, gt=0, description="for base weights (default: half the RAM)")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
     clients: list[ClientConfig] = Field(min_length=1)
     data: DataConfig = DataConfig()

@@ -6,9 +6,9 @@ peft adapter on that copy, activated for its phase.
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -114,19 +114,48 @@ class ChatFormat:
         return {i for i in ids if i is not None}
 
 
-@dataclass
 class Backbone:
-    """One base model shared by all clients that use it; each client owns a named LoRA adapter on it."""
+    """One base model shared by all clients that use it; each client owns a named LoRA adapter on it.
 
-    spec: str
-    tokenizer: object
-    model: torch.nn.Module  # a peft PeftModel once the first adapter exists
-    dtype: torch.dtype
-    device: torch.device
+    When the pool cannot keep every base model resident, the weights are loaded for a phase and
+    released after it; the adapters are kept as CPU tensors meanwhile and restored on the next load.
+    """
+
+    def __init__(self, spec: str, dtype: torch.dtype, device: torch.device, pool: BackbonePool | None = None):
+        self.spec, self.dtype, self.device, self.pool = spec, dtype, device, pool
+        self.tokenizer = load_tokenizer(spec)
+        self._model: torch.nn.Module | None = None  # a peft PeftModel once the first adapter exists
+        self._lora: dict[str, LoraConfig] = {}
+        self._parked: dict[str, dict[str, torch.Tensor]] = {}  # adapter states while the base is released
 
     @classmethod
     def load(cls, spec: str, dtype: torch.dtype, device: torch.device) -> Backbone:
-        return cls(spec, load_tokenizer(spec), load_causal_lm(spec, dtype, device), dtype, device)
+        backbone = cls(spec, dtype, device)
+        backbone.model  # noqa: B018 - load now
+        return backbone
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            if self.pool is not None:
+                self.pool.make_room(self)
+            self._model = load_causal_lm(self.spec, self.dtype, self.device)
+            for name, lora in self._lora.items():
+                self._attach(name, lora)
+                self.load_adapter_state(name, self._parked.pop(name))
+        return self._model
+
+    def release(self) -> None:
+        """Free the base weights, parking the adapters on the CPU."""
+        if self._model is None:
+            return
+        self._parked = {n: {k: v.detach().cpu().clone() for k, v in self.adapter_state(n).items()} for n in self._lora}
+        self._model = None
+        gc.collect()
 
     @property
     def fmt(self) -> ChatFormat:
@@ -134,20 +163,24 @@ class Backbone:
 
     @property
     def adapters(self) -> list[str]:
-        return list(getattr(self.model, "peft_config", {}))
+        return list(self._lora)
 
     def add_adapter(self, name: str, lora: LoraConfig, seed: int) -> None:
         """A fresh fp32 LoRA adapter named ``name`` (B=0, so it starts as the base model)."""
+        torch.manual_seed(seed)
+        self._attach(name, lora)
+        self._lora[name] = lora
+
+    def _attach(self, name: str, lora: LoraConfig) -> None:
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
 
         config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                 target_modules=lora.target_modules, task_type="CAUSAL_LM")
-        torch.manual_seed(seed)
-        if self.adapters:
+        if hasattr(self.model, "peft_config"):
             self.model.add_adapter(name, config)
         else:
-            self.model = get_peft_model(self.model, config, adapter_name=name, autocast_adapter_dtype=False)
+            self._model = get_peft_model(self.model, config, adapter_name=name, autocast_adapter_dtype=False)
         for n, p in self.model.named_parameters():
             if f".{name}." in n:
                 p.data = p.data.float()
@@ -161,20 +194,23 @@ class Backbone:
     @contextmanager
     def active(self, name: str | None):
         """Run with the adapter ``name`` active, or with no adapter (the base model) for ``None``."""
+        model = self.model
         if name is None:
             if self.adapters:
-                with self.model.disable_adapter():
-                    yield self.model
+                with model.disable_adapter():
+                    yield model
             else:
-                yield self.model
+                yield model
             return
-        self.model.set_adapter(name)
-        yield self.model
+        model.set_adapter(name)
+        yield model
 
     def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
 
-        return get_peft_model_state_dict(self.model, adapter_name=name)
+        if self._model is None:
+            return self._parked[name]
+        return get_peft_model_state_dict(self._model, adapter_name=name)
 
     def load_adapter_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
         from peft import set_peft_model_state_dict
@@ -185,6 +221,44 @@ class Backbone:
         """Save adapter ``name`` as ``directory/name`` (peft's layout for named adapters)."""
         self.model.save_pretrained(str(directory), selected_adapters=[name])
         return Path(directory) / name
+
+
+def weight_bytes(spec: str, dtype: torch.dtype) -> int | None:
+    """Bytes the base weights take in ``dtype``, from the local safetensors (None when unknown)."""
+    from semcon.assets import EMBEDDED_MODELS
+
+    path = Path(resolve_model(spec)) if spec in EMBEDDED_MODELS or Path(spec).is_dir() else None
+    files = list(path.glob("*.safetensors")) if path else []
+    if not files:
+        return None
+    stored = sum(f.stat().st_size for f in files)  # the cache holds fp32; other dirs may hold bf16
+    return int(stored * torch.finfo(dtype).bits / 32) if spec in EMBEDDED_MODELS else stored
+
+
+class BackbonePool:
+    """The distinct base models of a run. All stay resident when their weights fit the memory budget;
+    otherwise only one is loaded at a time (clients run their phases one after another)."""
+
+    def __init__(self, specs: list[str], dtype: torch.dtype, device: torch.device, policy: str = "auto",
+                 budget_gb: float | None = None):
+        import psutil
+
+        self.backbones = {s: Backbone(s, dtype, device, pool=self) for s in dict.fromkeys(specs)}
+        sizes = [weight_bytes(s, dtype) for s in self.backbones]
+        budget = (budget_gb * 2**30) if budget_gb else 0.5 * psutil.virtual_memory().total
+        self.resident = policy == "all" or (policy == "auto" and all(x is not None for x in sizes)
+                                            and sum(sizes) <= budget)
+        log.info("base models %s: %s", ", ".join(self.backbones),
+                 "all resident" if self.resident else "loaded one at a time")
+
+    def __getitem__(self, spec: str) -> Backbone:
+        return self.backbones[spec]
+
+    def make_room(self, incoming: Backbone) -> None:
+        if not self.resident:
+            for b in self.backbones.values():
+                if b is not incoming:
+                    b.release()
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -6,11 +6,16 @@ simulation and any network transport move exactly these bytes, so measured traff
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import msgpack
 import zstandard
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 CODEC_VERSION = 1
 ZSTD_LEVEL = 10
 
@@ -118,6 +123,22 @@ def validate_upload(msg: Message, *, client: str, round: int, prompt_ids: set[st
     if not problems and msg.answers and not any(text.strip() for text in msg.answers.values()):
         problems.append("every answer is empty")
     return problems
+
+
+def accept_uploads(round: int, clients: list[str], payloads: dict[str, bytes],
+                   check: Callable[[Message, str], T]) -> tuple[dict[str, T], dict[str, str]]:
+    """Decode each client's payload (in client order) and ``check`` it; a payload that fails either is
+    rejected for this round with a logged reason naming the client, and the others go on."""
+    accepted, rejected = {}, {}
+    for name in clients:
+        if name not in payloads:
+            continue
+        try:
+            accepted[name] = check(decode(payloads[name]), name)
+        except ValueError as e:  # ProtocolError included
+            rejected[name] = str(e)
+            log.warning("round %d: rejected the upload of client %r: %s", round, name, e)
+    return accepted, rejected
 
 
 def empty_answers(msg: Upload) -> set[str]:

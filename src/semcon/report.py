@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-PHASES = ("train", "generate", "upload", "aggregate", "transfer")
+PHASES = ("train", "generate", "upload", "embed", "aggregate", "transfer", "evaluate")
 
 
 def round_table(summary: dict) -> Table:

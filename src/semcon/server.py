@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 
@@ -12,9 +11,7 @@ from semcon.config import ConsensusConfig
 from semcon.consensus import semantic_medoid
 from semcon.data import Prompt
 from semcon.embed import Embedder
-from semcon.protocol import Download, ProtocolError, Upload, decode, validate_upload
-
-log = logging.getLogger(__name__)
+from semcon.protocol import Download, ProtocolError, Upload, accept_uploads, validate_upload
 
 
 @dataclass(frozen=True)
@@ -56,22 +53,14 @@ class Server:
     def accept(self, round: int, prompts: list[Prompt], payloads: dict[str, bytes]) -> tuple[dict[str, Upload], dict[str, str]]:
         """Decode and validate every payload; an invalid one is rejected for this round with its reason."""
         ids = {p.id for p in prompts}
-        accepted, rejected = {}, {}
-        for name in self.clients:
-            if name not in payloads:
-                continue
-            try:
-                msg = decode(payloads[name])
-                problems = validate_upload(msg, client=name, round=round, prompt_ids=ids,
-                                           max_chars=self.cfg.max_answer_chars)
-            except ProtocolError as e:
-                problems = [str(e)]
-            if problems:
-                rejected[name] = "; ".join(problems)
-                log.warning("round %d: rejected the upload of client %r: %s", round, name, rejected[name])
-            else:
-                accepted[name] = msg
-        return accepted, rejected
+
+        def valid(msg, name: str) -> Upload:
+            if problems := validate_upload(msg, client=name, round=round, prompt_ids=ids,
+                                           max_chars=self.cfg.max_answer_chars):
+                raise ProtocolError("; ".join(problems))
+            return msg
+
+        return accept_uploads(round, self.clients, payloads, valid)
 
     def aggregate(self, round: int, prompts: list[Prompt], payloads: dict[str, bytes]) -> RoundResult:
         """One consensus step: validate, embed all answers in one batch, medoid for all prompts at once."""

@@ -23,7 +23,7 @@ from semcon.config import NetworkConfig, RunConfig
 from semcon.data import Example, Prompt, build_splits
 from semcon.embed import Embedder
 from semcon.energy import EnergyMeter
-from semcon.models import Backbone, pick_device, pick_dtype
+from semcon.models import BackbonePool, pick_device, pick_dtype
 from semcon.protocol import Download, Message, decode, encode
 from semcon.rundir import RunDir
 from semcon.server import Server
@@ -32,26 +32,49 @@ log = logging.getLogger(__name__)
 
 
 class Phases:
-    """Seconds per phase of one round, and a progress bar per phase (``progress`` is a rich Progress)."""
+    """Seconds and peak RSS per phase of one round, and a progress bar per phase (a rich Progress)."""
 
     def __init__(self, progress=None):
         self.progress = progress
         self.seconds: dict[str, float] = defaultdict(float)
+        self.peak_rss_gb: dict[str, float] = defaultdict(float)
 
     @contextmanager
     def __call__(self, name: str, total: int | None = None, label: str = ""):
         task = self.progress.add_task(f"{name:<9} {label}", total=total) if self.progress else None
         start = time.perf_counter()
+        reset_peak_rss()
         try:
             yield (lambda n=1: self.progress.advance(task, n)) if task is not None else (lambda n=1: None)
         finally:
             self.seconds[name] += time.perf_counter() - start
+            self.peak_rss_gb[name] = max(self.peak_rss_gb[name], round(phase_peak_rss_gb(), 3))
             if task is not None:
                 self.progress.remove_task(task)
 
 
 def peak_rss_gb() -> float:
+    """Peak RSS of the whole process so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: VmHWM is reset by writing 5 to clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def phase_peak_rss_gb() -> float:
+    """Peak RSS since the last reset (VmHWM), else the process peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return peak_rss_gb()
 
 
 def send_up(run: RunDir, msg: Message) -> bytes:
@@ -89,7 +112,7 @@ def setup(cfg: RunConfig) -> Federation:
     splits = build_splits(cfg)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
-    backbones = {spec: Backbone.load(spec, dtype, device) for spec in dict.fromkeys(c.model for c in cfg.clients)}
+    backbones = BackbonePool([c.model for c in cfg.clients], dtype, device, cfg.resident_models, cfg.memory_budget_gb)
     embedder = Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size)
     if cfg.method == "centralized":  # one model on the pooled private data, the same total training budget
         pooled = [e for c in cfg.clients for e in splits.private[c.name]]
@@ -212,6 +235,7 @@ def round_metrics(run_dir: RunDir, t: int, phases: Phases, stats: dict, result, 
         "bytes_down": sum(r["encoded_bytes"] for r in ledger if r["direction"] == "down"),
         "raw_bytes_up": sum(r["raw_bytes"] for r in ledger if r["direction"] == "up"),
         "seconds": {k: round(v, 3) for k, v in phases.seconds.items()},
+        "phase_peak_rss_gb": dict(phases.peak_rss_gb),
         "train_loss": {n: [round(s.loss_first, 4), round(s.loss_last, 4)] for n, s in stats.items()},
         "modelled_transfer_s": round(modelled_transfer_s(ledger, net), 3),
         "train_tokens": {n: s.tokens for n, s in stats.items()},
@@ -221,7 +245,9 @@ def round_metrics(run_dir: RunDir, t: int, phases: Phases, stats: dict, result, 
     if result is not None:
         row.update(rejected=result.rejected, accepted=result.accepted)
     if result is not None and isinstance(result.download, Download):  # semantic consensus
+        # phases are disjoint: "aggregate" keeps decoding, validation and the medoid, "embed" the embedder
         row["seconds"]["embed"] = round(result.seconds_embed, 3)
+        row["seconds"]["aggregate"] = round(max(row["seconds"]["aggregate"] - result.seconds_embed, 0.0), 3)
         row.update(mean_agreement=round(result.mean_agreement, 4) if not np.isnan(result.mean_agreement) else None,
                    pseudo_labels=len(result.labels), unlabelled=len(result.unlabelled), prompts=num_prompts)
     run_dir.metric("round", **row)
