@@ -5,8 +5,9 @@ import json
 import pytest
 
 from conftest import tiny_tree
-from semcon import simulation
+from semcon import federation, simulation
 from semcon.config import load_config
+from semcon.client import Client
 from semcon.protocol import Upload
 
 
@@ -50,15 +51,17 @@ def test_same_seed_same_pseudo_labels(tiny_run, tmp_path):
 
 
 def test_a_client_uploading_garbage_is_rejected_and_the_run_goes_on(tiny_llama_dir, tmp_path, monkeypatch):
-    real = simulation.send_up
+    real = Client.answer
 
-    def tamper(run_dir, msg):
-        if msg.client == "math":  # a client whose upload is for the wrong round
+    def tamper(self, round, prompts, on_batch=None):
+        msg = real(self, round, prompts, on_batch)
+        if self.name == "math":  # a client whose upload is for the wrong round
             msg = Upload(round=msg.round + 5, client=msg.client, answers=msg.answers)
-        return real(run_dir, msg)
+        return msg
 
-    monkeypatch.setattr(simulation, "send_up", tamper)
-    summary = simulation.run(load_config(tree=tiny_tree(str(tiny_llama_dir), rounds=1)), tmp_path)
+    monkeypatch.setattr(Client, "answer", tamper)
+    tree = tiny_tree(str(tiny_llama_dir), rounds=1, min_clients=1)
+    summary = simulation.run(load_config(tree=tree), tmp_path)
     last = summary["per_round"][-1]
     assert "math" in last["rejected"] and last["accepted"] == ["geo"]
     labels = read_jsonl(tmp_path / "pseudo_labels" / "round_01.jsonl")
@@ -72,5 +75,5 @@ def test_modelled_transfer_time_by_hand():
     ledger = [{"direction": "up", "encoded_bytes": 1_000_000}, {"direction": "up", "encoded_bytes": 500_000},
               {"direction": "down", "encoded_bytes": 1_000_000}]
     # slowest upload: 0.05 s + 8e6 bit / 8e6 bit/s = 1.05 s; download: 0.05 + 8e6 / 8e7 = 0.15 s
-    assert simulation.modelled_transfer_s(ledger, net) == pytest.approx(1.2)
-    assert simulation.modelled_transfer_s([], net) == 0.0
+    assert federation.modelled_transfer_s(ledger, net) == pytest.approx(1.2)
+    assert federation.modelled_transfer_s([], net) == 0.0

@@ -15,10 +15,16 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from semcon.client import Client
+from semcon.config import RunConfig
 from semcon.data import Prompt
+from semcon.embed import Embedder
 from semcon.protocol import AdapterUpdate, Message, accept_uploads
 from semcon.server import RoundResult, Server
 from semcon.train import TrainStats
+
+
+class FederationError(RuntimeError):
+    """The run cannot go on (too few clients answered); its state up to the last round is intact."""
 
 
 class Algorithm(Protocol):
@@ -80,7 +86,7 @@ class FedAvg:
         updates, rejected = accept_uploads(t, self.clients, payloads,
                                            lambda msg, name: (self._check(msg, name, t), msg.num_examples))
         if not updates:
-            raise RuntimeError(f"round {t}: no valid adapter upload; rejected: {rejected}")
+            raise FederationError(f"round {t}: no valid adapter upload; rejected: {rejected}")
         averaged = average_states([s for s, _ in updates.values()], [n for _, n in updates.values()])
         download = AdapterUpdate(round=t, client="server", tensors=save_tensors(averaged))
         return RoundResult(download, labels=[], accepted=list(updates), rejected=rejected)
@@ -139,3 +145,13 @@ def average_states(states: list[dict[str, torch.Tensor]], weights: list[float]) 
     if not states or not math.isfinite(total) or total <= 0:
         raise ValueError("nothing to average")
     return {k: sum(s[k].float() * (w / total) for s, w in zip(states, weights)).contiguous() for k in states[0]}
+
+
+def make_algorithm(cfg: RunConfig, prompts: list[Prompt], embedder: Embedder | None = None) -> Algorithm:
+    """The method of ``cfg``; the server side of semantic consensus embeds with ``embedder``."""
+    names = [c.name for c in cfg.clients]
+    if cfg.method == "semantic_consensus":
+        return SemanticConsensus(Server(cfg.consensus, names, embedder), prompts, cfg.rounds)
+    if cfg.method in ("fedavg", "fedprox"):
+        return FedAvg(cfg.rounds, names, mu=cfg.train.prox_mu if cfg.method == "fedprox" else 0.0)
+    return LocalOnly(cfg.method)

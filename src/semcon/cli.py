@@ -76,17 +76,46 @@ def _setup_logging(verbose: bool) -> None:
                         handlers=[RichHandler(console=err, show_path=False, show_time=False)])
 
 
-def _run_one(cfg, out: Path) -> dict:
-    """One federation with rich progress bars; bad data ends the command with exit code 2."""
+def _run_one(cfg, out: Path, resume: bool = False) -> dict:
+    """One federation with rich progress bars; bad data ends the command with exit code 2, a federation
+    that cannot go on (too few clients) with exit code 1 and its state kept for `semcon resume`."""
+    from semcon.algorithms import FederationError
     from semcon.data import DataError
+    from semcon.simulation import resume as resume_federation
     from semcon.simulation import run as run_federation
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=True) as progress:
-            return run_federation(cfg, out, progress)
+            return resume_federation(out, progress) if resume else run_federation(cfg, out, progress)
     except (DataError, FileNotFoundError) as e:
         fail(str(e))
+    except FederationError as e:
+        err.print(f"[bold red]stopped:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="run directory of a crashed, killed or stopped run")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Continue a run from its last completed round (in-process runs; Flower runs: `semcon flower resume`)."""
+    from semcon.config import ConfigError, load_config
+
+    _setup_logging(verbose)
+    try:
+        cfg = load_config(run_dir / "config.yaml")
+    except ConfigError as e:
+        fail(str(e))
+    if (run_dir / "flower.json").is_file():
+        fail(f"{run_dir} is a Flower run: `semcon flower resume {run_dir}` continues it")
+    _quiet_libraries()
+    from semcon.report import print_summary
+
+    summary = _run_one(cfg, run_dir, resume=True)
+    print_summary(summary, console)
+    console.print(f"run directory: [bold]{run_dir}[/]")
 
 
 @app.command()

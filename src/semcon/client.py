@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from safetensors.torch import load as load_tensors
+from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_tensors
 
 from semcon.config import RunConfig
@@ -93,3 +97,23 @@ class Client:
                                    batch_size=e.batch_size, generate_answers=e.generate,
                                    max_new_tokens=e.max_new_tokens or self.max_new_tokens, gen_batch_size=g.batch_size,
                                    device=self.backbone.device, dtype=self.backbone.dtype)
+
+    def save_state(self, directory: Path, round: int, keep: int = 2) -> Path:
+        """Write the adapter as it stands after ``round`` (atomically) and keep only the last ``keep``."""
+        folder = Path(directory) / self.name
+        folder.mkdir(parents=True, exist_ok=True)
+        path, tmp = folder / f"round_{round:02d}.safetensors", folder / f".round_{round:02d}.tmp"
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.backbone.adapter_state(self.name).items()}, tmp)
+        os.replace(tmp, path)
+        for old in sorted(folder.glob("round_*.safetensors"))[:-keep]:
+            old.unlink()
+        return path
+
+    def restore_state(self, directory: Path, upto: int) -> int | None:
+        """Load the newest saved adapter of a round <= ``upto``; None (fresh adapter) when there is none."""
+        saved = {int(p.stem.split("_")[1]): p for p in (Path(directory) / self.name).glob("round_*.safetensors")}
+        rounds = [r for r in saved if r <= upto]
+        if not rounds:
+            return None
+        self.backbone.load_adapter_state(self.name, load_file(saved[max(rounds)]))
+        return max(rounds)

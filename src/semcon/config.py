@@ -129,6 +129,14 @@ class NetworkConfig(Strict):
     latency_ms: float = Field(50.0, ge=0, description="one-way latency per message")
 
 
+class FlowerConfig(Strict):
+    """Deployment on Flower (``semcon flower``): how long the server waits for nodes and replies."""
+
+    phase_timeout_s: float = Field(1800.0, gt=0, description="seconds the server waits for the replies of one "
+                                   "phase; a node that has not replied by then counts as failed for the round")
+    connect_timeout_s: float = Field(300.0, gt=0, description="seconds to wait for min_clients nodes at start")
+
+
 class RunConfig(Strict):
     """Everything a run needs. Unknown keys are errors."""
 
@@ -146,6 +154,8 @@ class RunConfig(Strict):
     memory_budget_gb: float | None = Field(None, gt=0, description="for base weights (default: half the RAM)")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
     clients: list[ClientConfig] = Field(min_length=1)
+    min_clients: int | None = Field(None, gt=0, description="a round completes when at least this many clients "
+                                    "answered and trained; fewer stop the run (resumable). Default: a majority")
     data: DataConfig = DataConfig()
     public: PublicConfig = PublicConfig()
     train: TrainConfig = TrainConfig()
@@ -153,6 +163,14 @@ class RunConfig(Strict):
     consensus: ConsensusConfig = ConsensusConfig()
     eval: EvalConfig = EvalConfig()
     network: NetworkConfig = NetworkConfig()
+    flower: FlowerConfig = FlowerConfig()
+
+    @property
+    def needed_clients(self) -> int:
+        """Clients that must complete each phase of a round (centralized has one model)."""
+        if self.method == "centralized":
+            return 1
+        return self.min_clients or len(self.clients) // 2 + 1
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -164,6 +182,8 @@ class RunConfig(Strict):
                 raise ValueError(f"partition=category needs 'data' for every client; missing for: {', '.join(missing)}")
         elif all(c.data is None for c in self.clients):
             raise ValueError("no client names a data selection, so there is nothing to partition")
+        if self.min_clients is not None and self.min_clients > len(self.clients):
+            raise ValueError(f"min_clients={self.min_clients} exceeds the {len(self.clients)} clients")
         if problem := averaging_problem(self):
             raise ValueError(problem)
         return self

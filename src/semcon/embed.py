@@ -11,10 +11,17 @@ class Embedder:
     """Unit-norm sentence embeddings in batches (sentence-transformers sorts each call by length)."""
 
     def __init__(self, name: str, device: str = "cpu", batch_size: int = 64):
-        from sentence_transformers import SentenceTransformer
+        self.name, self.device, self.batch_size = name, device, batch_size
+        self._model = None
 
-        self.model = SentenceTransformer(embedder_dir(name), device=device)
-        self.batch_size = batch_size
+    @property
+    def model(self):
+        """Loaded on first use: a process that never embeds (a Flower client that only trains) skips it."""
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(embedder_dir(self.name), device=self.device)
+        return self._model
 
     @property
     def dim(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,25 @@ class RunDir:
         for name in ("metrics.jsonl", "ledger.jsonl"):
             (run.path / name).write_text("")
         (run.path / "config.yaml").write_text(cfg.dump(), encoding="utf-8")
+        (run.path / "run_id").write_text(uuid.uuid4().hex[:12])
         return run
+
+    @property
+    def run_id(self) -> str:
+        """A random id of this run; clients key their saved state by it (Flower node ids change)."""
+        return (self.path / "run_id").read_text().strip()
+
+    def rewind(self, next_round: int) -> None:
+        """Drop what a crashed session wrote after its last completed round, so that resuming from
+        ``next_round`` appends exactly what an uninterrupted run would have."""
+        for name in ("ledger.jsonl", "metrics.jsonl"):
+            keep = [r for r in self.rows(name) if r.get("event", "round") == "round" and r["round"] < next_round]
+            (self.path / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep),
+                                          encoding="utf-8")
+        for path in (self.path / "pseudo_labels").glob("round_*.jsonl"):
+            if int(path.stem.split("_")[1]) >= next_round:
+                path.unlink()
+        (self.path / "summary.json").unlink(missing_ok=True)
 
     def _append(self, name: str, row: dict[str, Any]) -> None:
         with open(self.path / name, "a", encoding="utf-8") as f:
@@ -36,8 +55,11 @@ class RunDir:
 
     def ledger(self, round: int, client: str, direction: str, msg: Message, encoded: bytes) -> dict[str, Any]:
         """Record one encoded message; sizes come from the actual payload."""
-        row = {"round": round, "client": client, "direction": direction, "kind": msg.kind,
-               "raw_bytes": raw_bytes(msg), "encoded_bytes": len(encoded)}
+        return self.ledger_row(round, client, direction, msg.kind, raw_bytes(msg), len(encoded))
+
+    def ledger_row(self, round: int, client: str, direction: str, kind: str, raw: int, encoded: int) -> dict[str, Any]:
+        row = {"round": round, "client": client, "direction": direction, "kind": kind,
+               "raw_bytes": raw, "encoded_bytes": encoded}
         self._append("ledger.jsonl", row)
         return row
 
