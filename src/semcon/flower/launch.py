@@ -1,0 +1,189 @@
+"""Start and stop Flower's processes for a semcon run: a SuperLink, SuperNodes, and ``flwr run``.
+
+``semcon flower local`` uses all of it on 127.0.0.1; across machines, each organisation starts its own
+SuperNode and the coordinator runs ``semcon flower run`` on the SuperLink's machine (README).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+APP_PYPROJECT = """\
+# A Flower app that runs semcon's ServerApp and ClientApp; written by `semcon flower run`.
+[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "semcon-flower"
+version = "0.1.0"
+description = "semcon: federated fine-tuning of LLMs by semantic consensus, on Flower"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "semcon"
+
+[tool.flwr.app.components]
+serverapp = "semcon.flower.server_app:app"
+clientapp = "semcon.flower.client_app:app"
+
+[tool.flwr.app.config]
+run-dir = {run_dir}
+"""
+
+
+def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for every Flower process: no telemetry or update checks, this venv first on PATH."""
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {**env, **(extra or {})}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+def write_app(run_dir: Path) -> Path:
+    """The Flower app directory for ``run_dir`` (only a pyproject.toml: the code is the installed semcon)."""
+    app = run_dir / "flower-app"
+    app.mkdir(parents=True, exist_ok=True)
+    (app / "pyproject.toml").write_text(APP_PYPROJECT.replace("{run_dir}", json.dumps(str(run_dir.resolve()))))
+    return app
+
+
+def write_connection(home: Path, address: str, root_certificates: Path | None = None) -> str:
+    """A named SuperLink connection in ``FLWR_HOME/config.toml`` (where flwr 1.42 looks for them)."""
+    home.mkdir(parents=True, exist_ok=True)
+    tls = f'root-certificates = "{root_certificates.resolve()}"' if root_certificates else "insecure = true"
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "semcon"\n\n[superlink.semcon]\n'
+                                      f'address = "{address}"\n{tls}\n')
+    return "semcon"
+
+
+@dataclass
+class Processes:
+    """The Flower processes this launcher started, stopped by PID (SuperNodes first, then the SuperLink)."""
+
+    home: Path
+    logs: Path
+    superlink: subprocess.Popen | None = None
+    nodes: dict[int, subprocess.Popen] = field(default_factory=dict)
+    address: str = ""
+
+    def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        out = open(self.logs / f"{name}.log", "ab")
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=flower_env(self.home, env),
+                                start_new_session=True)
+
+    def start_superlink(self, port: int | None = None) -> str:
+        port = port or free_port()
+        self.superlink = self._start("superlink", [
+            _bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
+            "--disable-runtime-dependency-installation"])
+        self.address = f"127.0.0.1:{port}"
+        wait_for_port(port, self.superlink, self.logs / "superlink.log")
+        return self.address
+
+    def start_node(self, partition: int, state_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+        node_config = f"partition-id={partition} state-dir={json.dumps(str(state_dir.resolve()))}"
+        proc = self._start(f"node{partition}", [
+            _bin("flower-supernode"), "--insecure", "--superlink", self.address, "--host", "127.0.0.1",
+            "--port", str(free_port()), "--node-config", node_config], env)
+        self.nodes[partition] = proc
+        return proc
+
+    def stop_node(self, partition: int, sig: int = signal.SIGTERM) -> None:
+        stop(self.nodes.pop(partition), sig)
+
+    def stop_all(self) -> None:
+        for partition in list(self.nodes):
+            self.stop_node(partition)
+        if self.superlink is not None:
+            stop(self.superlink)
+            self.superlink = None
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 15.0) -> None:
+    """Stop a process and the children it started (its session), by PID; SIGKILL after the grace time."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, logfile: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with {proc.returncode}; see {logfile}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"flower-superlink did not open port {port} within {timeout_s:.0f} s; see {logfile}")
+
+
+def flwr_run(run_dir: Path, home: Path, connection: str, logfile: Path | None = None) -> dict:
+    """Submit the run to the SuperLink, stream its log, and return its summary.
+
+    ``flwr run`` exits 0 even when the ServerApp failed, so the outcome is read from the run directory.
+    """
+    app = write_app(run_dir)
+    (run_dir / "summary.json").unlink(missing_ok=True)
+    (run_dir / "stopped.txt").unlink(missing_ok=True)
+    cmd = [_bin("flwr"), "run", str(app), connection, "--stream"]
+    out = open(logfile, "ab") if logfile else None
+    subprocess.run(cmd, env=flower_env(home), stdout=out, stderr=subprocess.STDOUT if out else None, check=False)
+    if (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    if (run_dir / "stopped.txt").is_file():
+        raise RuntimeError((run_dir / "stopped.txt").read_text(encoding="utf-8").strip())
+    raise RuntimeError(f"the Flower run of {run_dir} ended without a summary; see the logs in {home}")
+
+
+def mark(run_dir: Path, superlink: str) -> None:
+    """``flower.json`` says the run directory belongs to a Flower run (and where its SuperLink was)."""
+    (run_dir / "flower.json").write_text(json.dumps({"superlink": superlink}) + "\n", encoding="utf-8")
+
+
+def run_local(run_dir: Path, num_nodes: int, node_env: dict[int, dict[str, str]] | None = None) -> dict:
+    """A whole Flower deployment on 127.0.0.1 for an existing run directory: a SuperLink, one SuperNode per
+    client (state under ``run_dir/nodes``), the run (or its continuation), then every process stopped."""
+    procs = Processes(home=run_dir / "flower", logs=run_dir / "flower" / "logs")
+    try:
+        procs.start_superlink()
+        for i in range(num_nodes):
+            procs.start_node(i, run_dir / "nodes" / f"node{i}", (node_env or {}).get(i))
+        mark(run_dir, procs.address)
+        return flwr_run(run_dir, procs.home, write_connection(procs.home, procs.address),
+                        procs.logs / "flwr-run.log")
+    finally:
+        procs.stop_all()
