@@ -188,5 +188,99 @@ def comm(
         console.print(f"- {a}", highlight=False)
 
 
+flower_app = typer.Typer(no_args_is_help=True, help="Run on Flower's deployment engine (SuperLink + SuperNodes).")
+app.add_typer(flower_app, name="flower")
+
+
+def _flower_outcome(summary_fn) -> dict:
+    try:
+        return summary_fn()
+    except RuntimeError as e:
+        err.print(f"[bold red]stopped:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _flower_config(config: Path, set_: list[str] | None):
+    from semcon.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, set_ or [])
+    except ConfigError as e:
+        fail(str(e))
+    if cfg.method not in ("semantic_consensus", "fedavg", "fedprox", "local"):
+        fail(f"method {cfg.method!r} has no Flower deployment (it pools the data in one place)")
+    return cfg
+
+
+@flower_app.command("local")
+def flower_local(
+    config: Annotated[Path, typer.Argument(help="YAML config")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, as for `semcon run`")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/NAME-TIME)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Start a SuperLink and one SuperNode per client on 127.0.0.1, run the config, stop them all."""
+    _setup_logging(verbose)
+    cfg = _flower_config(config, set_)
+    from semcon.flower.launch import run_local
+    from semcon.report import print_summary
+    from semcon.rundir import RunDir
+    from semcon.simulation import default_out
+
+    out = out or default_out(cfg)
+    RunDir.create(out, cfg)
+    console.print(f"Flower run on 127.0.0.1: {len(cfg.clients)} SuperNodes; logs in {out / 'flower' / 'logs'}")
+    print_summary(_flower_outcome(lambda: run_local(out, len(cfg.clients))), console)
+    console.print(f"run directory: [bold]{out}[/]")
+
+
+@flower_app.command("run")
+def flower_run(
+    config: Annotated[Path, typer.Argument(help="YAML config")],
+    superlink: Annotated[str, typer.Option("--superlink", help="HOST:PORT of the SuperLink's API")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, as for `semcon run`")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="run directory on this machine (the SuperLink's)")] = None,
+    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate for TLS (default: insecure)")] = None,
+) -> None:
+    """Run a config on a running SuperLink and its SuperNodes (from the SuperLink's machine, where the
+    ServerApp writes the run directory)."""
+    _setup_logging(False)
+    from semcon.flower.launch import flwr_run, mark, write_connection
+    from semcon.report import print_summary
+    from semcon.rundir import RunDir
+    from semcon.simulation import default_out
+
+    cfg = _flower_config(config, set_)
+    out = out or default_out(cfg)
+    RunDir.create(out, cfg)
+    home = out / "flower"
+    mark(out, superlink)
+    connection = write_connection(home, superlink, root_certificates)
+    print_summary(_flower_outcome(lambda: flwr_run(out, home, connection)), console)
+    console.print(f"run directory: [bold]{out}[/]")
+
+
+@flower_app.command("resume")
+def flower_resume(
+    run_dir: Annotated[Path, typer.Argument(help="run directory of a Flower run that crashed or was stopped")],
+    superlink: Annotated[str | None, typer.Option("--superlink", help="HOST:PORT of a running SuperLink; "
+                                                  "default: start a local one with its SuperNodes again")] = None,
+    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate for TLS (default: insecure)")] = None,
+) -> None:
+    """Continue a Flower run from its last completed round (clients reload their saved adapters)."""
+    _setup_logging(False)
+    cfg = _flower_config(run_dir / "config.yaml", None)
+    from semcon.flower.launch import flwr_run, run_local, write_connection
+    from semcon.report import print_summary
+
+    if superlink is None:
+        summary = _flower_outcome(lambda: run_local(run_dir, len(cfg.clients)))
+    else:
+        home = run_dir / "flower"
+        summary = _flower_outcome(lambda: flwr_run(run_dir, home, write_connection(home, superlink, root_certificates)))
+    print_summary(summary, console)
+    console.print(f"run directory: [bold]{run_dir}[/]")
+
+
 def main() -> None:
     app()

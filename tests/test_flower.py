@@ -1,0 +1,113 @@
+"""semcon on a real Flower deployment on 127.0.0.1: a SuperLink and SuperNodes as separate processes.
+
+Each phase costs Flower about 6 s of polling, so these runs are short: 2 tiny clients, 1 round.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import psutil
+import pytest
+import yaml
+
+from conftest import tiny_tree
+from semcon import simulation
+from semcon.config import load_config
+from semcon.federation import RunState
+from semcon.flower.launch import Processes, flwr_run, write_connection
+from semcon.rundir import RunDir
+
+pytestmark = pytest.mark.flower
+
+
+def rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def tree(tiny_llama_dir):
+    return tiny_tree(str(tiny_llama_dir), eval={"generate": False, "energy": False, "before": False},
+                     flower={"phase_timeout_s": 30, "connect_timeout_s": 60})
+
+
+@pytest.fixture(scope="module")
+def in_process(tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("in-process")
+    simulation.run(load_config(tree=tree), out)
+    return out
+
+
+def same_results(flower_dir, reference):
+    labels = "pseudo_labels/round_01.jsonl"
+    assert (flower_dir / labels).read_text() == (reference / labels).read_text()
+    key = lambda r: (r["round"], r["client"], r["direction"])  # noqa: E731
+    assert sorted(rows(flower_dir / "ledger.jsonl"), key=key) == sorted(rows(reference / "ledger.jsonl"), key=key)
+
+
+def flower_processes(home):
+    """Processes still running with this deployment's FLWR_HOME."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("FLWR_HOME") == str(home):
+                found.append(p)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return found
+
+
+def test_flower_local_gives_the_in_process_results(tree, in_process, tmp_path):
+    config, out = tmp_path / "tiny.yaml", tmp_path / "run"
+    config.write_text(yaml.safe_dump(tree))
+    done = subprocess.run([sys.executable, "-m", "semcon", "flower", "local", str(config), "--out", str(out)],
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    same_results(out, in_process)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["transport"] == "flower" and set(summary["eval_after"]) == {"geo", "math"}
+    for i, name in enumerate(["geo", "math"]):  # each node kept its own adapter, keyed by the run id
+        assert (out / "nodes" / f"node{i}" / RunDir(out).run_id / name / "round_01.safetensors").is_file()
+    assert flower_processes(out / "flower") == []  # every process it started was stopped
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    procs = Processes(tmp_path / "flower", tmp_path / "flower" / "logs")
+    procs.start_superlink()
+    yield procs
+    procs.stop_all()
+    assert flower_processes(procs.home) == []
+
+
+def test_a_failing_client_misses_its_round_and_the_others_go_on(tree, deployment, tmp_path):
+    out = tmp_path / "run"
+    RunDir.create(out, load_config(tree={**tree, "min_clients": 1}))
+    deployment.start_node(0, tmp_path / "n0")
+    deployment.start_node(1, tmp_path / "n1", {"SEMCON_CLIENT_FAIL": "upload:1:raise"})  # its ClientApp raises
+    summary = flwr_run(out, deployment.home, write_connection(deployment.home, deployment.address))
+    last = summary["per_round"][-1]
+    assert last["accepted"] == ["geo"] and "node error" in last["failed"]["math"]
+    assert {r["client"] for r in rows(out / "pseudo_labels" / "round_01.jsonl")} == {"geo"}
+    assert set(last["train_loss"]) == {"geo", "math"}  # math still got the pseudo-labels and trained
+    assert {(r["client"], r["direction"]) for r in rows(out / "ledger.jsonl")} == {
+        ("geo", "up"), ("geo", "down"), ("math", "down")}
+
+
+def test_a_dead_client_below_quorum_stops_the_run_and_resume_finishes_it(tree, in_process, deployment, tmp_path):
+    out = tmp_path / "run"
+    RunDir.create(out, load_config(tree={**tree, "min_clients": 2}))
+    deployment.start_node(0, tmp_path / "n0")
+    deployment.start_node(1, tmp_path / "n1", {"SEMCON_CLIENT_FAIL": "upload:1"})  # its process dies mid-round
+    connection = write_connection(deployment.home, deployment.address)
+    with pytest.raises(RuntimeError, match="min_clients=2"):
+        flwr_run(out, deployment.home, connection)
+    assert RunState.load(RunDir(out)).next_round == 1  # round 0 is kept
+    assert not (out / "pseudo_labels" / "round_01.jsonl").exists()
+
+    deployment.stop_node(1)  # the node comes back healthy, with a new Flower node id
+    deployment.start_node(1, tmp_path / "n1")
+    flwr_run(out, deployment.home, connection)
+    same_results(out, in_process)
+    assert [r["round"] for r in rows(out / "metrics.jsonl") if r["event"] == "round"] == [0, 1]
