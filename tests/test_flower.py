@@ -4,7 +4,6 @@ Each phase costs Flower about 6 s of polling, so these runs are short: 2 tiny cl
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ from conftest import tiny_tree
 from semcon import simulation
 from semcon.config import load_config
 from semcon.federation import RunState
-from semcon.flower.launch import Processes, flwr_run, write_connection
+from semcon.flower.launch import Processes, flwr_run, mark, write_connection
 from semcon.rundir import RunDir
 
 pytestmark = pytest.mark.flower
@@ -44,6 +43,23 @@ def same_results(flower_dir, reference):
     assert (flower_dir / labels).read_text() == (reference / labels).read_text()
     key = lambda r: (r["round"], r["client"], r["direction"])  # noqa: E731
     assert sorted(rows(flower_dir / "ledger.jsonl"), key=key) == sorted(rows(reference / "ledger.jsonl"), key=key)
+
+
+def test_flower_run_config_maps_onto_the_config(tree, tmp_path):
+    import tomllib
+
+    from flwr.common.config import flatten_dict
+
+    from semcon.config import load_config as load
+    from semcon.flower.launch import run_config_overrides, write_app
+
+    RunDir.create(tmp_path, load(tree=tree))
+    app = write_app(tmp_path)
+    run_config = flatten_dict(tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
+    assert run_config["run-dir"] == str(tmp_path.resolve()) and run_config["train.steps"] == tree["train"]["steps"]
+    run_config["train.steps"], run_config["public.num-prompts"] = 5, 3  # as `flwr run --run-config` would
+    cfg = load(tmp_path / "config.yaml", run_config_overrides(run_config))
+    assert (cfg.train.steps, cfg.public.num_prompts, cfg.rounds) == (5, 3, tree["rounds"])
 
 
 def flower_processes(home):
@@ -108,6 +124,9 @@ def test_a_dead_client_below_quorum_stops_the_run_and_resume_finishes_it(tree, i
 
     deployment.stop_node(1)  # the node comes back healthy, with a new Flower node id
     deployment.start_node(1, tmp_path / "n1")
-    flwr_run(out, deployment.home, connection)
+    mark(out, deployment.address)
+    done = subprocess.run([sys.executable, "-m", "semcon", "resume", str(out)], capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     same_results(out, in_process)
     assert [r["round"] for r in rows(out / "metrics.jsonl") if r["event"] == "round"] == [0, 1]

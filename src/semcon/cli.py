@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -98,9 +99,12 @@ def _run_one(cfg, out: Path, resume: bool = False) -> dict:
 @app.command()
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="run directory of a crashed, killed or stopped run")],
+    superlink: Annotated[str | None, typer.Option("--superlink", help="Flower runs: HOST:PORT of a running "
+                                                  "SuperLink (default: the one it ran on; local runs start theirs again)")] = None,
+    root_certificates: Annotated[Path | None, typer.Option(help="Flower runs: CA certificate for TLS")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Continue a run from its last completed round (in-process runs; Flower runs: `semcon flower resume`)."""
+    """Continue a run from its last completed round, in-process or on Flower, with nothing lost or repeated."""
     from semcon.config import ConfigError, load_config
 
     _setup_logging(verbose)
@@ -108,12 +112,22 @@ def resume(
         cfg = load_config(run_dir / "config.yaml")
     except ConfigError as e:
         fail(str(e))
-    if (run_dir / "flower.json").is_file():
-        fail(f"{run_dir} is a Flower run: `semcon flower resume {run_dir}` continues it")
     _quiet_libraries()
     from semcon.report import print_summary
 
-    summary = _run_one(cfg, run_dir, resume=True)
+    marker = run_dir / "flower.json"
+    if marker.is_file():
+        from semcon.flower.launch import flwr_run, run_local, write_connection
+
+        where = json.loads(marker.read_text(encoding="utf-8"))
+        if superlink is None and where.get("local"):
+            summary = _flower_outcome(lambda: run_local(run_dir, len(cfg.clients)))
+        else:
+            home = run_dir / "flower"
+            connection = write_connection(home, superlink or where["superlink"], root_certificates)
+            summary = _flower_outcome(lambda: flwr_run(run_dir, home, connection))
+    else:
+        summary = _run_one(cfg, run_dir, resume=True)
     print_summary(summary, console)
     console.print(f"run directory: [bold]{run_dir}[/]")
 
@@ -193,6 +207,7 @@ app.add_typer(flower_app, name="flower")
 
 
 def _flower_outcome(summary_fn) -> dict:
+    """The summary of a Flower run, or exit code 1 with the reason it stopped."""
     try:
         return summary_fn()
     except RuntimeError as e:
@@ -258,28 +273,6 @@ def flower_run(
     connection = write_connection(home, superlink, root_certificates)
     print_summary(_flower_outcome(lambda: flwr_run(out, home, connection)), console)
     console.print(f"run directory: [bold]{out}[/]")
-
-
-@flower_app.command("resume")
-def flower_resume(
-    run_dir: Annotated[Path, typer.Argument(help="run directory of a Flower run that crashed or was stopped")],
-    superlink: Annotated[str | None, typer.Option("--superlink", help="HOST:PORT of a running SuperLink; "
-                                                  "default: start a local one with its SuperNodes again")] = None,
-    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate for TLS (default: insecure)")] = None,
-) -> None:
-    """Continue a Flower run from its last completed round (clients reload their saved adapters)."""
-    _setup_logging(False)
-    cfg = _flower_config(run_dir / "config.yaml", None)
-    from semcon.flower.launch import flwr_run, run_local, write_connection
-    from semcon.report import print_summary
-
-    if superlink is None:
-        summary = _flower_outcome(lambda: run_local(run_dir, len(cfg.clients)))
-    else:
-        home = run_dir / "flower"
-        summary = _flower_outcome(lambda: flwr_run(run_dir, home, write_connection(home, superlink, root_certificates)))
-    print_summary(summary, console)
-    console.print(f"run directory: [bold]{run_dir}[/]")
 
 
 def main() -> None:

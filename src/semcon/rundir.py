@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +23,10 @@ class RunDir:
     def create(cls, path: Path, cfg: RunConfig) -> RunDir:
         run = cls(path)
         run.path.mkdir(parents=True, exist_ok=True)
-        (run.path / "pseudo_labels").mkdir(exist_ok=True)
+        for stale in ("checkpoints", "pseudo_labels"):  # an earlier run in this directory must not be resumed
+            shutil.rmtree(run.path / stale, ignore_errors=True)
+        (run.path / "summary.json").unlink(missing_ok=True)
+        (run.path / "pseudo_labels").mkdir()
         for name in ("metrics.jsonl", "ledger.jsonl"):
             (run.path / name).write_text("")
         (run.path / "config.yaml").write_text(cfg.dump(), encoding="utf-8")

@@ -40,9 +40,14 @@ publisher = "semcon"
 serverapp = "semcon.flower.server_app:app"
 clientapp = "semcon.flower.client_app:app"
 
+# Flower's run config, mapped onto semcon's config when a run starts (`flwr run ... --run-config
+# "train.steps=4"`); semcon's own YAML keys, with dashes. The whole config is RUN_DIR/config.yaml.
 [tool.flwr.app.config]
 run-dir = {run_dir}
 """
+
+# The public keys of a run that Flower's run config can override (semcon key -> Flower key).
+RUN_CONFIG_KEYS = ("rounds", "seed", "public.num_prompts", "generate.max_new_tokens", "train.steps")
 
 
 def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -66,10 +71,24 @@ def _bin(name: str) -> str:
 
 def write_app(run_dir: Path) -> Path:
     """The Flower app directory for ``run_dir`` (only a pyproject.toml: the code is the installed semcon)."""
+    import yaml
+
+    tree = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    lines = [APP_PYPROJECT.replace("{run_dir}", json.dumps(str(run_dir.resolve())))]
+    for key in RUN_CONFIG_KEYS:
+        value = tree
+        for part in key.split("."):
+            value = value[part]
+        lines.append(f"{key.replace('_', '-')} = {json.dumps(value)}\n")
     app = run_dir / "flower-app"
     app.mkdir(parents=True, exist_ok=True)
-    (app / "pyproject.toml").write_text(APP_PYPROJECT.replace("{run_dir}", json.dumps(str(run_dir.resolve()))))
+    (app / "pyproject.toml").write_text("".join(lines))
     return app
+
+
+def run_config_overrides(run_config: dict) -> list[str]:
+    """Flower's flat run config (``train.steps``, dashes) as semcon's dotted ``key=value`` overrides."""
+    return [f"{k.replace('-', '_')}={json.dumps(v)}" for k, v in run_config.items() if k != "run-dir"]
 
 
 def write_connection(home: Path, address: str, root_certificates: Path | None = None) -> str:
@@ -169,9 +188,11 @@ def flwr_run(run_dir: Path, home: Path, connection: str, logfile: Path | None = 
     raise RuntimeError(f"the Flower run of {run_dir} ended without a summary; see the logs in {home}")
 
 
-def mark(run_dir: Path, superlink: str) -> None:
-    """``flower.json`` says the run directory belongs to a Flower run (and where its SuperLink was)."""
-    (run_dir / "flower.json").write_text(json.dumps({"superlink": superlink}) + "\n", encoding="utf-8")
+def mark(run_dir: Path, superlink: str, local: bool = False) -> None:
+    """``flower.json`` says the run directory belongs to a Flower run, where its SuperLink was, and
+    whether ``semcon resume`` should start a local deployment again."""
+    (run_dir / "flower.json").write_text(json.dumps({"superlink": superlink, "local": local}) + "\n",
+                                         encoding="utf-8")
 
 
 def run_local(run_dir: Path, num_nodes: int, node_env: dict[int, dict[str, str]] | None = None) -> dict:
@@ -182,8 +203,7 @@ def run_local(run_dir: Path, num_nodes: int, node_env: dict[int, dict[str, str]]
         procs.start_superlink()
         for i in range(num_nodes):
             procs.start_node(i, run_dir / "nodes" / f"node{i}", (node_env or {}).get(i))
-        mark(run_dir, procs.address)
-        return flwr_run(run_dir, procs.home, write_connection(procs.home, procs.address),
-                        procs.logs / "flwr-run.log")
+        mark(run_dir, procs.address, local=True)
+        return flwr_run(run_dir, procs.home, write_connection(procs.home, procs.address))  # its log streams here
     finally:
         procs.stop_all()

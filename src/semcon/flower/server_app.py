@@ -21,6 +21,7 @@ from semcon.config import RunConfig, load_config
 from semcon.data import Prompt, build_splits
 from semcon.embed import Embedder
 from semcon.federation import RunState, Tick, federate
+from semcon.flower.launch import run_config_overrides
 from semcon.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -129,15 +130,22 @@ class FlowerGroup:
         log.info("final adapters stay with their owners: STATE_DIR/RUN_ID/CLIENT/adapters on each node")
 
 
-def serve(grid: Grid, run_dir: RunDir) -> dict:
-    """Run or resume the federation of ``run_dir`` over ``grid``; the summary goes to ``summary.json``."""
-    cfg = load_config(run_dir.path / "config.yaml")
+def serve(grid: Grid, run_dir: RunDir, run_config: dict | None = None) -> dict:
+    """Run or resume the federation of ``run_dir`` over ``grid``; the summary goes to ``summary.json``.
+
+    A fresh run applies Flower's run config to its config first; a resumed run keeps its config.
+    """
+    state = RunState.load(run_dir)
+    if state is None:
+        cfg = load_config(run_dir.path / "config.yaml", run_config_overrides(run_config or {}))
+        (run_dir.path / "config.yaml").write_text(cfg.dump(), encoding="utf-8")
+    else:
+        cfg = load_config(run_dir.path / "config.yaml")
     if cfg.method == "centralized":
         raise FederationError("centralized training pools data in one place: it has no Flower deployment")
     prompts = build_splits(cfg).public
     algo = make_algorithm(cfg, prompts, Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size))
     group = FlowerGroup(grid, cfg, run_dir.run_id, (run_dir.path / "config.yaml").read_text(encoding="utf-8"), prompts)
-    state = RunState.load(run_dir)
     if state is not None:
         run_dir.rewind(state.next_round)
         log.info("resuming %s at round %d", run_dir.path, state.next_round)
@@ -155,7 +163,7 @@ def main(grid: Grid, context: Context) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     run_dir = RunDir(Path(str(context.run_config["run-dir"])))
     try:
-        serve(grid, run_dir)
+        serve(grid, run_dir, dict(context.run_config))
     except FederationError as e:
         (run_dir.path / "stopped.txt").write_text(str(e) + "\n", encoding="utf-8")
         log.error("stopped: %s", e)
