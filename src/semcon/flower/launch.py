@@ -116,11 +116,12 @@ class Processes:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=flower_env(self.home, env),
                                 start_new_session=True)
 
-    def start_superlink(self, port: int | None = None) -> str:
+    def start_superlink(self, port: int | None = None, env: dict[str, str] | None = None) -> str:
         port = port or free_port()
+        # a database file keeps the SuperLink's state (nodes, runs) across its own restarts
         self.superlink = self._start("superlink", [
             _bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
-            "--disable-runtime-dependency-installation"])
+            "--database", str(self.home / "superlink.db"), "--disable-runtime-dependency-installation"], env)
         self.address = f"127.0.0.1:{port}"
         wait_for_port(port, self.superlink, self.logs / "superlink.log")
         return self.address
