@@ -58,10 +58,7 @@ def medoid_loop(emb: np.ndarray) -> np.ndarray:
     p, n, _ = emb.shape
     out = np.empty(p, dtype=int)
     for k in range(p):
-        best, best_i = -np.inf, 0
-        for i in range(n):
-            s = sum(float(np.dot(emb[k, i], emb[k, j])) for j in range(n) if j != i)
-            if s > best + 1e-9:
-                best, best_i = s, i
-        out[k] = best_i
+        scores = [sum(float(np.dot(emb[k, i], emb[k, j])) for j in range(n) if j != i) for i in range(n)]
+        best = max(scores)
+        out[k] = next(i for i, s in enumerate(scores) if s >= best - TIE_TOLERANCE * n)  # the same tie rule
     return out
