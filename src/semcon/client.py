@@ -75,9 +75,11 @@ class Client:
 
     def adapter_update(self, round: int) -> AdapterUpdate:
         """This client's adapter tensors, for the parameter-averaging baselines."""
-        state = {k: v.detach().cpu().contiguous() for k, v in self.backbone.adapter_state(self.name).items()}
-        return AdapterUpdate(round=round, client=self.name, tensors=save_tensors(state),
+        return AdapterUpdate(round=round, client=self.name, tensors=save_tensors(self._adapter_tensors()),
                              num_examples=len(self.private))
+
+    def _adapter_tensors(self) -> dict:
+        return {k: v.detach().cpu().contiguous() for k, v in self.backbone.adapter_state(self.name).items()}
 
     def load_adapter(self, msg: AdapterUpdate) -> None:
         self.backbone.load_adapter_state(self.name, load_tensors(msg.tensors))
@@ -103,7 +105,7 @@ class Client:
         folder = Path(directory) / self.name
         folder.mkdir(parents=True, exist_ok=True)
         path, tmp = folder / f"round_{round:02d}.safetensors", folder / f".round_{round:02d}.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.backbone.adapter_state(self.name).items()}, tmp)
+        save_file(self._adapter_tensors(), tmp)
         os.replace(tmp, path)
         for old in sorted(folder.glob("round_*.safetensors"))[:-keep]:
             old.unlink()

@@ -52,7 +52,6 @@ class RunState:
     """What a resumed run needs besides the files it appends to: the next round, the per-round rows,
     the base-model evaluation and the RNG. Written atomically after every completed round."""
 
-    run_id: str
     next_round: int = 0
     rounds: list[dict] = field(default_factory=list)
     before: dict = field(default_factory=dict)
@@ -137,14 +136,13 @@ def phase_peak_rss_gb() -> float:
     return peak_rss_gb()
 
 
-def record(run_dir: RunDir, t: int, client: str, direction: str, payload: bytes) -> None:
+def record(run_dir: RunDir, t: int, client: str, direction: str, payload: bytes) -> dict:
     """One ledger row from the bytes that actually moved (an undecodable payload counts as raw bytes)."""
     try:
         msg = decode(payload)
     except ProtocolError:
-        run_dir.ledger_row(t, client, direction, "invalid", len(payload), len(payload))
-        return
-    run_dir.ledger(t, client, direction, msg, payload)
+        return run_dir.ledger_row(t, client, direction, "invalid", len(payload), len(payload))
+    return run_dir.ledger(t, client, direction, msg, payload)
 
 
 def quorum(cfg: RunConfig, t: int, what: str, ok: list[str], failures: dict[str, str], run_dir: RunDir) -> None:
@@ -159,28 +157,26 @@ def quorum(cfg: RunConfig, t: int, what: str, ok: list[str], failures: dict[str,
 def federate(cfg: RunConfig, run_dir: RunDir, algo: Algorithm, group: ClientGroup, progress=None,
              state: RunState | None = None) -> dict:
     """Run (or continue) the rounds and the final evaluation; return the summary."""
-    state = state or RunState(run_id=run_dir.run_id)
+    state = state or RunState()
     started, earlier = time.perf_counter(), state.seconds
     n = len(group.names)
     if state.next_round == 0 and cfg.eval.before:
         with Phases(progress)("evaluate", label="base models"):
             state.before = group.evaluate(base=True)
     for t in range(state.next_round, cfg.rounds + 2):  # round 0: private data only; the extra round: final averaging
-        phases, result, download, failures = Phases(progress, t), None, None, {}
+        phases, result, download, failures, ledger = Phases(progress, t), None, None, {}, []
         if algo.communicates(t):
             with phases(algo.upload_phase, total=n, label=f"round {t}") as tick:
                 payloads, failures = group.upload(t, tick)
             with phases("transfer"):
-                for name, payload in payloads.items():
-                    record(run_dir, t, name, "up", payload)
+                ledger += [record(run_dir, t, name, "up", payload) for name, payload in payloads.items()]
             quorum(cfg, t, "the upload", list(payloads), failures, run_dir)
             with phases("aggregate", label=f"round {t}"):
                 result = algo.aggregate(t, payloads)
             quorum(cfg, t, "a valid upload", result.accepted, {**failures, **result.rejected}, run_dir)
             with phases("transfer"):
                 download = encode(result.download)  # one encoding, broadcast to every client
-                for name in group.recipients():
-                    record(run_dir, t, name, "down", download)
+                ledger += [record(run_dir, t, name, "down", download) for name in group.recipients()]
             if result.labels:
                 run_dir.pseudo_labels(t, result.labels)
         reports = {}
@@ -191,7 +187,7 @@ def federate(cfg: RunConfig, run_dir: RunDir, algo: Algorithm, group: ClientGrou
             if t <= cfg.rounds:
                 quorum(cfg, t, "training", list(reports), failures, run_dir)
         if reports or result:
-            state.rounds.append(round_metrics(run_dir, t, phases, reports, result, failures, cfg))
+            state.rounds.append(round_metrics(run_dir, t, phases, ledger, reports, result, failures, cfg))
             log.info(round_line(state.rounds[-1]))
         group.checkpoint(t)
         state.next_round, state.seconds = t + 1, earlier + time.perf_counter() - started
@@ -233,10 +229,10 @@ def modelled_transfer_s(ledger: list[dict], net: NetworkConfig) -> float:
     return slowest("up", net.uplink_mbps) + slowest("down", net.downlink_mbps)
 
 
-def round_metrics(run_dir: RunDir, t: int, phases: Phases, reports: dict[str, dict], result,
+def round_metrics(run_dir: RunDir, t: int, phases: Phases, ledger: list[dict], reports: dict[str, dict], result,
                   failures: dict[str, str], cfg: RunConfig) -> dict:
-    """One ``metrics.jsonl`` row per round: traffic, seconds per phase, agreement, losses, memory, failures."""
-    ledger = [r for r in run_dir.rows("ledger.jsonl") if r["round"] == t]
+    """One ``metrics.jsonl`` row per round (``ledger``: this round's rows): traffic, seconds per phase,
+    agreement, losses, memory, failures."""
     trained = {n: r for n, r in reports.items() if r.get("steps") is not None}
     row = {
         "round": t,

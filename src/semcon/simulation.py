@@ -129,7 +129,7 @@ def client_phase(client: Client, algo: Algorithm, cfg: RunConfig, t: int, downlo
 
 def run(cfg: RunConfig, out: Path, progress=None) -> dict:
     """Run the whole federation into ``out`` and return the summary (with its energy, where measurable)."""
-    return _session(cfg, RunDir.create(out, cfg), None, progress)
+    return _session(cfg, RunDir.create(out, cfg), progress)
 
 
 def resume(out: Path, progress=None) -> dict:
@@ -137,18 +137,18 @@ def resume(out: Path, progress=None) -> dict:
     run_dir = RunDir(out)
     cfg = load_config(run_dir.path / "config.yaml")
     if RunState.path(run_dir).is_file():
-        return _session(cfg, run_dir, RunState.path(run_dir), progress)
+        return _session(cfg, run_dir, progress, resuming=True)
     log.info("%s has no completed round yet: starting it again", out)
     return run(cfg, out, progress)
 
 
-def _session(cfg: RunConfig, run_dir: RunDir, resume_from: Path | None, progress) -> dict:
+def _session(cfg: RunConfig, run_dir: RunDir, progress, resuming: bool = False) -> dict:
     with EnergyMeter(cfg.eval.energy) as meter:
         fed = setup(cfg)
         group = LocalGroup(fed, cfg, run_dir.path / "checkpoints" / "clients")
         state = None
-        if resume_from is not None:
-            state = RunState.load(run_dir)
+        if resuming:
+            state = RunState.load(run_dir)  # after setup, which seeds: this restores the RNG
             run_dir.rewind(state.next_round)
             group.restore(state.next_round - 1)
             log.info("resuming %s at round %d", run_dir.path, state.next_round)

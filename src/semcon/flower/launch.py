@@ -112,9 +112,9 @@ class Processes:
 
     def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
-        out = open(self.logs / f"{name}.log", "ab")
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=flower_env(self.home, env),
-                                start_new_session=True)
+        with open(self.logs / f"{name}.log", "ab") as out:  # the child keeps its own copy of the handle
+            return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=flower_env(self.home, env),
+                                    start_new_session=True)
 
     def start_superlink(self, port: int | None = None, env: dict[str, str] | None = None) -> str:
         port = port or free_port()
@@ -171,7 +171,7 @@ def wait_for_port(port: int, proc: subprocess.Popen, logfile: Path, timeout_s: f
     raise RuntimeError(f"flower-superlink did not open port {port} within {timeout_s:.0f} s; see {logfile}")
 
 
-def flwr_run(run_dir: Path, home: Path, connection: str, logfile: Path | None = None) -> dict:
+def flwr_run(run_dir: Path, home: Path, connection: str) -> dict:
     """Submit the run to the SuperLink, stream its log, and return its summary.
 
     ``flwr run`` exits 0 even when the ServerApp failed, so the outcome is read from the run directory.
@@ -180,8 +180,7 @@ def flwr_run(run_dir: Path, home: Path, connection: str, logfile: Path | None = 
     (run_dir / "summary.json").unlink(missing_ok=True)
     (run_dir / "stopped.txt").unlink(missing_ok=True)
     cmd = [_bin("flwr"), "run", str(app), connection, "--stream"]
-    out = open(logfile, "ab") if logfile else None
-    subprocess.run(cmd, env=flower_env(home), stdout=out, stderr=subprocess.STDOUT if out else None, check=False)
+    subprocess.run(cmd, env=flower_env(home), check=False)
     if (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     if (run_dir / "stopped.txt").is_file():
@@ -205,6 +204,6 @@ def run_local(run_dir: Path, num_nodes: int, node_env: dict[int, dict[str, str]]
         for i in range(num_nodes):
             procs.start_node(i, run_dir / "nodes" / f"node{i}", (node_env or {}).get(i))
         mark(run_dir, procs.address, local=True)
-        return flwr_run(run_dir, procs.home, write_connection(procs.home, procs.address))  # its log streams here
+        return flwr_run(run_dir, procs.home, write_connection(procs.home, procs.address))
     finally:
         procs.stop_all()
