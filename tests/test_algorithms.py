@@ -10,7 +10,7 @@ from conftest import tiny_tree
 from semcon import simulation
 from semcon.algorithms import FedAvg, average_states
 from semcon.config import ConfigError, METHODS, load_config
-from semcon.protocol import AdapterUpdate, encode
+from semcon.protocol import AdapterUpdate
 
 
 def rows(path):
@@ -117,16 +117,17 @@ def test_fedprox_mu_zero_is_fedavg_and_mu_pulls_toward_the_global(tiny_llama_dir
 
 def test_fedavg_rejects_bad_adapter_uploads():
     good = {"x": torch.ones(2, 2)}
-    algo = FedAvg(1, ["a", "b", "c", "d"])
     payloads = {
-        "a": encode(AdapterUpdate(1, "a", save_tensors(good), num_examples=4)),
-        "b": encode(AdapterUpdate(1, "b", save_tensors({"y": torch.ones(2, 2)}), num_examples=4)),
-        "c": encode(AdapterUpdate(1, "c", save_tensors({"x": torch.full((2, 2), float("nan"))}), num_examples=4)),
-        "d": b"junk",
+        "a": AdapterUpdate(1, "a", save_tensors(good), num_examples=4),
+        "b": AdapterUpdate(1, "b", save_tensors({"y": torch.ones(2, 2)}), num_examples=4),
+        "c": AdapterUpdate(1, "c", save_tensors({"x": torch.full((2, 2), float("nan"))}), num_examples=4),
+        "d": AdapterUpdate(1, "d", b"junk", num_examples=4),
+        "e": AdapterUpdate(2, "e", save_tensors(good), num_examples=4),
     }
-    res = algo.aggregate(1, payloads)
-    assert res.accepted == ["a"] and set(res.rejected) == {"b", "c", "d"}
+    res = FedAvg(1, list(payloads)).aggregate(1, payloads)
+    assert res.accepted == ["a"] and set(res.rejected) == {"b", "c", "d", "e"}
     assert "keys or shapes" in res.rejected["b"] and "non-finite" in res.rejected["c"]
+    assert "do not parse" in res.rejected["d"] and "round 2" in res.rejected["e"]
 
 
 @pytest.mark.parametrize("method", ["fedavg", "fedprox"])

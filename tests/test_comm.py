@@ -21,7 +21,7 @@ from semcon.comm import (
     synthetic_answers,
     text_payload,
 )
-from semcon.protocol import Upload, decode, encode, raw_bytes
+from semcon.protocol import Upload, decode, encode, raw_bytes, text_limits
 
 # Published totals (model cards / safetensors metadata).
 PUBLISHED = {
@@ -118,7 +118,7 @@ def test_synthetic_text_has_exact_size_and_roundtrips():
     assert len({len(a) for a in answers.values()}) > 10  # lengths vary around the mean
     assert answers == synthetic_answers(101, 400, seed=3)  # seeded
     up = Upload(round=1, client="c", answers=answers)
-    assert raw_bytes(up) == 40_400 and decode(encode(up)) == up
+    assert raw_bytes(up) == 40_400 and decode(encode(up), text_limits(101, 4000)) == up
 
 
 def test_text_payload_is_measured_by_the_codec():

@@ -1,8 +1,10 @@
 import pytest
 
-from semcon.protocol import Download, ProtocolError, Upload, decode, encode, raw_bytes, validate_upload
+from semcon.protocol import (AdapterUpdate, Download, ProtocolError, Upload, adapter_limits, decode, encode, raw_bytes, text_limits,
+                             validate_upload)
 
 IDS = {"p0000", "p0001"}
+LIMITS = text_limits(len(IDS), 500)
 
 
 def upload(**kw):
@@ -20,7 +22,7 @@ def check(msg, **kw):
 def test_round_trip_and_byte_counts():
     for msg in (upload(), Download(round=3, labels={"p0000": "x" * 500, "p0001": "ü"})):
         payload = encode(msg)
-        assert decode(payload) == msg
+        assert decode(payload, LIMITS) == msg
         assert isinstance(payload, bytes)
     up = upload()
     assert raw_bytes(up) == len("Paris is the capital.".encode()) + len("Zürich ∑ 42".encode())
@@ -40,7 +42,7 @@ def test_valid_upload_has_no_problems():
     (upload(answers={"p0000": 7, "p0001": "y"}), {}, "answer to p0000 is int"),
     (upload(answers={"p0000": "x" * 101, "p0001": "y"}), {}, "101 characters"),
     (upload(answers={"p0000": " ", "p0001": ""}), {}, "every answer is empty"),
-    (upload(answers=["x", "y"]), {}, "not a mapping"),
+    (upload(answers={"p0000": "\u200b\u200d \ufeff", "p0001": "\u00ad\n"}), {}, "every answer is empty"),
     (Download(round=1, labels={}), {}, "expected an upload"),
 ])
 def test_every_kind_of_invalid_upload(msg, kw, needle):
@@ -51,13 +53,34 @@ def test_every_kind_of_invalid_upload(msg, kw, needle):
 @pytest.mark.parametrize("payload", [b"", b"garbage", encode(upload())[:-5]])
 def test_garbage_bytes_raise_protocol_error(payload):
     with pytest.raises(ProtocolError):
-        decode(payload)
+        decode(payload, LIMITS)
 
 
 def test_wrong_shape_message_raises_protocol_error():
     import msgpack
     import zstandard
 
-    payload = zstandard.ZstdCompressor().compress(msgpack.packb({"v": 1, "kind": "upload", "round": 1}))
-    with pytest.raises(ProtocolError, match="lacks field"):
-        decode(payload)
+    def packed(body):
+        return zstandard.ZstdCompressor().compress(msgpack.packb(body))
+
+    body = {"v": 1, "kind": "upload", "round": 1, "client": "a", "answers": {"p0000": "x"}}
+    assert decode(packed(body), LIMITS) == Upload(1, "a", {"p0000": "x"})
+    for bad, needle in [({"answers": None}, "lacks field"), ({"round": True}, "'round' has the wrong type"),
+                        ({"round": 1.0}, "'round' has the wrong type"), ({"v": 1.0}, "not a semcon v1"),
+                        ({"v": True}, "not a semcon v1"), ({"answers": ["x"]}, "'answers' has the wrong type"),
+                        ({"client": 3}, "'client' has the wrong type"), ({"kind": "hack"}, "unknown message kind")]:
+        changed = {k: v for k, v in {**body, **bad}.items() if v is not None}
+        with pytest.raises(ProtocolError, match=needle):
+            decode(packed(changed), LIMITS)
+
+
+def test_limits_refuse_what_a_round_cannot_hold():
+    widest = upload(answers={"p0000": "∑" * 500, "p0001": "y"})  # 3 UTF-8 bytes a character, at the limit
+    assert decode(encode(widest), LIMITS) == widest
+    many = Download(round=1, labels={f"p{i:04d}": "x" for i in range(40)})
+    with pytest.raises(ProtocolError, match="exceeds max_map_len"):
+        decode(encode(many), text_limits(2, 5))
+    adapter = AdapterUpdate(round=1, client="a", tensors=b"\0" * 5000, num_examples=3)
+    assert decode(encode(adapter), adapter_limits(5000)) == adapter
+    with pytest.raises(ProtocolError):
+        decode(encode(adapter), adapter_limits(4000))

@@ -2,10 +2,12 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import tiny_tree
@@ -56,3 +58,80 @@ def test_resume_of_a_finished_run_changes_nothing_it_recorded(tiny_llama_dir, tm
     again = simulation.resume(tmp_path)
     assert (tmp_path / "ledger.jsonl").read_text() == ledger
     assert again["eval_after"] == first["eval_after"] and again["per_round"] == first["per_round"]
+
+
+# --- Torn writes: a crash can cut an appended row or (on some filesystems) a state file ----------------------
+
+@pytest.fixture(scope="module")
+def finished(tiny_llama_dir, tmp_path_factory):
+    """An uninterrupted 1-round run: state.json after the last round, state.prev.json after round 1."""
+    out = tmp_path_factory.mktemp("finished")
+    simulation.run(load_config(tree=tiny_tree(str(tiny_llama_dir), eval={"generate": False, "energy": False})), out)
+    return out
+
+
+def crashed_after_round_1(finished, tmp_path):
+    """The run as a crash right after round 1's checkpoint leaves it."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    state = run / "checkpoints"
+    (state / "state.prev.json").replace(state / "state.json")
+    (run / "summary.json").unlink()
+    return run
+
+
+def same_as(run, finished):
+    assert (run / "ledger.jsonl").read_text() == (finished / "ledger.jsonl").read_text()
+    assert [r for r in rows(run / "metrics.jsonl") if r["event"] == "round"] == \
+        [r for r in rows(finished / "metrics.jsonl") if r["event"] == "round"]
+    summary, reference = (json.loads((p / "summary.json").read_text()) for p in (run, finished))
+    assert summary["eval_after"] == reference["eval_after"] and summary["per_round"] == reference["per_round"]
+
+
+def test_rows_cut_mid_line_are_dropped_on_resume(finished, tmp_path):
+    run = crashed_after_round_1(finished, tmp_path)
+    for name in ("ledger.jsonl", "metrics.jsonl"):
+        with open(run / name, "a") as f:
+            f.write('{"round": 2, "client": "ge')
+    (run / "pseudo_labels" / "round_02.jsonl").write_text('{"prompt_id": "p0')
+    simulation.resume(run)
+    same_as(run, finished)
+    assert not (run / "pseudo_labels" / "round_02.jsonl").exists()
+
+
+def test_a_half_written_state_falls_back_to_the_checkpoint_before(finished, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    state = run / "checkpoints" / "state.json"
+    state.write_text(state.read_text()[: len(state.read_text()) // 2])
+    simulation.resume(run)
+    assert "state.json is damaged" in caplog.text and "resuming from the checkpoint before it" in caplog.text
+    same_as(run, finished)
+
+
+def test_damage_resume_cannot_repair_is_one_line_and_changes_nothing(finished, tmp_path):
+    run = crashed_after_round_1(finished, tmp_path)
+    ledger = run / "ledger.jsonl"
+    lines = ledger.read_text().splitlines(keepends=True)
+    ledger.write_text(lines[0] + '{"round": 1, "cli\n' + "".join(lines[1:]))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    done = semcon("resume", run)
+    assert done.returncode == 2 and f"{ledger}:2: damaged row" in done.stderr, done.stderr[-2000:]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+    ledger.write_text("".join(lines))
+    for name in ("state.json", "state.prev.json"):
+        (run / "checkpoints" / name).write_text('{"next_rou')
+    done = semcon("resume", run)
+    assert done.returncode == 2 and "no checkpoint to resume from" in done.stderr, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_rewind_checks_the_adapters_it_needs_before_deleting_anything(finished, tmp_path):
+    run = crashed_after_round_1(finished, tmp_path)
+    for path in (run / "checkpoints" / "clients" / "math").glob("round_01.*"):
+        path.unlink()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(FileNotFoundError, match="no round-1 adapter of client 'math'"):
+        simulation.resume(run)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

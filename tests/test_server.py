@@ -3,7 +3,7 @@ import pytest
 
 from semcon.config import ConsensusConfig
 from semcon.data import Prompt
-from semcon.protocol import Upload, encode
+from semcon.protocol import Download, Upload
 from semcon.server import Server
 
 PROMPTS = [Prompt("p0000", "What is the capital of France?", "x"), Prompt("p0001", "Name a fruit.", "x")]
@@ -15,7 +15,7 @@ def server(embedder):
 
 
 def up(client, answers, round=1):
-    return encode(Upload(round=round, client=client, answers=answers))
+    return Upload(round=round, client=client, answers=answers)
 
 
 def test_majority_meaning_wins_and_outlier_loses(server):
@@ -44,7 +44,7 @@ def test_invalid_uploads_are_rejected_and_the_round_goes_on(server, caplog):
     good = {"p0000": "Paris.", "p0001": "Apple."}
     payloads = {
         "a": up("a", good),
-        "b": b"\x00garbage",
+        "b": Download(round=1, labels=good),
         "c": up("c", good, round=7),
         "d": up("d", {"p0000": "Paris.", "p0001": "x" * 10_000}),
     }
@@ -52,6 +52,7 @@ def test_invalid_uploads_are_rejected_and_the_round_goes_on(server, caplog):
     assert res.accepted == ["a"]
     assert set(res.rejected) == {"b", "c", "d"}
     assert "round 7 instead of 1" in res.rejected["c"] and "characters" in res.rejected["d"]
+    assert "expected an upload" in res.rejected["b"]
     assert "client 'b'" in caplog.text
     assert len(res.labels) == 2 and np.isclose(res.labels[0].agreement, 1.0)
 

@@ -18,7 +18,7 @@ from semcon.client import Client
 from semcon.config import RunConfig
 from semcon.data import Prompt
 from semcon.embed import Embedder
-from semcon.protocol import AdapterUpdate, Message, accept_uploads
+from semcon.protocol import AdapterUpdate, Limits, Message, accept_uploads, adapter_limits, text_limits
 from semcon.server import RoundResult, Server
 from semcon.train import TrainStats
 
@@ -30,10 +30,11 @@ class FederationError(RuntimeError):
 class Algorithm(Protocol):
     name: str
     upload_phase: str  # the phase that produces the upload: "generate" or "upload"
+    limits: Limits  # what its messages may hold, either way; the codec refuses more before allocating it
 
     def communicates(self, t: int) -> bool: ...
     def upload(self, client: Client, t: int, on_progress=None) -> Message: ...
-    def aggregate(self, t: int, payloads: dict[str, bytes]) -> RoundResult: ...
+    def aggregate(self, t: int, messages: dict[str, Message]) -> RoundResult: ...
     def receive(self, client: Client, msg: Message) -> None: ...
     def train(self, client: Client, t: int, on_step=None) -> TrainStats: ...
 
@@ -45,6 +46,7 @@ class SemanticConsensus:
 
     def __init__(self, server: Server, prompts: list[Prompt], rounds: int):
         self.server, self.prompts, self.rounds = server, prompts, rounds
+        self.limits = text_limits(len(prompts), server.cfg.max_answer_chars)
 
     def communicates(self, t: int) -> bool:
         return 1 <= t <= self.rounds
@@ -52,8 +54,8 @@ class SemanticConsensus:
     def upload(self, client, t, on_progress=None):
         return client.answer(t, self.prompts, on_batch=on_progress)
 
-    def aggregate(self, t, payloads):
-        return self.server.aggregate(t, self.prompts, payloads)
+    def aggregate(self, t, messages):
+        return self.server.aggregate(t, self.prompts, messages)
 
     def receive(self, client, msg):
         client.pseudo = msg
@@ -71,8 +73,9 @@ class FedAvg:
 
     upload_phase = "upload"
 
-    def __init__(self, rounds: int, clients: list[str], mu: float = 0.0):
+    def __init__(self, rounds: int, clients: list[str], mu: float = 0.0, max_adapter_bytes: int = 256 << 20):
         self.rounds, self.clients, self.mu = rounds, clients, mu
+        self.limits = adapter_limits(max_adapter_bytes)
         self.name = "fedprox" if mu > 0 else "fedavg"
         self.reference: dict[str, torch.Tensor] | None = None  # keys and shapes every upload must have
 
@@ -82,8 +85,8 @@ class FedAvg:
     def upload(self, client, t, on_progress=None):
         return client.adapter_update(t)
 
-    def aggregate(self, t, payloads):
-        updates, rejected = accept_uploads(t, self.clients, payloads,
+    def aggregate(self, t, messages):
+        updates, rejected = accept_uploads(t, self.clients, messages,
                                            lambda msg, name: (self._check(msg, name, t), msg.num_examples))
         if not updates:
             raise FederationError(f"round {t}: no valid adapter upload; rejected: {rejected}")
@@ -122,6 +125,7 @@ class LocalOnly:
 
     def __init__(self, name: str = "local"):
         self.name = name
+        self.limits = adapter_limits(0)  # nothing is ever sent
 
     def communicates(self, t: int) -> bool:
         return False
@@ -153,5 +157,6 @@ def make_algorithm(cfg: RunConfig, prompts: list[Prompt], embedder: Embedder | N
     if cfg.method == "semantic_consensus":
         return SemanticConsensus(Server(cfg.consensus, names, embedder), prompts, cfg.rounds)
     if cfg.method in ("fedavg", "fedprox"):
-        return FedAvg(cfg.rounds, names, mu=cfg.train.prox_mu if cfg.method == "fedprox" else 0.0)
+        return FedAvg(cfg.rounds, names, mu=cfg.train.prox_mu if cfg.method == "fedprox" else 0.0,
+                      max_adapter_bytes=int(cfg.train.max_adapter_mb * 2**20))
     return LocalOnly(cfg.method)

@@ -29,6 +29,12 @@ def _root() -> None:
     """semcon: federated fine-tuning of LLMs by semantic consensus."""
 
 
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace an earlier semcon run or compare in "
+                                         "--out (only semcon's own files are removed)")]
+Certs = Annotated[Path | None, typer.Option("--certs", help="the coordinator's folder from `semcon flower certs` "
+                                            "(TLS, node keys, app-signing key, members.yaml): a closed deployment")]
+
+
 def fail(message: str) -> None:
     """One line on stderr and exit code 2: the user's input is wrong, not the program."""
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
@@ -52,9 +58,10 @@ def run(
     config: Annotated[Path, typer.Argument(help="YAML config (or a run directory's config.yaml)")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set rounds=3 (repeatable)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/NAME-TIME)")] = None,
+    overwrite: Overwrite = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run a semantic-consensus federation in this process and write its run directory."""
+    """Run a federation in this process and write its run directory."""
     from semcon.config import ConfigError, load_config
 
     _setup_logging(verbose)
@@ -67,7 +74,8 @@ def run(
     from semcon.simulation import default_out
 
     out = out or default_out(cfg)
-    summary = _run_one(cfg, out)
+    _claim(out, overwrite)
+    summary = _run_one(cfg, out, overwrite=True)
     print_summary(summary, console)
     console.print(f"run directory: [bold]{out}[/]")
 
@@ -77,19 +85,30 @@ def _setup_logging(verbose: bool) -> None:
                         handlers=[RichHandler(console=err, show_path=False, show_time=False)])
 
 
-def _run_one(cfg, out: Path, resume: bool = False) -> dict:
+def _claim(out: Path, overwrite: bool) -> None:
+    """Check --out before any work: one line and exit code 2 if it cannot be used."""
+    from semcon.rundir import RunDirError, claim
+
+    try:
+        claim(out, overwrite)
+    except RunDirError as e:
+        fail(str(e))
+
+
+def _run_one(cfg, out: Path, resume: bool = False, overwrite: bool = False) -> dict:
     """One federation with rich progress bars; bad data ends the command with exit code 2, a federation
     that cannot go on (too few clients) with exit code 1 and its state kept for `semcon resume`."""
     from semcon.algorithms import FederationError
     from semcon.data import DataError
+    from semcon.rundir import RunDirError
     from semcon.simulation import resume as resume_federation
     from semcon.simulation import run as run_federation
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=True) as progress:
-            return resume_federation(out, progress) if resume else run_federation(cfg, out, progress)
-    except (DataError, FileNotFoundError) as e:
+            return resume_federation(out, progress) if resume else run_federation(cfg, out, progress, overwrite)
+    except (DataError, RunDirError, FileNotFoundError) as e:
         fail(str(e))
     except FederationError as e:
         err.print(f"[bold red]stopped:[/] {e}", highlight=False, soft_wrap=True)
@@ -101,7 +120,6 @@ def resume(
     run_dir: Annotated[Path, typer.Argument(help="run directory of a crashed, killed or stopped run")],
     superlink: Annotated[str | None, typer.Option("--superlink", help="Flower runs: HOST:PORT of a running "
                                                   "SuperLink (default: the one it ran on; local runs start theirs again)")] = None,
-    root_certificates: Annotated[Path | None, typer.Option(help="Flower runs: CA certificate for TLS")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Continue a run from its last completed round, in-process or on Flower, with nothing lost or repeated."""
@@ -117,19 +135,31 @@ def resume(
 
     marker = run_dir / "flower.json"
     if marker.is_file():
+        _readable_state(run_dir)
         from semcon.flower.launch import flwr_run, run_local, write_connection
 
         where = json.loads(marker.read_text(encoding="utf-8"))
+        certs = Path(where["certs"]) if where.get("certs") else None
         if superlink is None and where.get("local"):
-            summary = _flower_outcome(lambda: run_local(run_dir, len(cfg.clients)))
+            summary = _flower_outcome(lambda: run_local(run_dir, len(cfg.clients), secure=certs is not None))
         else:
             home = run_dir / "flower"
-            connection = write_connection(home, superlink or where["superlink"], root_certificates)
-            summary = _flower_outcome(lambda: flwr_run(run_dir, home, connection))
+            connection = write_connection(home, superlink or where["superlink"], certs / "ca.crt" if certs else None)
+            summary = _flower_outcome(lambda: flwr_run(run_dir, home, connection, certs))
     else:
         summary = _run_one(cfg, run_dir, resume=True)
     print_summary(summary, console)
     console.print(f"run directory: [bold]{run_dir}[/]")
+
+
+def _readable_state(run_dir: Path) -> None:
+    """A Flower run's checkpoint is read by the ServerApp's process: check it here, for a one-line error."""
+    from semcon.rundir import RunDir, RunDirError
+
+    try:
+        RunDir(run_dir).load_state()
+    except RunDirError as e:
+        fail(str(e))
 
 
 @app.command()
@@ -138,6 +168,7 @@ def compare(
     methods: Annotated[str | None, typer.Option("--methods", help="comma-separated; default: all five")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, as for `semcon run`")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="directory for DIR/<method>/ and report.md")] = None,
+    overwrite: Overwrite = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run several methods on one setting (same data, models, rounds, budget) and write a report."""
@@ -159,6 +190,8 @@ def compare(
         fail("; ".join(f"{m}: {why}" for m, why in skipped.items()))
     _quiet_libraries()
     out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    _claim(out, overwrite)
+    (out / "compare.json").write_text(json.dumps({"methods": runnable, "skipped": skipped}, indent=2))
     summaries = {}
     for m in runnable:
         console.rule(f"[bold]{m}")
@@ -227,11 +260,23 @@ def _flower_config(config: Path, set_: list[str] | None):
     return cfg
 
 
+def _create_run_dir(out: Path, cfg, overwrite: bool) -> None:
+    from semcon.rundir import RunDir, RunDirError
+
+    try:
+        RunDir.create(out, cfg, overwrite)
+    except RunDirError as e:
+        fail(str(e))
+
+
 @flower_app.command("local")
 def flower_local(
     config: Annotated[Path, typer.Argument(help="YAML config")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, as for `semcon run`")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/NAME-TIME)")] = None,
+    overwrite: Overwrite = False,
+    secure: Annotated[bool, typer.Option("--secure", help="closed, as across machines: new keys in "
+                                         "RUN_DIR/flower/certs, TLS, registered nodes, signed app")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Start a SuperLink and one SuperNode per client on 127.0.0.1, run the config, stop them all."""
@@ -239,40 +284,130 @@ def flower_local(
     cfg = _flower_config(config, set_)
     from semcon.flower.launch import run_local
     from semcon.report import print_summary
-    from semcon.rundir import RunDir
     from semcon.simulation import default_out
 
     out = out or default_out(cfg)
-    RunDir.create(out, cfg)
+    _create_run_dir(out, cfg, overwrite)
     console.print(f"Flower run on 127.0.0.1: {len(cfg.clients)} SuperNodes; logs in {out / 'flower' / 'logs'}")
-    print_summary(_flower_outcome(lambda: run_local(out, len(cfg.clients))), console)
+    print_summary(_flower_outcome(lambda: run_local(out, len(cfg.clients), secure=secure)), console)
     console.print(f"run directory: [bold]{out}[/]")
 
 
 @flower_app.command("run")
 def flower_run(
     config: Annotated[Path, typer.Argument(help="YAML config")],
-    superlink: Annotated[str, typer.Option("--superlink", help="HOST:PORT of the SuperLink's API")],
+    superlink: Annotated[str, typer.Option("--superlink", help="HOST:PORT of the SuperLink's own API "
+                                           "(with --certs: 127.0.0.1:PORT, as `semcon flower superlink` prints)")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, as for `semcon run`")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="run directory on this machine (the SuperLink's)")] = None,
-    root_certificates: Annotated[Path | None, typer.Option(help="CA certificate for TLS (default: insecure)")] = None,
+    certs: Certs = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Run a config on a running SuperLink and its SuperNodes (from the SuperLink's machine, where the
-    ServerApp writes the run directory)."""
+    ServerApp writes the run directory). With --certs: TLS, the app signed by the coordinator's key, and
+    each client pinned to its registered node (certs/members.yaml)."""
     _setup_logging(False)
     from semcon.flower.launch import flwr_run, mark, write_connection
     from semcon.report import print_summary
-    from semcon.rundir import RunDir
     from semcon.simulation import default_out
 
+    if certs is not None:
+        _check_certs(certs, "ca.crt", "signer", "members.yaml")
+        set_ = [*(set_ or []), f"flower.members={(certs / 'members.yaml').resolve()}"]
     cfg = _flower_config(config, set_)
+    _check_members(cfg)
     out = out or default_out(cfg)
-    RunDir.create(out, cfg)
+    _create_run_dir(out, cfg, overwrite)
     home = out / "flower"
-    mark(out, superlink)
-    connection = write_connection(home, superlink, root_certificates)
-    print_summary(_flower_outcome(lambda: flwr_run(out, home, connection)), console)
+    mark(out, superlink, certs=certs)
+    connection = write_connection(home, superlink, certs / "ca.crt" if certs else None)
+    print_summary(_flower_outcome(lambda: flwr_run(out, home, connection, certs)), console)
     console.print(f"run directory: [bold]{out}[/]")
+
+
+def _check_certs(certs: Path, *names: str) -> None:
+    for name in names:
+        if not (certs / name).is_file():
+            hint = "run `semcon flower register`" if name == "members.yaml" else "make it with `semcon flower certs`"
+            fail(f"{certs / name}: not found ({hint})")
+
+
+def _check_members(cfg) -> None:
+    """The members file names a registered node for partitions of this run (one line if not)."""
+    if cfg.flower.members is not None:
+        from semcon.flower.secure import load_members
+
+        try:
+            load_members(cfg.flower.members, [c.name for c in cfg.clients])
+        except ValueError as e:
+            fail(str(e))
+
+
+@flower_app.command("certs")
+def flower_certs(
+    out: Annotated[Path, typer.Argument(help="folder for the keys (keep it on the coordinator)")],
+    host: Annotated[str, typer.Option(help="the address SuperNodes dial (IP or DNS name)")] = "127.0.0.1",
+    nodes: Annotated[int, typer.Option(min=1, help="one key pair per partition")] = 2,
+) -> None:
+    """Make every key a closed deployment needs: CA, SuperLink certificate, app-signing key, node keys, and
+    per node a folder nodeN/ with only what that organisation gets."""
+    from semcon.flower.secure import make_certs
+
+    if out.exists() and any(out.iterdir()):
+        fail(f"{out} is not empty: keys are never overwritten; choose a new folder")
+    make_certs(out, host, nodes)
+    console.print(f"{out}: ca.crt, server.crt/.key (for {host} and 127.0.0.1), signer (the coordinator's app-"
+                  f"signing key), node0..node{nodes - 1}: give organisation N the folder {out}/nodeN", highlight=False)
+
+
+@flower_app.command("superlink")
+def flower_superlink(
+    certs: Annotated[Path, typer.Option("--certs", help="the folder from `semcon flower certs`")],
+    host: Annotated[str, typer.Option(help="address the SuperNodes' gateway listens on")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="the one public port: the Fleet-only gateway")] = 9092,
+    api_port: Annotated[int, typer.Option(help="the SuperLink's own API, on 127.0.0.1 only")] = 9093,
+    state: Annotated[Path, typer.Option(help="the SuperLink's database and logs")] = Path("semcon-superlink"),
+) -> None:
+    """Run a closed SuperLink until Ctrl-C: its API (runs, registration) on 127.0.0.1 only, TLS and node
+    authentication, and a gateway on HOST:PORT that lets SuperNodes in and nothing else."""
+    from semcon.flower.launch import Processes
+
+    _check_certs(certs, "ca.crt", "server.crt", "server.key", "signer")
+    procs = Processes(home=state.resolve(), logs=state.resolve() / "logs", certs=certs.resolve())
+    try:
+        procs.start_superlink(api_port, public=(host, port))
+        console.print(f"SuperNodes connect to {host}:{port} (gateway, TLS); on this machine only: "
+                      f"`semcon flower register --certs {certs} --superlink {procs.address}`, then "
+                      f"`semcon flower run CONFIG --certs {certs} --superlink {procs.address}`. Ctrl-C stops.",
+                      highlight=False)
+        while procs.superlink.poll() is None and all(h.poll() is None for h in procs.helpers):
+            time.sleep(1)
+        fail(f"a SuperLink process stopped; see {procs.logs}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        procs.stop_all()
+
+
+@flower_app.command("register")
+def flower_register(
+    certs: Annotated[Path, typer.Option("--certs", help="the folder from `semcon flower certs`")],
+    superlink: Annotated[str, typer.Option("--superlink", help="the SuperLink's own API")] = "127.0.0.1:9093",
+) -> None:
+    """Register every node key of CERTS with the SuperLink and pin each partition to its node (members.yaml)."""
+    from semcon.flower.launch import flower_env, write_connection
+    from semcon.flower.secure import register_nodes
+
+    _check_certs(certs, "ca.crt")
+    home = certs / "flwr-home"
+    connection = write_connection(home, superlink, certs / "ca.crt")
+    try:
+        pins = register_nodes(certs, home, connection, flower_env(home))
+    except RuntimeError as e:
+        fail(str(e))
+    for partition, node in pins.items():
+        console.print(f"partition {partition} -> node {node}", highlight=False)
+    console.print(f"pins written to {certs / 'members.yaml'}")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from semcon.data import Example, Prompt
 from semcon.evaluate import evaluate_client
 from semcon.generate import generate
 from semcon.models import Backbone
+from semcon.names import child
 from semcon.protocol import AdapterUpdate, Download, Upload
 from semcon.train import TokenizedExample, TrainStats, mean_nll, tokenize, train_lora
 
@@ -102,7 +103,7 @@ class Client:
 
     def save_state(self, directory: Path, round: int, keep: int = 2) -> Path:
         """Write the adapter as it stands after ``round`` (atomically) and keep only the last ``keep``."""
-        folder = Path(directory) / self.name
+        folder = child(directory, self.name, "client name")
         folder.mkdir(parents=True, exist_ok=True)
         path, tmp = folder / f"round_{round:02d}.safetensors", folder / f".round_{round:02d}.tmp"
         save_file(self._adapter_tensors(), tmp)
@@ -113,7 +114,8 @@ class Client:
 
     def restore_state(self, directory: Path, upto: int) -> int | None:
         """Load the newest saved adapter of a round <= ``upto``; None (fresh adapter) when there is none."""
-        saved = {int(p.stem.split("_")[1]): p for p in (Path(directory) / self.name).glob("round_*.safetensors")}
+        folder = child(directory, self.name, "client name")
+        saved = {int(p.stem.split("_")[1]): p for p in folder.glob("round_*.safetensors")}
         rounds = [r for r in saved if r <= upto]
         if not rounds:
             return None

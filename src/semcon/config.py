@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from semcon.names import check_name, repeated_ignoring_case
 
 Method = Literal["semantic_consensus", "fedavg", "fedprox", "local", "centralized"]
 METHODS: tuple[str, ...] = ("semantic_consensus", "fedavg", "fedprox", "local", "centralized")
@@ -59,7 +61,8 @@ class LoraConfig(Strict):
 
 
 class ClientConfig(Strict):
-    name: str = Field(description="unique client name; it names its adapter and its rows in every file")
+    name: str = Field(description="unique client name (1-64 of A-Z a-z 0-9 _ -, unique ignoring case); it names "
+                      "its adapter, its folders and its rows in every file")
     model: str = Field("smollm2-135m", description="embedded name (smollm2-135m, gemma3-270m, qwen2.5-0.5b), "
                        "Hugging Face id or local directory")
     data: DataSelection | None = Field(None, description="this client's private domain (partition=category)")
@@ -69,6 +72,8 @@ class ClientConfig(Strict):
     lr: float | None = Field(None, gt=0, description="default train.lr")
     batch_size: int | None = Field(None, gt=0, description="default train.batch_size")
     max_new_tokens: int | None = Field(None, gt=0, description="default generate.max_new_tokens")
+
+    _safe_name = field_validator("name")(lambda name: check_name(name, "client name"))
 
 
 class DataConfig(Strict):
@@ -95,6 +100,8 @@ class TrainConfig(Strict):
                                     "accumulated over micro-batches, which bounds activation memory")
     pseudo_label_weight: float = Field(1.0, ge=0, description="loss weight λ of pseudo-labelled examples")
     prox_mu: float = Field(0.01, ge=0, description="FedProx μ: weight of (μ/2)||w - w_global||² on the adapter")
+    max_adapter_mb: float = Field(256.0, gt=0, description="fedavg/fedprox: adapter messages that decompress to "
+                                  "more are refused before decoding (r=16 all-linear on SmolLM2-135M: 19 MB)")
     lora: LoraConfig = LoraConfig()
 
 
@@ -135,12 +142,16 @@ class FlowerConfig(Strict):
     phase_timeout_s: float = Field(1800.0, gt=0, description="seconds the server waits for the replies of one "
                                    "phase; a node that has not replied by then counts as failed for the round")
     connect_timeout_s: float = Field(300.0, gt=0, description="seconds to wait for min_clients nodes at start")
+    hello_timeout_s: float = Field(120.0, gt=0, description="seconds a new node has to say which client it holds")
+    members: Path | None = Field(None, description="YAML mapping each partition id to the OpenSSH public key of "
+                                 "the one registered node that may hold it (scripts/flower_certs.sh writes "
+                                 "members.yaml); without it a client goes to the first node that claims it")
 
 
 class RunConfig(Strict):
     """Everything a run needs. Unknown keys are errors."""
 
-    name: str = "semcon"
+    name: str = Field("semcon", description="run name (default run directory runs/NAME-TIME)")
     method: Method = Field("semantic_consensus", description="semantic_consensus | fedavg | fedprox | local | "
                            "centralized (the baselines share data, models, rounds and training budget)")
     seed: int = 0
@@ -165,6 +176,8 @@ class RunConfig(Strict):
     network: NetworkConfig = NetworkConfig()
     flower: FlowerConfig = FlowerConfig()
 
+    _safe_name = field_validator("name")(lambda name: check_name(name, "run name"))
+
     @property
     def needed_clients(self) -> int:
         """Clients that must complete each phase of a round (centralized has one model)."""
@@ -174,9 +187,8 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
-        names = [c.name for c in self.clients]
-        if dupes := sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(f"client names must be unique, repeated: {', '.join(dupes)}")
+        if dupes := repeated_ignoring_case([c.name for c in self.clients]):
+            raise ValueError(f"client names must be unique ignoring case, repeated: {', '.join(dupes[:5])}")
         if self.data.partition == "category":
             if missing := [c.name for c in self.clients if c.data is None]:
                 raise ValueError(f"partition=category needs 'data' for every client; missing for: {', '.join(missing)}")
@@ -228,7 +240,9 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {key!r}: value is not valid YAML ({e.problem})") from None
+            raise ConfigError(f"override {key!r}: value is not valid YAML ({getattr(e, 'problem', e)})") from None
+        except RecursionError:
+            raise ConfigError(f"override {key!r}: value nested too deeply") from None
         _set_dotted(tree, key.strip(), value)
     return tree
 
@@ -253,6 +267,11 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
             sel.path = (base / sel.path).resolve() if not sel.path.is_absolute() else sel.path
             if not sel.path.is_file():
                 raise ConfigError(f"{key}: file not found: {sel.path}")
+    if cfg.flower.members is not None:
+        m = cfg.flower.members if cfg.flower.members.is_absolute() else (base / cfg.flower.members).resolve()
+        if not m.is_file():
+            raise ConfigError(f"flower.members: file not found: {m}")
+        cfg.flower.members = m
     if cfg.public.path is not None:
         p = cfg.public.path if cfg.public.path.is_absolute() else (base / cfg.public.path).resolve()
         if not p.is_file():
@@ -276,6 +295,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: nested too deeply to be a semcon config") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping of keys")
     tree = apply_overrides(dict(tree or {}), overrides or [])

@@ -8,7 +8,6 @@ metrics and checkpoints, so both transports write the same run directory and can
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import resource
@@ -26,8 +25,8 @@ import torch
 
 from semcon.algorithms import Algorithm, FederationError
 from semcon.config import NetworkConfig, RunConfig
-from semcon.protocol import Download, ProtocolError, decode, encode
-from semcon.rundir import RunDir
+from semcon.protocol import Download, Limits, Message, decode_all, encode
+from semcon.rundir import RunDir, RunDirError
 
 log = logging.getLogger(__name__)
 Tick = Callable[..., None]
@@ -58,27 +57,23 @@ class RunState:
     seconds: float = 0.0  # wall time of the completed rounds, over every session
     torch_rng: str = ""
 
-    @staticmethod
-    def path(run_dir: RunDir) -> Path:
-        return run_dir.path / "checkpoints" / "state.json"
-
     def save(self, run_dir: RunDir) -> None:
         self.torch_rng = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
-        path = self.path(run_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        run_dir.save_state(asdict(self))
 
     @classmethod
     def load(cls, run_dir: RunDir) -> RunState | None:
-        path = cls.path(run_dir)
-        if not path.is_file():
+        """The state after the last completed round (restoring the RNG), or None before the first."""
+        saved = run_dir.load_state()
+        if saved is None:
             return None
-        state = cls(**json.loads(path.read_text(encoding="utf-8")))
-        if state.torch_rng:
-            rng = np.frombuffer(base64.b64decode(state.torch_rng), dtype=np.uint8).copy()
-            torch.set_rng_state(torch.from_numpy(rng))
+        try:
+            state = cls(**saved)
+            if state.torch_rng:
+                rng = np.frombuffer(base64.b64decode(state.torch_rng), dtype=np.uint8).copy()
+                torch.set_rng_state(torch.from_numpy(rng))
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise RunDirError(f"{run_dir.state_path}: not a semcon checkpoint state ({e})") from None
         return state
 
 
@@ -136,13 +131,19 @@ def phase_peak_rss_gb() -> float:
     return peak_rss_gb()
 
 
-def record(run_dir: RunDir, t: int, client: str, direction: str, payload: bytes) -> dict:
-    """One ledger row from the bytes that actually moved (an undecodable payload counts as raw bytes)."""
-    try:
-        msg = decode(payload)
-    except ProtocolError:
-        return run_dir.ledger_row(t, client, direction, "invalid", len(payload), len(payload))
-    return run_dir.ledger(t, client, direction, msg, payload)
+def receive_uploads(run_dir: RunDir, t: int, payloads: dict[str, bytes], limits: Limits
+                    ) -> tuple[dict[str, Message], dict[str, str], list[dict]]:
+    """Decode every upload once, within ``limits``, and record each in the ledger from the bytes that
+    actually moved (one that does not decode counts as raw bytes and is rejected with its reason)."""
+    messages, undecodable = decode_all(payloads, limits)
+    rows = []
+    for name, payload in payloads.items():
+        if name in messages:
+            rows.append(run_dir.ledger(t, name, "up", messages[name], payload))
+        else:
+            rows.append(run_dir.ledger_row(t, name, "up", "invalid", len(payload), len(payload)))
+            log.warning("round %d: rejected the upload of client %r: %s", t, name, undecodable[name])
+    return messages, undecodable, rows
 
 
 def quorum(cfg: RunConfig, t: int, what: str, ok: list[str], failures: dict[str, str], run_dir: RunDir) -> None:
@@ -168,15 +169,15 @@ def federate(cfg: RunConfig, run_dir: RunDir, algo: Algorithm, group: ClientGrou
         if algo.communicates(t):
             with phases(algo.upload_phase, total=n, label=f"round {t}") as tick:
                 payloads, failures = group.upload(t, tick)
-            with phases("transfer"):
-                ledger += [record(run_dir, t, name, "up", payload) for name, payload in payloads.items()]
             quorum(cfg, t, "the upload", list(payloads), failures, run_dir)
             with phases("aggregate", label=f"round {t}"):
-                result = algo.aggregate(t, payloads)
+                messages, undecodable, ledger = receive_uploads(run_dir, t, payloads, algo.limits)
+                result = algo.aggregate(t, messages)
+                result.rejected = {**undecodable, **result.rejected}
             quorum(cfg, t, "a valid upload", result.accepted, {**failures, **result.rejected}, run_dir)
             with phases("transfer"):
                 download = encode(result.download)  # one encoding, broadcast to every client
-                ledger += [record(run_dir, t, name, "down", download) for name in group.recipients()]
+                ledger += [run_dir.ledger(t, name, "down", result.download, download) for name in group.recipients()]
             if result.labels:
                 run_dir.pseudo_labels(t, result.labels)
         reports = {}
@@ -244,6 +245,7 @@ def round_metrics(run_dir: RunDir, t: int, phases: Phases, ledger: list[dict], r
         "train_loss": {n: [round(r["loss_first"], 4), round(r["loss_last"], 4)] for n, r in trained.items()},
         "modelled_transfer_s": round(modelled_transfer_s(ledger, cfg.network), 3),
         "train_tokens": {n: r["tokens"] for n, r in trained.items()},
+        "completed": list(reports),  # clients that finished the train phase (their adapter of this round is saved)
         "eval_nll": {n: r["nll"] for n, r in reports.items() if r.get("nll")},
         "failed": failures,
         "peak_rss_gb": round(peak_rss_gb(), 3),

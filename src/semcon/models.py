@@ -16,6 +16,7 @@ import torch
 
 from semcon.assets import resolve_model
 from semcon.config import LoraConfig
+from semcon.names import child
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +220,9 @@ class Backbone:
 
     def save_adapter(self, name: str, directory: Path) -> Path:
         """Save adapter ``name`` as ``directory/name`` (peft's layout for named adapters)."""
+        path = child(directory, name, "adapter name")
         self.model.save_pretrained(str(directory), selected_adapters=[name])
-        return Path(directory) / name
+        return path
 
 
 def weight_bytes(spec: str, dtype: torch.dtype) -> int | None:

@@ -7,6 +7,7 @@ simulation and any network transport move exactly these bytes, so measured traff
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -78,40 +79,123 @@ def encode(msg: Message) -> bytes:
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(msgpack.packb(body, use_bin_type=True))
 
 
-def decode(data: bytes) -> Message:
-    """Bytes back into a message. Raises ProtocolError on anything malformed, never another error."""
+@dataclass(frozen=True)
+class Limits:
+    """What a decoder accepts at most, checked before anything that size is allocated: decompressed bytes,
+    entries of any map or array, characters of any string, bytes of any binary."""
+
+    max_bytes: int
+    max_items: int
+    max_str: int
+    max_bin: int = 0
+
+
+FRAMING = 4096  # message fields besides the payload, with room to spare
+PROMPT_ID_BYTES = 256  # a prompt id as map key, with its msgpack header
+MAX_WINDOW = 1 << 23  # zstd window (decoder memory); semcon's encoder uses at most 4 MiB
+
+
+def text_limits(num_prompts: int, max_answer_chars: int) -> Limits:
+    """Bounds for uploads and downloads of ``num_prompts`` texts of at most ``max_answer_chars`` each
+    (4 bytes per character: UTF-8's worst case)."""
+    per_text = 4 * max_answer_chars + PROMPT_ID_BYTES
+    return Limits(max_bytes=num_prompts * per_text + FRAMING, max_items=num_prompts + 16, max_str=per_text)
+
+
+def adapter_limits(max_bytes: int) -> Limits:
+    """Bounds for adapter messages (the parameter-averaging baselines): one binary of tensors."""
+    return Limits(max_bytes=max_bytes + FRAMING, max_items=16, max_str=1024, max_bin=max_bytes)
+
+
+def decompress(data: bytes, max_bytes: int) -> bytes:
+    """zstd-decompress at most ``max_bytes``: a frame that declares or produces more is refused before the
+    memory is taken (the declared size is checked first, then the output is read in bounded chunks)."""
+    declared = zstandard.frame_content_size(data)  # -1 when the frame does not state it
+    if declared > max_bytes:
+        raise ProtocolError(f"payload declares {declared:,} bytes decompressed (limit {max_bytes:,})")
+    reader = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).stream_reader(data)
+    chunks, total = [], 0
+    while chunk := reader.read(min(1 << 20, max_bytes + 1 - total)):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            raise ProtocolError(f"payload decompresses to more than {max_bytes:,} bytes")
+    return b"".join(chunks)
+
+
+def decode(data: bytes, limits: Limits) -> Message:
+    """Bytes back into a message, within ``limits``. Raises ProtocolError on anything malformed or too
+    large, never another error."""
     try:
-        body = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 28), raw=False)
+        raw = decompress(bytes(data), limits.max_bytes)
+        body = msgpack.unpackb(raw, raw=False, max_str_len=limits.max_str, max_bin_len=limits.max_bin,
+                               max_array_len=limits.max_items, max_map_len=limits.max_items, max_ext_len=0)
+    except ProtocolError:
+        raise
     except Exception as e:  # noqa: BLE001 - corrupt bytes can fail in either library in many ways
         raise ProtocolError(f"undecodable payload ({type(e).__name__}: {e})") from None
-    if not isinstance(body, dict) or body.get("v") != CODEC_VERSION:
+    if not isinstance(body, dict) or not is_int(body.get("v")) or body["v"] != CODEC_VERSION:
         raise ProtocolError(f"not a semcon v{CODEC_VERSION} message")
-    try:
-        if body["kind"] == "upload":
-            return Upload(round=body["round"], client=body["client"], answers=body["answers"])
-        if body["kind"] == "download":
-            return Download(round=body["round"], labels=body["labels"])
-        if body["kind"] == "adapter":
-            return AdapterUpdate(round=body["round"], client=body["client"], tensors=body["tensors"],
-                                 num_examples=body["num_examples"])
-    except KeyError as e:
-        raise ProtocolError(f"{body.get('kind')} message lacks field {e}") from None
-    raise ProtocolError(f"unknown message kind {body.get('kind')!r}")
+    kind, fields = body.get("kind"), FIELDS.get(body.get("kind"))
+    if fields is None:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    if unknown := sorted(map(str, set(body) - set(fields) - {"v", "kind"})):
+        raise ProtocolError(f"{kind} message has unknown fields {', '.join(unknown[:3])}")
+    for name, check in fields.items():
+        if name not in body:
+            raise ProtocolError(f"{kind} message lacks field {name!r}")
+        if not check(body[name]):
+            raise ProtocolError(f"{kind} message: field {name!r} has the wrong type ({type(body[name]).__name__})")
+    args = {name: body[name] for name in fields}
+    return {"upload": Upload, "download": Download, "adapter": AdapterUpdate}[kind](**args)
+
+
+def is_int(x) -> bool:
+    """A true integer (msgpack turns ``true`` into a bool and ``1.0`` into a float; neither is a round)."""
+    return type(x) is int
+
+
+def is_text_map(x) -> bool:
+    return isinstance(x, dict) and all(isinstance(k, str) for k in x)
+
+
+FIELDS: dict[str, dict[str, Callable[[object], bool]]] = {  # each kind's fields and their wire types
+    "upload": {"round": is_int, "client": lambda x: isinstance(x, str), "answers": is_text_map},
+    "download": {"round": is_int, "labels": lambda x: is_text_map(x) and all(isinstance(v, str) for v in x.values())},
+    "adapter": {"round": is_int, "client": lambda x: isinstance(x, str), "tensors": lambda x: isinstance(x, bytes),
+                "num_examples": is_int},
+}
+
+
+def decode_all(payloads: dict[str, bytes], limits: Limits) -> tuple[dict[str, Message], dict[str, str]]:
+    """Decode each client's payload once; one that does not decode is a reason, not an exception."""
+    messages, problems = {}, {}
+    for name, data in payloads.items():
+        try:
+            messages[name] = decode(data, limits)
+        except ProtocolError as e:
+            problems[name] = str(e)
+    return messages, problems
+
+
+def is_blank(text: str) -> bool:
+    """Nothing a reader would see: whitespace, control and format characters (zero-width spaces and joiners,
+    the byte-order mark, soft hyphens) only."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
 
 
 def validate_upload(msg: Message, *, client: str, round: int, prompt_ids: set[str], max_chars: int) -> list[str]:
-    """Every reason this message is not a valid upload from ``client`` for ``round`` (empty when valid)."""
+    """Every reason this message is not a valid upload from ``client`` for ``round`` (empty when valid).
+    ``decode`` has already checked the wire types of its fields."""
     if not isinstance(msg, Upload):
         return [f"expected an upload, got a {msg.kind}"]
     problems = []
     if msg.client != client:
         problems.append(f"claims to be client {msg.client!r}")
-    if not isinstance(msg.round, int) or msg.round != round:
+    if msg.round != round:
         problems.append(f"round {msg.round!r} instead of {round}")
-    if not isinstance(msg.answers, dict):
-        return problems + [f"answers are a {type(msg.answers).__name__}, not a mapping"]
     keys = set(msg.answers)
-    if unknown := sorted(map(str, keys - prompt_ids)):
+    if unknown := sorted(keys - prompt_ids):
         problems.append(f"unknown prompt ids {', '.join(unknown[:3])}{'...' if len(unknown) > 3 else ''}")
     if missing := sorted(prompt_ids - keys):
         problems.append(f"missing {len(missing)} prompt ids (e.g. {missing[0]})")
@@ -120,27 +204,59 @@ def validate_upload(msg: Message, *, client: str, round: int, prompt_ids: set[st
             problems.append(f"answer to {pid} is {type(text).__name__}, not text")
         elif len(text) > max_chars:
             problems.append(f"answer to {pid} has {len(text)} characters (limit {max_chars})")
-    if not problems and msg.answers and not any(text.strip() for text in msg.answers.values()):
+    if not problems and msg.answers and all(is_blank(text) for text in msg.answers.values()):
         problems.append("every answer is empty")
     return problems
 
 
-def accept_uploads(round: int, clients: list[str], payloads: dict[str, bytes],
+def accept_uploads(round: int, clients: list[str], messages: dict[str, Message],
                    check: Callable[[Message, str], T]) -> tuple[dict[str, T], dict[str, str]]:
-    """Decode each client's payload (in client order) and ``check`` it; a payload that fails either is
-    rejected for this round with a logged reason naming the client, and the others go on."""
+    """``check`` each client's decoded upload (in client order); one that fails is rejected for this round
+    with a logged reason naming the client, and the others go on."""
     accepted, rejected = {}, {}
     for name in clients:
-        if name not in payloads:
+        if name not in messages:
             continue
         try:
-            accepted[name] = check(decode(payloads[name]), name)
+            accepted[name] = check(messages[name], name)
         except ValueError as e:  # ProtocolError included
             rejected[name] = str(e)
             log.warning("round %d: rejected the upload of client %r: %s", round, name, e)
     return accepted, rejected
 
 
-def empty_answers(msg: Upload) -> set[str]:
-    """Prompt ids the client answered with nothing (those answers sit out the consensus)."""
-    return {pid for pid, text in msg.answers.items() if not text.strip()}
+# Reports: the small JSON a client sends back after training or evaluating (loss, tokens, held-out metrics).
+TRAIN_STATS = ("steps", "tokens", "loss_first", "loss_last", "seconds")
+
+
+def is_number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def check_scores(obj, what: str) -> dict[str, float]:
+    """``obj`` as a mapping of names to numbers (or None: a metric that does not apply)."""
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and (v is None or is_number(v)) for k, v in obj.items()):
+        raise ProtocolError(f"{what} is not a mapping of names to numbers")
+    return obj
+
+
+def check_train_report(obj) -> dict:
+    """A train-phase report: the training statistics (absent after the last round) and held-out NLL."""
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"train report is a {type(obj).__name__}, not an object")
+    if unknown := sorted(set(obj) - {*TRAIN_STATS, "nll"}):
+        raise ProtocolError(f"train report has unknown fields {', '.join(unknown[:3])}")
+    if "steps" in obj and not all(is_number(obj.get(k)) for k in TRAIN_STATS):
+        raise ProtocolError(f"train report needs numbers for {', '.join(TRAIN_STATS)}")
+    if "nll" in obj:
+        check_scores(obj["nll"], "train report nll")
+    return obj
+
+
+def check_eval_report(obj) -> dict:
+    """An evaluation report: metrics per held-out domain."""
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"evaluation report is a {type(obj).__name__}, not an object")
+    for domain, scores in obj.items():
+        check_scores(scores, f"evaluation report for {domain!r}")
+    return obj

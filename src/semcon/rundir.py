@@ -1,16 +1,115 @@
-"""The run directory: resolved config, metrics, communication ledger, pseudo-labels, summary, adapters."""
+"""The run directory: resolved config, metrics, communication ledger, pseudo-labels, summary, adapters.
+
+Nothing of a user's is destroyed: a run claims its directory only when it is new, empty, or an earlier
+semcon directory the user agreed to overwrite. Every file is written so that a crash leaves either the
+old or the new version, or an appended row cut short, which ``resume`` drops.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from semcon.config import RunConfig
+from semcon.config import METHODS, RunConfig
 from semcon.protocol import Message, raw_bytes
+
+log = logging.getLogger(__name__)
+
+# What semcon writes into a run directory and into a compare directory; --overwrite removes these only.
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "ledger.jsonl", "pseudo_labels", "checkpoints", "summary.json",
+               "adapters", "run_id", "flower.json", "flower", "nodes", "stopped.txt")
+COMPARE_ENTRIES = ("report.md", "compare.json", "quality_per_round.png", "bytes_per_round.png",
+                   "seconds_per_phase.png")
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used or read, phrased as one line naming it (exit code 2)."""
+
+
+def kind_of(path: Path) -> str | None:
+    """'run' or 'compare' for a directory semcon wrote, else None."""
+    if (path / "run_id").is_file() and (path / "config.yaml").is_file():
+        return "run"
+    if (path / "compare.json").is_file():
+        return "compare"
+    return None
+
+
+def claim(path: Path, overwrite: bool = False) -> Path:
+    """Make ``path`` ready for new output without destroying anything the user did not ask to replace:
+    a new or empty directory, or an earlier semcon run or compare directory when ``overwrite`` (then only
+    semcon's own entries are removed). Anything else raises RunDirError naming the directory."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path} is a file, not a directory: choose another --out")
+    if path.is_dir() and any(path.iterdir()):
+        kind = kind_of(path)
+        if kind is None:
+            raise RunDirError(f"{path} is not empty and holds no semcon run: choose a new or empty --out")
+        if not overwrite:
+            hint = f", or `semcon resume {path}` to continue it" if kind == "run" else ""
+            raise RunDirError(f"{path} holds an earlier semcon {kind}: pass --overwrite to replace it{hint}")
+        remove_entries(path, kind)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
+def remove_entries(path: Path, kind: str) -> None:
+    """Remove what semcon wrote into ``path`` (a compare directory: also its per-method run directories)."""
+    names = list(RUN_ENTRIES if kind == "run" else COMPARE_ENTRIES)
+    if kind == "compare":
+        names += [m for m in METHODS if kind_of(path / m) == "run"]
+    for name in names:
+        target = path / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a crash leaves the old or the new file, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The JSON rows of ``path``. A last row cut short (a crash while appending) is dropped with a warning;
+    a damaged row elsewhere raises RunDirError naming the file and line."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines):  # no newline after it: the append was cut
+                log.warning("%s: dropped the last row, cut short by a crash", path)
+                break
+            raise RunDirError(f"{path}:{i}: damaged row ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise RunDirError(f"{path}:{i}: a row must be a JSON object")
+        rows.append(row)
+    return rows
+
+
+def jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 class RunDir:
@@ -20,12 +119,9 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, path: Path, cfg: RunConfig) -> RunDir:
-        run = cls(path)
-        run.path.mkdir(parents=True, exist_ok=True)
-        for stale in ("checkpoints", "pseudo_labels"):  # an earlier run in this directory must not be resumed
-            shutil.rmtree(run.path / stale, ignore_errors=True)
-        (run.path / "summary.json").unlink(missing_ok=True)
+    def create(cls, path: Path, cfg: RunConfig, overwrite: bool = False) -> RunDir:
+        """A new run in ``path`` (see ``claim`` for what may already be there)."""
+        run = cls(claim(path, overwrite))
         (run.path / "pseudo_labels").mkdir()
         for name in ("metrics.jsonl", "ledger.jsonl"):
             (run.path / name).write_text("")
@@ -40,14 +136,22 @@ class RunDir:
 
     def rewind(self, next_round: int) -> None:
         """Drop what a crashed session wrote after its last completed round, so that resuming from
-        ``next_round`` appends exactly what an uninterrupted run would have."""
-        for name in ("ledger.jsonl", "metrics.jsonl"):
-            keep = [r for r in self.rows(name) if r.get("event", "round") == "round" and r["round"] < next_round]
-            (self.path / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep),
-                                          encoding="utf-8")
+        ``next_round`` appends exactly what an uninterrupted run would have. Everything is read and
+        checked before anything is changed."""
+        keep = {name: [r for r in self.rows(name) if r.get("event", "round") == "round"
+                       and isinstance(r.get("round"), int) and r["round"] < next_round]
+                for name in ("ledger.jsonl", "metrics.jsonl")}
+        stale = []
         for path in (self.path / "pseudo_labels").glob("round_*.jsonl"):
-            if int(path.stem.split("_")[1]) >= next_round:
-                path.unlink()
+            number = path.stem.removeprefix("round_")
+            if not number.isdigit():
+                raise RunDirError(f"{path}: not a pseudo-label file of semcon's (round_NN.jsonl)")
+            if int(number) >= next_round:
+                stale.append(path)
+        for name, rows in keep.items():
+            write_atomic(self.path / name, jsonl(rows))
+        for path in stale:
+            path.unlink()
         (self.path / "summary.json").unlink(missing_ok=True)
 
     def _append(self, name: str, row: dict[str, Any]) -> None:
@@ -69,9 +173,7 @@ class RunDir:
 
     def pseudo_labels(self, round: int, labels: list) -> Path:
         path = self.path / "pseudo_labels" / f"round_{round:02d}.jsonl"
-        with open(path, "w", encoding="utf-8") as f:
-            for lab in labels:
-                f.write(json.dumps(asdict(lab), ensure_ascii=False) + "\n")
+        write_atomic(path, jsonl([asdict(lab) for lab in labels]))
         return path
 
     @property
@@ -79,8 +181,43 @@ class RunDir:
         return self.path / "adapters"
 
     def summary(self, data: dict[str, Any]) -> None:
-        (self.path / "summary.json").write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+        write_atomic(self.path / "summary.json", json.dumps(data, indent=2, ensure_ascii=False))
 
     def rows(self, name: str) -> list[dict[str, Any]]:
-        path = self.path / name
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return read_rows(self.path / name)
+
+    # Checkpoint state: the newest in state.json, the one before in state.prev.json (client adapters of both
+    # rounds are kept), so that a damaged state.json falls back one round instead of stopping the resume.
+    @property
+    def state_path(self) -> Path:
+        return self.path / "checkpoints" / "state.json"
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        path = self.state_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            os.replace(path, path.with_name("state.prev.json"))
+        write_atomic(path, json.dumps(state, ensure_ascii=False))
+
+    def has_state(self) -> bool:
+        return self.state_path.is_file() or self.state_path.with_name("state.prev.json").is_file()
+
+    def load_state(self) -> dict[str, Any] | None:
+        """The newest readable checkpoint state; None when no round completed yet."""
+        problems = []
+        for path in (self.state_path, self.state_path.with_name("state.prev.json")):
+            if not path.is_file():
+                continue
+            try:
+                state = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(state, dict) or not isinstance(state.get("next_round"), int):
+                    raise ValueError("no next_round")
+            except (ValueError, UnicodeDecodeError) as e:
+                problems.append(f"{path} is damaged ({str(e).splitlines()[0]})")
+                continue
+            if problems:
+                log.warning("%s; resuming from the checkpoint before it (%s)", problems[0], path.name)
+            return state
+        if problems:
+            raise RunDirError(f"{'; '.join(problems)}: no checkpoint to resume from")
+        return None

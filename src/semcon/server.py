@@ -11,7 +11,7 @@ from semcon.config import ConsensusConfig
 from semcon.consensus import semantic_medoid
 from semcon.data import Prompt
 from semcon.embed import Embedder
-from semcon.protocol import Download, ProtocolError, Upload, accept_uploads, validate_upload
+from semcon.protocol import Download, Message, ProtocolError, Upload, accept_uploads, is_blank, validate_upload
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,8 @@ class Server:
         self.clients = clients  # client id = position; ties go to the lowest id
         self.embedder = embedder or Embedder(cfg.embedder, batch_size=cfg.embed_batch_size)
 
-    def accept(self, round: int, prompts: list[Prompt], payloads: dict[str, bytes]) -> tuple[dict[str, Upload], dict[str, str]]:
-        """Decode and validate every payload; an invalid one is rejected for this round with its reason."""
+    def accept(self, round: int, prompts: list[Prompt], messages: dict[str, Message]) -> tuple[dict[str, Upload], dict[str, str]]:
+        """Validate every decoded upload; an invalid one is rejected for this round with its reason."""
         ids = {p.id for p in prompts}
 
         def valid(msg, name: str) -> Upload:
@@ -60,14 +60,14 @@ class Server:
                 raise ProtocolError("; ".join(problems))
             return msg
 
-        return accept_uploads(round, self.clients, payloads, valid)
+        return accept_uploads(round, self.clients, messages, valid)
 
-    def aggregate(self, round: int, prompts: list[Prompt], payloads: dict[str, bytes]) -> RoundResult:
+    def aggregate(self, round: int, prompts: list[Prompt], messages: dict[str, Message]) -> RoundResult:
         """One consensus step: validate, embed all answers in one batch, medoid for all prompts at once."""
-        uploads, rejected = self.accept(round, prompts, payloads)
+        uploads, rejected = self.accept(round, prompts, messages)
         names = list(uploads)  # in client-id order
         texts = [[uploads[n].answers[p.id] for n in names] for p in prompts]
-        valid = np.array([[bool(t.strip()) for t in row] for row in texts], dtype=bool).reshape(len(prompts), len(names))
+        valid = np.array([[not is_blank(t) for t in row] for row in texts], dtype=bool).reshape(len(prompts), len(names))
 
         start = time.perf_counter()
         unique = sorted({t for row, ok in zip(texts, valid) for t, v in zip(row, ok) if v})

@@ -120,26 +120,27 @@ def client_phase(client: Client, algo: Algorithm, cfg: RunConfig, t: int, downlo
     """A client's part of round ``t`` after the upload: take the download, train (rounds 0..R), and
     measure its held-out NLL. Returns a small JSON-able report; the same code runs behind Flower."""
     if download is not None:
-        algo.receive(client, decode(download))
+        algo.receive(client, decode(download, algo.limits))
     report = asdict(algo.train(client, t, on_step=on_step)) if t <= cfg.rounds else {}
     if cfg.eval.every_round:
         report["nll"] = client.nll(eval_sets)
     return report
 
 
-def run(cfg: RunConfig, out: Path, progress=None) -> dict:
-    """Run the whole federation into ``out`` and return the summary (with its energy, where measurable)."""
-    return _session(cfg, RunDir.create(out, cfg), progress)
+def run(cfg: RunConfig, out: Path, progress=None, overwrite: bool = False) -> dict:
+    """Run the whole federation into ``out`` and return the summary (with its energy, where measurable).
+    ``out`` must be new or empty, or an earlier semcon run with ``overwrite``."""
+    return _session(cfg, RunDir.create(out, cfg, overwrite), progress)
 
 
 def resume(out: Path, progress=None) -> dict:
     """Continue a crashed or killed run from its last completed round, with nothing lost or repeated."""
     run_dir = RunDir(out)
     cfg = load_config(run_dir.path / "config.yaml")
-    if RunState.path(run_dir).is_file():
+    if run_dir.has_state():
         return _session(cfg, run_dir, progress, resuming=True)
     log.info("%s has no completed round yet: starting it again", out)
-    return run(cfg, out, progress)
+    return run(cfg, out, progress, overwrite=True)
 
 
 def _session(cfg: RunConfig, run_dir: RunDir, progress, resuming: bool = False) -> dict:
@@ -149,8 +150,8 @@ def _session(cfg: RunConfig, run_dir: RunDir, progress, resuming: bool = False) 
         state = None
         if resuming:
             state = RunState.load(run_dir)  # after setup, which seeds: this restores the RNG
+            group.restore(state.next_round - 1)  # everything needed is checked before rewind changes files
             run_dir.rewind(state.next_round)
-            group.restore(state.next_round - 1)
             log.info("resuming %s at round %d", run_dir.path, state.next_round)
         log.info("%s: %d clients, %d public prompts, eval domains: %s", fed.algorithm.name, len(fed.clients),
                  len(fed.prompts), ", ".join(fed.eval_sets))

@@ -22,6 +22,7 @@ from flwr.clientapp import ClientApp
 
 from semcon.config import RunConfig, load_config
 from semcon.data import Prompt
+from semcon.names import child
 from semcon.protocol import encode
 
 app = ClientApp()
@@ -42,9 +43,9 @@ def node_client(msg: Message, context: Context) -> tuple[RunConfig, str, Path]:
         client["model"] = str(node["model"])
     if "data-path" in node:
         client["data"] = {"source": "jsonl", "path": str(node["data-path"])}
-    cfg = load_config(tree=tree)
-    state = Path(str(node.get("state-dir", "semcon-state"))).expanduser() / str(rec["run-id"])
-    return cfg, client["name"], state
+    cfg = load_config(tree=tree)  # checks every client name
+    state = child(Path(str(node.get("state-dir", "semcon-state"))).expanduser(), rec["run-id"], "run id")
+    return cfg, cfg.clients[pid].name, state
 
 
 def _fault(phase: str, t: int) -> None:
@@ -55,6 +56,15 @@ def _fault(phase: str, t: int) -> None:
         os._exit(17)
     if fault == f"{phase}:{t}:raise":
         raise RuntimeError(f"injected failure in {phase} of round {t}")
+
+
+def restore(client, state: Path, rec) -> None:
+    """Load the adapter the server says this client saved last (``saved-round``; -1: none yet). A node that
+    lost it fails its phase with that reason rather than go on from a fresh adapter."""
+    want = int(rec["saved-round"])
+    if want >= 0 and client.restore_state(state, want) != want:
+        raise RuntimeError(f"client {client.name!r} lost its saved state: no adapter of round {want} in "
+                           f"{state / client.name} (restore the state directory, or start the run again)")
 
 
 def _handle(msg: Message, context: Context, phase: str) -> Message:
@@ -71,17 +81,17 @@ def _handle(msg: Message, context: Context, phase: str) -> Message:
     fed = setup(cfg, only=[name], prompts=prompts)
     client, algo = fed.clients[0], fed.algorithm
     if phase == "upload":
-        client.restore_state(state, t - 1)
+        restore(client, state, rec)
         reply["payload"] = encode(algo.upload(client, t))
     elif phase == "train":
-        client.restore_state(state, t - 1)
+        restore(client, state, rec)
         download = bytes(rec["payload"]) if "payload" in rec else None
         reply["report"] = json.dumps(client_phase(client, algo, cfg, t, download, fed.eval_sets))
         client.save_state(state, t)
     else:  # evaluate
         base = bool(rec["base"])
         if not base:
-            client.restore_state(state, t)
+            restore(client, state, rec)
         reply["report"] = json.dumps(client.evaluate(fed.eval_sets, base=base, embed=fed.embedder))
         if not base:
             client.backbone.save_adapter(name, state / "adapters")

@@ -1,7 +1,9 @@
 """Start and stop Flower's processes for a semcon run: a SuperLink, SuperNodes, and ``flwr run``.
 
 ``semcon flower local`` uses all of it on 127.0.0.1; across machines, each organisation starts its own
-SuperNode and the coordinator runs ``semcon flower run`` on the SuperLink's machine (README).
+SuperNode and the coordinator runs ``semcon flower superlink`` and ``semcon flower run`` on the SuperLink's
+machine (README). Given a certificates folder (``semcon flower certs``), everything runs closed
+(``secure.py``): the SuperLink on loopback behind the Fleet-only gateway, node authentication, signed apps.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ build-backend = "setuptools.build_meta"
 
 [project]
 name = "semcon-flower"
-version = "0.1.0"
+version = "{version}"
 description = "semcon: federated fine-tuning of LLMs by semantic consensus, on Flower"
 license = "Apache-2.0"
 dependencies = []
@@ -64,17 +66,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _bin(name: str) -> str:
+def flwr_bin(name: str) -> str:
     path = Path(sys.executable).parent / name
     return str(path) if path.exists() else (shutil.which(name) or name)
 
 
-def write_app(run_dir: Path) -> Path:
+def write_app(run_dir: Path, version: str = "0.1.0") -> Path:
     """The Flower app directory for ``run_dir`` (only a pyproject.toml: the code is the installed semcon)."""
     import yaml
 
     tree = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    lines = [APP_PYPROJECT.replace("{run_dir}", json.dumps(str(run_dir.resolve())))]
+    lines = [APP_PYPROJECT.replace("{run_dir}", json.dumps(str(run_dir.resolve()))).replace("{version}", version)]
     for key in RUN_CONFIG_KEYS:
         value = tree
         for part in key.split("."):
@@ -102,13 +104,20 @@ def write_connection(home: Path, address: str, root_certificates: Path | None = 
 
 @dataclass
 class Processes:
-    """The Flower processes this launcher started, stopped by PID (SuperNodes first, then the SuperLink)."""
+    """The Flower processes this launcher started, stopped by PID (SuperNodes first, then the SuperLink).
+
+    With ``certs`` the deployment is closed (``secure.py``): the SuperLink listens on 127.0.0.1 with TLS and
+    node authentication, nodes reach it through the Fleet-only gateway and run only signed apps.
+    """
 
     home: Path
     logs: Path
+    certs: Path | None = None
     superlink: subprocess.Popen | None = None
+    helpers: list[subprocess.Popen] = field(default_factory=list)  # gateway and app hub
     nodes: dict[int, subprocess.Popen] = field(default_factory=dict)
-    address: str = ""
+    address: str = ""  # the SuperLink's own API (Control included): loopback only when closed
+    fleet: str = ""  # where SuperNodes connect: the gateway when closed
 
     def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -116,21 +125,50 @@ class Processes:
             return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=flower_env(self.home, env),
                                     start_new_session=True)
 
-    def start_superlink(self, port: int | None = None, env: dict[str, str] | None = None) -> str:
+    def start_superlink(self, port: int | None = None, env: dict[str, str] | None = None,
+                        public: tuple[str, int] = ("127.0.0.1", 0)) -> str:
+        """Start the SuperLink (and, closed, the app hub and the gateway on ``public`` HOST, PORT)."""
         port = port or free_port()
         # a database file keeps the SuperLink's state (nodes, runs) across its own restarts
-        self.superlink = self._start("superlink", [
-            _bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
-            "--database", str(self.home / "superlink.db"), "--disable-runtime-dependency-installation"], env)
-        self.address = f"127.0.0.1:{port}"
+        args = [flwr_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(port), "--database",
+                str(self.home / "superlink.db"), "--disable-runtime-dependency-installation"]
+        if self.certs is None:
+            args.append("--insecure")
+        else:
+            c = self.certs
+            args += ["--ssl-ca-certfile", str(c / "ca.crt"), "--ssl-certfile", str(c / "server.crt"),
+                     "--ssl-keyfile", str(c / "server.key"), "--enable-supernode-auth"]
+            hub_port = free_port()
+            self.helpers.append(self._start("hub", [sys.executable, "-m", "semcon.flower.secure", "hub",
+                                                    str(hub_dir(c)), str(hub_port)]))
+            env = {**(env or {}), "FLWR_SUPERGRID_API_URL": f"http://127.0.0.1:{hub_port}/v1"}
+        self.superlink = self._start("superlink", args, env)
+        self.address = self.fleet = f"127.0.0.1:{port}"
         wait_for_port(port, self.superlink, self.logs / "superlink.log")
+        if self.certs is not None:
+            host, gport = public[0], public[1] or free_port()
+            gateway = self._start("gateway", [sys.executable, "-m", "semcon.flower.secure", "gateway", host,
+                                              str(gport), self.address, str(self.certs)])
+            self.helpers.append(gateway)
+            wait_for_port(gport, gateway, self.logs / "gateway.log", host="127.0.0.1" if host == "0.0.0.0" else host)
+            self.fleet = f"{'127.0.0.1' if host == '0.0.0.0' else host}:{gport}"
         return self.address
 
-    def start_node(self, partition: int, state_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start_node(self, partition: int, state_dir: Path, env: dict[str, str] | None = None,
+                   key: Path | None = None) -> subprocess.Popen:
+        """A SuperNode holding ``partition``; closed deployments authenticate with ``key`` (default: the
+        partition's own key in the certificates folder)."""
         node_config = f"partition-id={partition} state-dir={json.dumps(str(state_dir.resolve()))}"
-        proc = self._start(f"node{partition}", [
-            _bin("flower-supernode"), "--insecure", "--superlink", self.address, "--host", "127.0.0.1",
-            "--port", str(free_port()), "--node-config", node_config], env)
+        args = [flwr_bin("flower-supernode"), "--superlink", self.fleet, "--host", "127.0.0.1",
+                "--port", str(free_port()), "--node-config", node_config]
+        if self.certs is None:
+            args.append("--insecure")
+        else:
+            bundle = self.certs / f"node{partition}"
+            args += ["--root-certificates", str(self.certs / "ca.crt"),
+                     "--auth-supernode-private-key", str(key or bundle / "node_key"),
+                     "--trusted-entities", str(bundle / "trusted-entities.yaml")]
+        proc = self._start(f"node{partition}", args, env)
         self.nodes[partition] = proc
         return proc
 
@@ -140,9 +178,15 @@ class Processes:
     def stop_all(self) -> None:
         for partition in list(self.nodes):
             self.stop_node(partition)
-        if self.superlink is not None:
-            stop(self.superlink)
-            self.superlink = None
+        for proc in [self.superlink, *self.helpers]:
+            if proc is not None:
+                stop(proc)
+        self.superlink, self.helpers = None, []
+
+
+def hub_dir(certs: Path) -> Path:
+    """The signed apps the hub serves to the SuperLink (written by ``flwr_run``)."""
+    return certs / "apps"
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 15.0) -> None:
@@ -159,27 +203,34 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 15.
         pass
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, logfile: Path, timeout_s: float = 60.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, logfile: Path, timeout_s: float = 60.0,
+                  host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"flower-superlink exited with {proc.returncode}; see {logfile}")
+            raise RuntimeError(f"{logfile.stem} exited with {proc.returncode}; see {logfile}")
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+            if s.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.2)
-    raise RuntimeError(f"flower-superlink did not open port {port} within {timeout_s:.0f} s; see {logfile}")
+    raise RuntimeError(f"{logfile.stem} did not open port {port} within {timeout_s:.0f} s; see {logfile}")
 
 
-def flwr_run(run_dir: Path, home: Path, connection: str) -> dict:
-    """Submit the run to the SuperLink, stream its log, and return its summary.
+def flwr_run(run_dir: Path, home: Path, connection: str, certs: Path | None = None) -> dict:
+    """Submit the run to the SuperLink, stream its log, and return its summary. With ``certs`` the app is
+    signed by the coordinator's key and fetched by the SuperLink from the local app hub.
 
     ``flwr run`` exits 0 even when the ServerApp failed, so the outcome is read from the run directory.
     """
-    app = write_app(run_dir)
+    from semcon.flower.secure import app_version, publish_signed_app
+
     (run_dir / "summary.json").unlink(missing_ok=True)
     (run_dir / "stopped.txt").unlink(missing_ok=True)
-    cmd = [_bin("flwr"), "run", str(app), connection, "--stream"]
+    if certs is None:
+        app = str(write_app(run_dir))
+    else:
+        app = publish_signed_app(write_app(run_dir, app_version()), certs / "signer", hub_dir(certs), flower_env(home))
+    cmd = [flwr_bin("flwr"), "run", app, connection, "--stream"]
     subprocess.run(cmd, env=flower_env(home), check=False)
     if (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
@@ -188,22 +239,45 @@ def flwr_run(run_dir: Path, home: Path, connection: str) -> dict:
     raise RuntimeError(f"the Flower run of {run_dir} ended without a summary; see the logs in {home}")
 
 
-def mark(run_dir: Path, superlink: str, local: bool = False) -> None:
-    """``flower.json`` says the run directory belongs to a Flower run, where its SuperLink was, and
-    whether ``semcon resume`` should start a local deployment again."""
-    (run_dir / "flower.json").write_text(json.dumps({"superlink": superlink, "local": local}) + "\n",
-                                         encoding="utf-8")
+def mark(run_dir: Path, superlink: str, local: bool = False, certs: Path | None = None) -> None:
+    """``flower.json`` says the run directory belongs to a Flower run, where its SuperLink was, whether
+    ``semcon resume`` should start a local deployment again, and the certificates of a closed one."""
+    where = {"superlink": superlink, "local": local, "certs": str(certs.resolve()) if certs else None}
+    (run_dir / "flower.json").write_text(json.dumps(where) + "\n", encoding="utf-8")
 
 
-def run_local(run_dir: Path, num_nodes: int, node_env: dict[int, dict[str, str]] | None = None) -> dict:
+def pin_members(run_dir: Path, members: Path) -> None:
+    """Set ``flower.members`` in the run's config (the ServerApp pins each client to its registered node)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    tree.setdefault("flower", {})["members"] = str(members.resolve())
+    path.write_text(yaml.safe_dump(tree, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def run_local(run_dir: Path, num_nodes: int, node_env: dict[int, dict[str, str]] | None = None,
+              secure: bool = False) -> dict:
     """A whole Flower deployment on 127.0.0.1 for an existing run directory: a SuperLink, one SuperNode per
-    client (state under ``run_dir/nodes``), the run (or its continuation), then every process stopped."""
-    procs = Processes(home=run_dir / "flower", logs=run_dir / "flower" / "logs")
+    client (state under ``run_dir/nodes``), the run (or its continuation), then every process stopped.
+    ``secure``: closed, with new keys in ``run_dir/flower/certs`` (kept for a resume)."""
+    from semcon.flower.secure import make_certs, register_nodes
+
+    home = run_dir / "flower"
+    certs = home / "certs" if secure else None
+    if certs is not None and not (certs / "ca.crt").is_file():
+        make_certs(certs, "127.0.0.1", num_nodes)
+    procs = Processes(home=home, logs=home / "logs", certs=certs)
     try:
         procs.start_superlink()
+        connection = write_connection(home, procs.address, certs / "ca.crt" if certs else None)
+        if certs is not None and not (certs / "members.yaml").is_file():
+            register_nodes(certs, home, connection, flower_env(home))
+        if certs is not None:
+            pin_members(run_dir, certs / "members.yaml")
         for i in range(num_nodes):
             procs.start_node(i, run_dir / "nodes" / f"node{i}", (node_env or {}).get(i))
-        mark(run_dir, procs.address, local=True)
-        return flwr_run(run_dir, procs.home, write_connection(procs.home, procs.address))
+        mark(run_dir, procs.address, local=True, certs=certs)
+        return flwr_run(run_dir, home, connection, certs)
     finally:
         procs.stop_all()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -22,38 +24,67 @@ from semcon.data import Prompt, build_splits
 from semcon.embed import Embedder
 from semcon.federation import RunState, Tick, federate
 from semcon.flower.launch import run_config_overrides
+from semcon.flower.secure import load_members
+from semcon.names import check_name
+from semcon.protocol import ProtocolError, check_eval_report, check_train_report
 from semcon.rundir import RunDir
 
 log = logging.getLogger(__name__)
 app = ServerApp()
 POLL_S = 1.0
+T = TypeVar("T")
 
 
 class FlowerGroup:
-    """The clients' side of each phase as Flower messages: one per node, replies matched by message id."""
+    """The clients' side of each phase as Flower messages: one per node, replies matched by message id.
 
-    def __init__(self, grid: Grid, cfg: RunConfig, run_id: str, config_text: str, prompts: list[Prompt]):
+    A node takes part only as the client it claims in its hello, and only if no other live node holds that
+    client and, where ``pins`` are given, it is the registered node pinned to that client (Flower's node
+    authentication binds a node id to its registered key).
+    ``saved`` is the round of each client's last saved adapter: a node must load exactly that one.
+    """
+
+    def __init__(self, grid: Grid, cfg: RunConfig, run_id: str, config_text: str, prompts: list[Prompt],
+                 pins: dict[str, int] | None = None, saved: dict[str, int] | None = None):
         self.grid, self.cfg = grid, cfg
         self.names = [c.name for c in cfg.clients]
         self.train_units = len(self.names)
+        self.pins = pins or {}
+        self.saved = dict(saved or {})
         self.node_of: dict[str, int] = {}  # client name -> Flower node id, refreshed every phase
+        self.refused: dict[int, str] = {}  # node id -> why it may not take part (while it stays connected)
         self.common = {"config": config_text, "run-id": run_id,
                        "prompt-ids": [p.id for p in prompts], "prompts": [p.instruction for p in prompts]}
 
     def discover(self) -> None:
-        """Ask nodes not seen yet which client they hold (their ``partition-id``); forget vanished nodes."""
+        """Ask nodes not seen yet which client they hold; forget vanished nodes."""
         live = set(self.grid.get_node_ids())
         self.node_of = {name: node for name, node in self.node_of.items() if node in live}
-        new = sorted(live - set(self.node_of.values()))
+        self.refused = {node: why for node, why in self.refused.items() if node in live}
+        new = sorted(set(live) - set(self.node_of.values()) - set(self.refused))
         if not new:
             return
-        replies, _ = self._exchange("query.hello", 0, {str(n): n for n in new}, timeout=self.cfg.flower.phase_timeout_s)
-        for key, rec in replies.items():
-            name = str(rec["client"])
-            if name in self.names:
+        replies, _ = self._exchange("query.hello", 0, {f"node {n}": n for n in new}, parse_hello,
+                                    timeout=self.cfg.flower.hello_timeout_s)
+        for key, name in replies.items():
+            node = int(key.removeprefix("node "))
+            if why := self._refusal(node, name):
+                self.refused[node] = why
+                log.warning("node %s refused: %s", node, why)
+            else:
                 if name in self.node_of:
-                    log.info("client %r rejoined as node %s", name, key)
-                self.node_of[name] = int(key)
+                    log.info("client %r rejoined as node %s", name, node)
+                self.node_of[name] = node
+
+    def _refusal(self, node: int, name: str) -> str | None:
+        """Why ``node`` may not act as client ``name`` (None: it may)."""
+        if name not in self.names:
+            return f"claims {name!r}, which is not a client of this run"
+        if name in self.pins and node != self.pins[name]:
+            return f"claims client {name!r}, which is pinned to node {self.pins[name]}"
+        if (holder := self.node_of.get(name)) is not None and holder != node:
+            return f"claims client {name!r}, held by node {holder}"
+        return None
 
     def wait_for_nodes(self) -> None:
         """Wait until every client's node is connected (or the connect timeout, then settle for a quorum)."""
@@ -70,64 +101,97 @@ class FlowerGroup:
     def recipients(self) -> list[str]:
         return [n for n in self.names if n in self.node_of]
 
-    def _exchange(self, kind: str, t: int, targets: dict[str, int], timeout: float, tick: Tick | None = None,
-                  **extra) -> tuple[dict[str, ConfigRecord], dict[str, str]]:
-        """Send one message per target and collect the replies until ``timeout``; errors and silence are
-        failures with a reason, never exceptions."""
-        content = RecordDict({"semcon": ConfigRecord({**self.common, "round": t, **extra})})
-        messages = [Message(content, dst_node_id=node, message_type=kind, group_id=str(t)) for node in targets.values()]
+    def _exchange(self, kind: str, t: int, targets: dict[str, int], parse: Callable[[ConfigRecord], T],
+                  timeout: float, tick: Tick | None = None, **extra) -> tuple[dict[str, T], dict[str, str]]:
+        """Send one message per target and collect the parsed replies until ``timeout``; errors, silence and
+        replies that do not parse are failures with a reason, never exceptions."""
+        messages = [Message(RecordDict({"semcon": ConfigRecord({**self.common, "round": t, **extra,
+                                                                "saved-round": self.saved.get(key, -1)})}),
+                            dst_node_id=node, message_type=kind, group_id=str(t)) for key, node in targets.items()]
         pending = dict(zip(self.grid.push_messages(messages), targets))
         replies, failures = {}, {}
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
             for reply in self.grid.pull_messages(list(pending)):
-                name = pending.pop(reply.metadata.reply_to_message_id, None)
-                if name is None:
+                key = pending.pop(reply.metadata.reply_to_message_id, None)
+                if key is None:
                     continue
-                if reply.has_error():
-                    failures[name] = f"node error {reply.error.code}: {reply.error.reason}"
-                elif "semcon" not in reply.content or (kind != "query.hello"
-                                                        and str(reply.content["semcon"].get("client")) != name):
-                    failures[name] = "reply without a semcon record for this client"
-                else:
-                    replies[name] = reply.content["semcon"]
+                try:
+                    if reply.has_error():
+                        raise NodeError(f"node error {reply.error.code}: {reply.error.reason}")
+                    rec = reply.content["semcon"] if "semcon" in reply.content else None
+                    if not isinstance(rec, ConfigRecord):
+                        raise ProtocolError("reply without a semcon record")
+                    if kind != "query.hello" and rec.get("client") != key:
+                        raise ProtocolError(f"reply claims client {rec.get('client')!r}")
+                    replies[key] = parse(rec)
+                except NodeError as e:
+                    failures[key] = str(e)
+                except (KeyError, TypeError, ValueError) as e:  # ProtocolError and JSON errors included
+                    failures[key] = f"malformed {kind} reply ({type(e).__name__}: {e})"
                 if tick:
                     tick()
             if pending:
                 time.sleep(POLL_S)
-        for name in pending.values():
-            failures[name] = f"no reply within {timeout:.0f} s"
-        for name, why in failures.items():
-            log.warning("round %d, %s: client %r failed: %s", t, kind, name, why)
+        for key in pending.values():
+            failures[key] = f"no reply within {timeout:.0f} s"
+        for key, why in failures.items():
+            log.warning("round %d, %s: %s failed: %s", t, kind, key, why)
         return replies, failures
 
-    def _phase(self, kind: str, t: int, tick: Tick | None = None, **extra):
+    def _phase(self, kind: str, t: int, parse: Callable[[ConfigRecord], T], tick: Tick | None = None,
+               **extra) -> tuple[dict[str, T], dict[str, str]]:
         self.discover()
         targets = {n: self.node_of[n] for n in self.recipients()}
-        replies, failures = self._exchange(kind, t, targets, self.cfg.flower.phase_timeout_s, tick, **extra)
+        replies, failures = self._exchange(kind, t, targets, parse, self.cfg.flower.phase_timeout_s, tick, **extra)
         for name in self.names:
             if name not in targets:
                 failures[name] = "not connected"
+        for node, why in self.refused.items():
+            failures[f"node {node}"] = f"refused: {why}"
         return replies, failures
 
     def evaluate(self, base: bool) -> dict[str, dict]:
-        replies, _ = self._phase("evaluate", self.cfg.rounds + 1, base=base)
-        return {n: json.loads(str(replies[n]["report"])) for n in self.names if n in replies}
+        replies, _ = self._phase("evaluate", self.cfg.rounds + 1, parse_eval, base=base)
+        return {n: replies[n] for n in self.names if n in replies}
 
     def upload(self, t, tick):
-        replies, failures = self._phase("query.upload", t, tick)
-        return {n: bytes(replies[n]["payload"]) for n in self.names if n in replies}, failures
+        replies, failures = self._phase("query.upload", t, parse_upload, tick)
+        return {n: replies[n] for n in self.names if n in replies}, failures
 
     def train(self, t, download, tick):
         extra = {"payload": download} if download is not None else {}
-        replies, failures = self._phase("train", t, tick, **extra)
-        return {n: json.loads(str(replies[n]["report"])) for n in self.names if n in replies}, failures
+        replies, failures = self._phase("train", t, parse_train, tick, **extra)
+        self.saved |= dict.fromkeys(replies, t)  # each node saved its adapter for round t before replying
+        return {n: replies[n] for n in self.names if n in replies}, failures
 
     def checkpoint(self, t: int) -> None:
         """Nothing to do here: every node saved its adapter for round ``t`` before replying."""
 
     def save_adapters(self, directory: Path) -> None:
         log.info("final adapters stay with their owners: STATE_DIR/RUN_ID/CLIENT/adapters on each node")
+
+
+class NodeError(Exception):
+    """The node (or Flower on its behalf) answered with an error instead of a reply."""
+
+
+def parse_hello(rec: ConfigRecord) -> str:
+    return check_name(rec["client"], "claimed client name")
+
+
+def parse_upload(rec: ConfigRecord) -> bytes:
+    if not isinstance(rec["payload"], bytes):
+        raise ProtocolError(f"payload is {type(rec['payload']).__name__}, not bytes")
+    return rec["payload"]
+
+
+def parse_train(rec: ConfigRecord) -> dict:
+    return check_train_report(json.loads(rec["report"]))
+
+
+def parse_eval(rec: ConfigRecord) -> dict:
+    return check_eval_report(json.loads(rec["report"]))
 
 
 def serve(grid: Grid, run_dir: RunDir, run_config: dict | None = None) -> dict:
@@ -145,7 +209,10 @@ def serve(grid: Grid, run_dir: RunDir, run_config: dict | None = None) -> dict:
         raise FederationError("centralized training pools data in one place: it has no Flower deployment")
     prompts = build_splits(cfg).public
     algo = make_algorithm(cfg, prompts, Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size))
-    group = FlowerGroup(grid, cfg, run_dir.run_id, (run_dir.path / "config.yaml").read_text(encoding="utf-8"), prompts)
+    pins = load_members(cfg.flower.members, [c.name for c in cfg.clients]) if cfg.flower.members else None
+    saved = {n: r["round"] for r in (state.rounds if state else []) for n in r.get("completed", [])}
+    group = FlowerGroup(grid, cfg, run_dir.run_id, (run_dir.path / "config.yaml").read_text(encoding="utf-8"), prompts,
+                        pins, saved)
     if state is not None:
         run_dir.rewind(state.next_round)
         log.info("resuming %s at round %d", run_dir.path, state.next_round)
@@ -164,7 +231,8 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = RunDir(Path(str(context.run_config["run-dir"])))
     try:
         serve(grid, run_dir, dict(context.run_config))
-    except FederationError as e:
-        (run_dir.path / "stopped.txt").write_text(str(e) + "\n", encoding="utf-8")
-        log.error("stopped: %s", e)
+    except Exception as e:  # the reason reaches `semcon flower run` through the run directory
+        why = str(e) if isinstance(e, FederationError | ValueError) else f"{type(e).__name__}: {e}"
+        (run_dir.path / "stopped.txt").write_text(why + "\n", encoding="utf-8")
+        log.error("stopped: %s", why)
         raise

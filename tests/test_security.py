@@ -1,0 +1,331 @@
+"""Attacker-side tests: what an outsider, a dishonest member or a careless user can try, and what stops it.
+
+The Flower deployment tests (outsiders, impostors, lost state) run real processes on 127.0.0.1 and are
+marked ``flower``; the rest are fast.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+
+import msgpack
+import pytest
+import zstandard
+
+from conftest import tiny_tree
+from semcon.protocol import ProtocolError, Upload, decode, encode, text_limits
+from semcon.rundir import RunDir
+
+LIMITS = text_limits(32, 4000)  # a round of 32 prompts at the default answer cap: about 0.5 MB decompressed
+
+
+def zstd_frame(chunks, size: int = -1) -> bytes:
+    """One zstd frame streamed from ``chunks`` (``size``: the content size the header declares, -1: none)."""
+    out = io.BytesIO()
+    writer = zstandard.ZstdCompressor(level=3).stream_writer(out, size=size, closefd=False)
+    for chunk in chunks:
+        writer.write(chunk)
+    writer.flush(zstandard.FLUSH_FRAME)
+    return out.getvalue()
+
+
+def upload_with_lists(n: int):
+    """A valid-looking upload whose extra field is an array of ``n`` empty arrays (1 byte each on the wire)."""
+    yield (b"\x86" + b"".join(msgpack.packb(x) for x in ("v", 1, "kind", "upload", "round", 1, "client", "a",
+                                                           "answers", {}, "x")) + b"\xdd" + n.to_bytes(4, "big"))
+    while n:
+        k = min(n, 1 << 20)
+        yield b"\x90" * k
+        n -= k
+
+
+BOMBS = {
+    "zstd frame declaring 1 GiB": lambda: zstd_frame((b"\0" * (1 << 20) for _ in range(1024)), size=1 << 30),
+    "20 M empty lists": lambda: zstd_frame(upload_with_lists(20_000_000)),
+    "250 M empty lists": lambda: zstd_frame(upload_with_lists(250_000_000)),
+    "500 k nested arrays": lambda: zstd_frame([b"\x91" * 500_000 + b"\x90"]),
+}
+
+PROBE = """
+import json, resource, sys, time
+from semcon.protocol import ProtocolError, decode, text_limits
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+try:
+    decode(data, text_limits(32, 4000))
+    outcome = "decoded"
+except ProtocolError as e:
+    outcome = "ProtocolError: " + str(e)
+seconds = time.perf_counter() - start
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps({"outcome": outcome, "seconds": seconds, "rss_growth_mb": grown}))
+"""
+
+
+@pytest.mark.parametrize("bomb", list(BOMBS))
+def test_decompression_and_object_bombs_are_refused_cheaply(bomb, tmp_path):
+    path = tmp_path / "bomb.bin"
+    path.write_bytes(BOMBS[bomb]())
+    assert path.stat().st_size < 40_000  # a few KB on the wire
+    done = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, timeout=120)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["outcome"].startswith("ProtocolError"), result
+    assert result["rss_growth_mb"] < 100 and result["seconds"] < 1.0, result
+
+
+def test_a_real_round_of_long_answers_still_decodes():
+    answers = {f"p{i:04d}": "ü" * 4000 for i in range(32)}  # every answer at the cap, 2 bytes a character
+    msg = Upload(round=1, client="a", answers=answers)
+    start = time.perf_counter()
+    assert decode(encode(msg), LIMITS) == msg
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("field, value", [("round", True), ("round", 1.0), ("v", 1.0), ("v", True)])
+def test_round_and_version_must_be_true_integers(field, value):
+    body = {"v": 1, "kind": "upload", "round": 1, "client": "a", "answers": {"p0000": "x"}, field: value}
+    with pytest.raises(ProtocolError):
+        decode(zstandard.ZstdCompressor().compress(msgpack.packb(body)), LIMITS)
+
+
+# --- Flower server side: malformed replies and impostors, over a fake Grid (no processes) ------------------
+
+class FakeGrid:
+    """A Grid whose nodes are functions from a message to a reply (or None: the node stays silent)."""
+
+    def __init__(self, nodes: dict[int, object]):
+        self.nodes = nodes  # node id -> handler
+        self.replies: dict[str, object] = {}
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = msg.object_id  # what Flower's grid does on push
+            ids.append(msg.metadata.message_id)
+            reply = self.nodes[msg.metadata.dst_node_id](msg)
+            if reply is not None:
+                self.replies[msg.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, ids):
+        return [self.replies.pop(i) for i in list(ids) if i in self.replies]
+
+
+@pytest.fixture
+def flower_identity():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0  # as inside a running ServerApp
+
+
+def honest(name: str, **overrides):
+    """A node that behaves, except for the replies in ``overrides`` (message type -> semcon record or Error)."""
+    from flwr.app import ConfigRecord, Error, Message, RecordDict
+
+    def handle(msg):
+        rec = msg.content["semcon"]
+        t = int(rec["round"])
+        answers = {pid: f"{name} says {text}" for pid, text in zip(rec["prompt-ids"], rec["prompts"])}
+        default = {"query.hello": {"client": name},
+                   "query.upload": {"client": name, "payload": encode(Upload(t, name, answers))},
+                   "train": {"client": name, "report": json.dumps({"steps": 1, "tokens": 9, "loss_first": 2.0,
+                                                                  "loss_last": 1.0, "seconds": 0.1})},
+                   "evaluate": {"client": name, "report": json.dumps({"wiki": {"nll": 1.5}})}}
+        out = overrides.get(msg.metadata.message_type, default[msg.metadata.message_type])
+        if isinstance(out, Error):
+            return Message(out, reply_to=msg)
+        return Message(RecordDict({"semcon": ConfigRecord(out)}), reply_to=msg)
+
+    return handle
+
+
+def flower_group(tmp_path, grid, **flower):
+    from semcon.config import load_config
+    from semcon.data import Prompt
+    from semcon.flower.server_app import FlowerGroup
+
+    tree = tiny_tree("smollm2-135m", min_clients=1, flower={"phase_timeout_s": 0.5, "hello_timeout_s": 0.5})
+    tree["clients"].append({"name": "chat", "data": {"source": "chatterbot"}})
+    cfg = load_config(tree=tree)
+    prompts = [Prompt("p0000", "What is the capital of France?", "x"), Prompt("p0001", "Name a fruit.", "x")]
+    return FlowerGroup(grid, cfg, "abc123", "{}", prompts, **flower), cfg, prompts
+
+
+MALFORMED = {  # message type -> (reply, what the failure says)
+    "query.upload": [({"client": "math"}, "KeyError"), ({"client": "math", "payload": "text"}, "not bytes"),
+                     ({"client": "geo", "payload": b"x"}, "claims client 'geo'")],
+    "train": [({"client": "math", "report": "{not json"}, "JSONDecodeError"),
+              ({"client": "math", "report": "[1, 2]"}, "not an object"),
+              ({"client": "math", "report": '{"steps": 1}'}, "needs numbers"),
+              ({"client": "math", "report": '{"nll": {"wiki": "low"}}'}, "mapping of names to numbers")],
+    "evaluate": [({"client": "math", "report": '{"wiki": 3}'}, "mapping of names to numbers"),
+                 ({"client": "math"}, "KeyError")],
+}
+
+
+@pytest.mark.parametrize("kind, reply, needle", [(k, r, n) for k, cases in MALFORMED.items() for r, n in cases])
+def test_a_malformed_reply_is_that_clients_failure(kind, reply, needle, tmp_path, flower_identity):
+    nodes = {11: honest("geo"), 12: honest("math", **{kind: reply}), 13: honest("chat")}
+    group, _, _ = flower_group(tmp_path, FakeGrid(nodes))
+    group.discover()
+    if kind == "query.upload":
+        ok, failed = group.upload(1, None)
+    elif kind == "train":
+        ok, failed = group.train(1, None, None)
+    else:
+        ok, failed = group.evaluate(base=False), {}
+    assert "math" not in ok and set(ok) == {"geo", "chat"}
+    if kind != "evaluate":
+        assert needle in failed["math"], failed
+
+
+def test_errors_and_silence_are_failures_and_a_round_goes_on(tmp_path, flower_identity, embedder):
+    from flwr.app import Error
+
+    from semcon.algorithms import make_algorithm
+    from semcon.federation import federate
+
+    nodes = {11: honest("geo"), 12: honest("math", train=Error(code=5, reason="gone")),
+             13: lambda msg: None if msg.metadata.message_type == "query.upload" else honest("chat")(msg)}
+    group, cfg, prompts = flower_group(tmp_path, FakeGrid(nodes))
+    run_dir = RunDir.create(tmp_path / "run", cfg)
+    group.wait_for_nodes()
+    summary = federate(cfg, run_dir, make_algorithm(cfg, prompts, embedder), group)
+    one = summary["per_round"][1]
+    assert one["accepted"] == ["geo", "math"] and "no reply" in one["failed"]["chat"]
+    assert "node error 5: gone" in one["failed"]["math"] and one["completed"] == ["geo", "chat"]
+    assert group.saved == {"geo": 1, "chat": 1}  # math never completed a train phase
+
+
+def test_two_nodes_claiming_one_client_never_both_take_part(tmp_path, flower_identity):
+    nodes = {11: honest("geo"), 12: honest("math"), 13: honest("math"),
+             14: honest("../../etc")}
+    group, _, _ = flower_group(tmp_path, FakeGrid(nodes))
+    group.discover()
+    assert group.node_of == {"geo": 11, "math": 12}
+    _, failed = group.upload(1, None)
+    assert "held by node 12" in failed["node 13"] and "not connected" in failed["chat"]
+    assert 14 not in group.node_of.values() and 14 not in group.refused  # its hello did not parse
+    group.grid.nodes.pop(12)  # the holder leaves: the other claimant may now rejoin as math
+    group.refused.clear()
+    group.discover()
+    assert group.node_of["math"] == 13
+
+
+def test_pinned_clients_go_only_to_their_registered_nodes(tmp_path, flower_identity):
+    nodes = {11: honest("geo"), 12: honest("math"), 13: honest("chat")}
+    group, _, _ = flower_group(tmp_path, FakeGrid(nodes), pins={"geo": 11, "math": 99, "chat": 13})
+    group.discover()
+    assert group.node_of == {"geo": 11, "chat": 13}
+    _, failed = group.train(1, None, None)
+    assert "pinned to node 99" in failed["node 12"] and failed["math"] == "not connected"
+
+
+# --- A careless user: nothing of theirs is destroyed, bad input is one line ----------------------------------
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from semcon.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+COMMANDS = {
+    "run": ["run", "configs/demo.yaml"],
+    "compare": ["compare", "configs/demo.yaml", "--methods", "local"],
+    "flower local": ["flower", "local", "configs/demo.yaml"],
+    "flower run": ["flower", "run", "configs/demo.yaml", "--superlink", "127.0.0.1:9"],
+}
+
+
+def one_line_error(result, needle: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_out_never_destroys_what_is_there(command, tmp_path, monkeypatch):
+    from conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    mine = tmp_path / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "checkpoints" / "thesis.tex").write_text("years of work")
+    (mine / "ledger.jsonl").write_text("my ledger\n")
+    one_line_error(cli(*COMMANDS[command], "--out", mine), "is not empty and holds no semcon run")
+    assert (mine / "checkpoints" / "thesis.tex").read_text() == "years of work"
+    assert (mine / "ledger.jsonl").read_text() == "my ledger\n"
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    one_line_error(cli(*COMMANDS[command], "--out", a_file), "is a file, not a directory")
+    assert a_file.read_text() == "keep"
+
+
+def test_an_earlier_run_is_replaced_only_with_overwrite(tmp_path, monkeypatch):
+    from conftest import ROOT
+    from semcon.config import load_config
+    from semcon.rundir import RunDirError, claim
+
+    monkeypatch.chdir(ROOT)
+    earlier = tmp_path / "earlier"
+    RunDir.create(earlier, load_config("configs/demo.yaml"))
+    (earlier / "summary.json").write_text("{}")
+    (earlier / "my_notes.md").write_text("mine")
+    one_line_error(cli("run", "configs/demo.yaml", "--out", earlier), "holds an earlier semcon run: pass --overwrite")
+    assert (earlier / "summary.json").is_file()
+    with pytest.raises(RunDirError, match="earlier semcon run"):
+        RunDir.create(earlier, load_config("configs/demo.yaml"))
+    claim(earlier, overwrite=True)
+    assert sorted(p.name for p in earlier.iterdir()) == ["my_notes.md"]  # only semcon's own files went
+
+
+def test_an_unwritable_out_is_one_line():
+    import os
+
+    target = "/sys/semcon-cannot-write-here"
+    if os.access("/sys", os.W_OK) and not os.path.ismount("/sys"):
+        pytest.skip("/sys is writable here")
+    one_line_error(cli("run", "configs/demo.yaml", "--out", target), "cannot write there")
+
+
+def test_a_config_nested_50000_deep_is_one_line(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("clients: " + "[" * 50_000 + "]" * 50_000)
+    one_line_error(cli("run", deep), "nested too deeply")
+
+
+@pytest.mark.parametrize("name", ["/tmp/evil", "geo/", "../up", "a b", "x" * 65, "", "C:\\\\x", "naïve"])
+def test_unsafe_client_names_exit_2_naming_them(name):
+    one_line_error(cli("run", "configs/demo.yaml", "--set", f"clients.0.name={json.dumps(name)}"), "is not a safe name")
+
+
+def test_names_equal_ignoring_case_are_refused_and_10000_clients_validate_fast():
+    from semcon.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="unique ignoring case, repeated: geo"):
+        load_config("configs/demo.yaml", ["clients.1.name=geo", "clients.0.name=Geo"])
+    tree = {"clients": [{"name": f"c{i:05d}", "data": {"source": "gsm8k"}} for i in range(10_000)]}
+    start = time.perf_counter()
+    load_config(tree=tree, overrides=["data.partition=iid"])
+    assert time.perf_counter() - start < 1.0
+
+
+def test_paths_built_from_names_stay_inside(tmp_path):
+    from semcon.names import child
+
+    assert child(tmp_path, "geo") == tmp_path / "geo"
+    (tmp_path / "link").symlink_to("/")
+    for bad in ("../x", "/etc", "link"):
+        with pytest.raises(ValueError):
+            child(tmp_path, bad)
