@@ -102,3 +102,50 @@ def tiny_qwen2_dir(tmp_path_factory):
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     torch.manual_seed(2)
     return _save_tiny(Qwen2ForCausalLM(cfg), tok, tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+def rows(path) -> list[dict]:
+    """The JSON rows of a run directory's JSONL file."""
+    import json
+
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="session")
+def flower_tree(tiny_llama_dir):
+    """The tiny federation every Flower test runs: 2 clients, 1 round, short timeouts."""
+    return tiny_tree(str(tiny_llama_dir), eval={"generate": False, "energy": False, "before": False},
+                     flower={"phase_timeout_s": 30, "connect_timeout_s": 60})
+
+
+@pytest.fixture(scope="session")
+def flower_reference(flower_tree, tmp_path_factory):
+    """The in-process run of ``flower_tree``: what every Flower deployment of it must reproduce."""
+    from semcon import simulation
+    from semcon.config import load_config
+
+    out = tmp_path_factory.mktemp("in-process")
+    simulation.run(load_config(tree=flower_tree), out)
+    return out
+
+
+def same_results(flower_dir, reference) -> None:
+    """Same pseudo-labels and ledger (the order of concurrent replies aside)."""
+    labels = "pseudo_labels/round_01.jsonl"
+    assert (flower_dir / labels).read_text() == (reference / labels).read_text()
+    key = lambda r: (r["round"], r["client"], r["direction"])  # noqa: E731
+    assert sorted(rows(flower_dir / "ledger.jsonl"), key=key) == sorted(rows(reference / "ledger.jsonl"), key=key)
+
+
+def flower_processes(home) -> list:
+    """Processes still running with this deployment's FLWR_HOME."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("FLWR_HOME") == str(home):
+                found.append(p)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return found

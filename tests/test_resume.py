@@ -117,6 +117,7 @@ def test_damage_resume_cannot_repair_is_one_line_and_changes_nothing(finished, t
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     done = semcon("resume", run)
     assert done.returncode == 2 and f"{ledger}:2: damaged row" in done.stderr, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
     ledger.write_text("".join(lines))

@@ -14,6 +14,7 @@ import time
 
 import msgpack
 import pytest
+import yaml
 import zstandard
 
 from conftest import tiny_tree
@@ -274,6 +275,7 @@ def test_out_never_destroys_what_is_there(command, tmp_path, monkeypatch):
 
 def test_an_earlier_run_is_replaced_only_with_overwrite(tmp_path, monkeypatch):
     from conftest import ROOT
+
     from semcon.config import load_config
     from semcon.rundir import RunDirError, claim
 
@@ -329,3 +331,115 @@ def test_paths_built_from_names_stay_inside(tmp_path):
     for bad in ("../x", "/etc", "link"):
         with pytest.raises(ValueError):
             child(tmp_path, bad)
+
+
+# --- The closed deployment on loopback: real SuperLink, gateway, app hub and SuperNodes ----------------------
+
+def ssh_key(path, comment: str):
+    """A new ECDSA P-384 key pair in OpenSSH format, as a node would make one."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    path.with_name(path.name + ".pub").write_bytes(pub + f" {comment}\n".encode())
+    return path
+
+
+def flwr_cli(home, *args, timeout=120):
+    from semcon.flower.launch import flower_env, flwr_bin
+
+    done = subprocess.run([flwr_bin("flwr"), *map(str, args)], env=flower_env(home), capture_output=True, text=True,
+                          timeout=timeout)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.flower
+def test_a_closed_deployment_keeps_outsiders_out_and_members_to_their_identities(flower_tree, tmp_path):
+    """The README's multi-machine commands on loopback: `semcon flower certs`, `superlink`, `register`, `run`."""
+    import signal
+    import threading
+
+    from conftest import flower_processes, rows
+    from semcon.config import load_config
+    from semcon.flower.launch import Processes, free_port, wait_for_port, write_app, write_connection
+
+    certs, state = tmp_path / "certs", tmp_path / "superlink"
+    assert cli("flower", "certs", certs, "--host", "127.0.0.1", "--nodes", "2").exit_code == 0
+    one_line_error(cli("flower", "certs", certs), "keys are never overwritten")
+    gateway, api = free_port(), free_port()
+    link = subprocess.Popen([sys.executable, "-m", "semcon", "flower", "superlink", "--certs", str(certs), "--host",
+                             "127.0.0.1", "--port", str(gateway), "--api-port", str(api), "--state", str(state)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    nodes = Processes(tmp_path / "nodes", tmp_path / "nodes" / "logs", certs=certs, fleet=f"127.0.0.1:{gateway}")
+    try:
+        wait_for_port(gateway, link, tmp_path / "superlink")
+        assert semcon_cli("flower", "register", "--certs", certs, "--superlink", f"127.0.0.1:{api}").returncode == 0
+        pins = {p: m["node_id"] for p, m in yaml.safe_load((certs / "members.yaml").read_text()).items()}
+        assert set(pins) == {0, 1}
+        # another organisation's registered node (of some other run) that will claim partition 1
+        impostor = ssh_key(tmp_path / "impostor_key", "impostor")
+        code, out = flwr_cli(state, "supernode", "register", impostor.with_suffix(".pub"),
+                             write_connection(state, f"127.0.0.1:{api}", certs / "ca.crt"))
+        assert code == 0, out
+
+        # an outsider holding the public CA certificate reaches only the gateway, which serves nodes only
+        target = write_connection(tmp_path / "outsider", f"127.0.0.1:{gateway}", certs / "ca.crt")
+        stranger = ssh_key(tmp_path / "stranger_key", "stranger")
+        code, out = flwr_cli(tmp_path / "outsider", "supernode", "register", stranger.with_suffix(".pub"), target)
+        assert code != 0 and "403" in out, out
+        RunDir.create(tmp_path / "evil", load_config(tree=flower_tree))
+        code, out = flwr_cli(tmp_path / "outsider", "run", write_app(tmp_path / "evil"), target)
+        assert code != 0 and "403" in out, out
+        code, out = flwr_cli(tmp_path / "outsider", "ls", target)
+        assert code != 0 and "403" in out, out
+
+        # a node whose key nobody registered is refused
+        unregistered = nodes.start_node(0, tmp_path / "n-stranger", key=stranger, name="stranger")
+        assert unregistered.wait(timeout=60) != 0
+        assert "Failed to activate" in (nodes.logs / "stranger.log").read_text()
+
+        # the members, and the impostor claiming partition 1; math's node loses its state after round 0
+        nodes.start_node(0, tmp_path / "n0")
+        nodes.start_node(1, tmp_path / "n1")
+        nodes.start_node(1, tmp_path / "n-impostor", key=impostor, name="impostor")
+        done = threading.Event()
+        threading.Thread(target=wipe_when_saved, args=(tmp_path / "n1", "math", done), daemon=True).start()
+        config, run = tmp_path / "tiny.yaml", tmp_path / "run"
+        config.write_text(yaml.safe_dump({**flower_tree, "min_clients": 1}))
+        proc = semcon_cli("flower", "run", config, "--certs", certs, "--superlink", f"127.0.0.1:{api}", "--out", run)
+        done.set()
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    finally:
+        nodes.stop_all()
+        link.send_signal(signal.SIGINT)
+        link.wait(timeout=60)
+    assert flower_processes(state) == [] and flower_processes(nodes.home) == []
+
+    summary = json.loads((run / "summary.json").read_text())
+    refused = {k: v for r in summary["per_round"] for k, v in r["failed"].items() if k.startswith("node ")}
+    assert refused and all(f"pinned to node {pins[1]}" in why for why in refused.values()), refused
+    last = summary["per_round"][-1]
+    assert last["accepted"] == ["geo"] and "lost its saved state: no adapter of round 0" in last["failed"]["math"]
+    assert {r["client"] for r in rows(run / "pseudo_labels" / "round_01.jsonl")} == {"geo"}
+    assert {(r["client"], r["direction"]) for r in rows(run / "ledger.jsonl")} == {
+        ("geo", "up"), ("geo", "down"), ("math", "down")}
+    assert set(summary["eval_after"]) == {"geo"}
+
+
+def semcon_cli(*args):
+    return subprocess.run([sys.executable, "-m", "semcon", *map(str, args)], capture_output=True, text=True,
+                          timeout=400)
+
+
+def wipe_when_saved(state_dir, client: str, done) -> None:
+    """Delete the client's saved adapters as soon as the first appears, as a wiped disk would."""
+    while not done.wait(0.1):
+        saved = list(state_dir.glob(f"*/{client}/round_*.safetensors"))
+        if saved:
+            for path in saved:
+                path.unlink()
+            return

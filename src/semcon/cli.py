@@ -133,9 +133,9 @@ def resume(
     _quiet_libraries()
     from semcon.report import print_summary
 
+    _check_resumable(run_dir)
     marker = run_dir / "flower.json"
     if marker.is_file():
-        _readable_state(run_dir)
         from semcon.flower.launch import flwr_run, run_local, write_connection
 
         where = json.loads(marker.read_text(encoding="utf-8"))
@@ -152,13 +152,17 @@ def resume(
     console.print(f"run directory: [bold]{run_dir}[/]")
 
 
-def _readable_state(run_dir: Path) -> None:
-    """A Flower run's checkpoint is read by the ServerApp's process: check it here, for a one-line error."""
+def _check_resumable(run_dir: Path) -> None:
+    """Read the checkpoint and the rows resume keeps before any work (on Flower, the ServerApp's process
+    reads them), so that damage is one line naming the file."""
     from semcon.rundir import RunDir, RunDirError
 
     try:
-        RunDir(run_dir).load_state()
-    except RunDirError as e:
+        run = RunDir(run_dir)
+        run.load_state()
+        for name in ("ledger.jsonl", "metrics.jsonl"):
+            run.rows(name)
+    except (RunDirError, OSError) as e:
         fail(str(e))
 
 

@@ -8,6 +8,7 @@ machine (README). Given a certificates folder (``semcon flower certs``), everyth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -115,7 +116,7 @@ class Processes:
     certs: Path | None = None
     superlink: subprocess.Popen | None = None
     helpers: list[subprocess.Popen] = field(default_factory=list)  # gateway and app hub
-    nodes: dict[int, subprocess.Popen] = field(default_factory=dict)
+    nodes: dict[int | str, subprocess.Popen] = field(default_factory=dict)
     address: str = ""  # the SuperLink's own API (Control included): loopback only when closed
     fleet: str = ""  # where SuperNodes connect: the gateway when closed
 
@@ -155,9 +156,10 @@ class Processes:
         return self.address
 
     def start_node(self, partition: int, state_dir: Path, env: dict[str, str] | None = None,
-                   key: Path | None = None) -> subprocess.Popen:
+                   key: Path | None = None, name: str | None = None) -> subprocess.Popen:
         """A SuperNode holding ``partition``; closed deployments authenticate with ``key`` (default: the
-        partition's own key in the certificates folder)."""
+        partition's own key in the certificates folder). ``name``: its log's and ``nodes``' key, for a
+        second node claiming one partition."""
         node_config = f"partition-id={partition} state-dir={json.dumps(str(state_dir.resolve()))}"
         args = [flwr_bin("flower-supernode"), "--superlink", self.fleet, "--host", "127.0.0.1",
                 "--port", str(free_port()), "--node-config", node_config]
@@ -168,11 +170,11 @@ class Processes:
             args += ["--root-certificates", str(self.certs / "ca.crt"),
                      "--auth-supernode-private-key", str(key or bundle / "node_key"),
                      "--trusted-entities", str(bundle / "trusted-entities.yaml")]
-        proc = self._start(f"node{partition}", args, env)
-        self.nodes[partition] = proc
+        proc = self._start(name or f"node{partition}", args, env)
+        self.nodes[name or partition] = proc
         return proc
 
-    def stop_node(self, partition: int, sig: int = signal.SIGTERM) -> None:
+    def stop_node(self, partition: int | str, sig: int = signal.SIGTERM) -> None:
         stop(self.nodes.pop(partition), sig)
 
     def stop_all(self) -> None:
@@ -190,17 +192,39 @@ def hub_dir(certs: Path) -> Path:
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 15.0) -> None:
-    """Stop a process and the children it started (its session), by PID; SIGKILL after the grace time."""
-    if proc.poll() is not None:
-        return
+    """Stop a process and every process it started, by PID; SIGKILL after the grace time. Its descendants
+    are stopped too, even those in sessions of their own that outlive it (Flower's SuperExec)."""
+    import psutil
+
     try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
+    for member in family:
+        with contextlib.suppress(psutil.Error):
+            member.send_signal(sig)
+    deadline = time.monotonic() + grace_s
+    while (alive := running(family)) and time.monotonic() < deadline:
+        proc.poll()  # reap it: it is our child
+        time.sleep(0.2)
+    for member in alive:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+    proc.wait()
+
+
+def running(procs: list) -> list:
+    """The processes of ``procs`` that still run (a zombie only waits to be reaped)."""
+    import psutil
+
+    alive = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+    return alive
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, logfile: Path, timeout_s: float = 60.0,
