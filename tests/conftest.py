@@ -115,7 +115,7 @@ def rows(path) -> list[dict]:
 def flower_tree(tiny_llama_dir):
     """The tiny federation every Flower test runs: 2 clients, 1 round, short timeouts."""
     return tiny_tree(str(tiny_llama_dir), eval={"generate": False, "energy": False, "before": False},
-                     flower={"phase_timeout_s": 30, "connect_timeout_s": 60})
+                     flower={"phase_timeout_s": 30, "connect_timeout_s": 60, "hello_timeout_s": 15})
 
 
 @pytest.fixture(scope="session")

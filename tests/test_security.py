@@ -230,6 +230,21 @@ def test_pinned_clients_go_only_to_their_registered_nodes(tmp_path, flower_ident
     assert "pinned to node 99" in failed["node 12"] and failed["math"] == "not connected"
 
 
+def test_the_gateway_forwards_the_node_api_and_nothing_else(tmp_path):
+    from starlette.testclient import TestClient
+
+    from semcon.flower.secure import gateway_app, make_certs
+
+    certs = make_certs(tmp_path, nodes=0)
+    gateway = TestClient(gateway_app("127.0.0.1:9", certs / "ca.crt"))  # nothing listens upstream
+    assert gateway.post("/v1/fleet/pull-messages").status_code == 503  # forwarded; the SuperLink is away
+    for path in ("/v1/control/start-run", "/v1/control/register-node", "/v1/runtime/acquire-task", "/docs",
+                 "/v1/fleet/../control/list-runs", "/v1/fleet/%2e%2e/control/list-runs", "/v1/fleet//control",
+                 "/v1/fleet/a/b"):
+        assert gateway.post(path).status_code == 403, path
+    assert gateway.get("/v1/fleet/pull-messages").status_code == 403
+
+
 # --- A careless user: nothing of theirs is destroyed, bad input is one line ----------------------------------
 
 def cli(*args):

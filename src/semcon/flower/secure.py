@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from pathlib import Path
 import yaml
 
 TRUSTED_KEY_ID = "fpk_semcon_coordinator"  # the key id in the nodes' trusted-entities.yaml
+FLEET_PATH = re.compile(r"/v1/fleet/[a-z][a-z-]{0,63}")  # the node API's endpoints (pull-messages, ...)
 APP_ID = "@semcon/semcon-flower"
 # headers that belong to one connection, not to the request (the node-auth headers are end to end)
 HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
@@ -49,6 +51,8 @@ def gateway_app(upstream: str, ca: Path):
     client = httpx.AsyncClient(base_url=f"https://{upstream}", verify=str(ca), timeout=httpx.Timeout(120.0))
 
     async def fleet(request):
+        if not FLEET_PATH.fullmatch(request.url.path):  # one plain segment: no "..", "//" or encoded tricks
+            return await deny(request)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         try:
             up = await client.post(request.url.path, content=await request.body(), headers=headers)
