@@ -431,7 +431,7 @@ def test_a_closed_deployment_keeps_outsiders_out_and_members_to_their_identities
     finally:
         nodes.stop_all()
         link.send_signal(signal.SIGINT)
-        link.wait(timeout=60)
+        link.wait(timeout=180)
     assert flower_processes(state) == [] and flower_processes(nodes.home) == []
 
     summary = json.loads((run / "summary.json").read_text())

@@ -105,7 +105,7 @@ def write_connection(home: Path, address: str, root_certificates: Path | None = 
 
 @dataclass
 class Processes:
-    """The Flower processes this launcher started, stopped by PID (SuperNodes first, then the SuperLink).
+    """The Flower processes this launcher started, stopped by PID (SuperNodes, gateway, hub, SuperLink).
 
     With ``certs`` the deployment is closed (``secure.py``): the SuperLink listens on 127.0.0.1 with TLS and
     node authentication, nodes reach it through the Fleet-only gateway and run only signed apps.
@@ -180,7 +180,7 @@ class Processes:
     def stop_all(self) -> None:
         for partition in list(self.nodes):
             self.stop_node(partition)
-        for proc in [self.superlink, *self.helpers]:
+        for proc in [*reversed(self.helpers), self.superlink]:  # the gateway first: it holds connections to it
             if proc is not None:
                 stop(proc)
         self.superlink, self.helpers = None, []

@@ -2,8 +2,9 @@
 
 The run directory lives on the SuperLink's machine (run config ``run-dir``, written by
 ``semcon flower run``); it holds the resolved config, and the ledger, pseudo-labels, metrics and
-checkpoints exactly as an in-process run writes them. Nodes are known by their ``partition-id``,
-never by Flower node id (a restarted node gets a new one), so a node that comes back rejoins.
+checkpoints exactly as an in-process run writes them. A node acts as the client its ``partition-id``
+names; in a closed deployment only the registered node pinned to that partition may (``members.yaml``),
+elsewhere a node that comes back under a new Flower node id rejoins as its client.
 """
 
 from __future__ import annotations
