@@ -430,8 +430,8 @@ def test_a_closed_deployment_keeps_outsiders_out_and_members_to_their_identities
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     finally:
         nodes.stop_all()
-        link.send_signal(signal.SIGINT)
-        link.wait(timeout=180)
+        link.send_signal(signal.SIGTERM)
+        link.wait(timeout=120)
     assert flower_processes(state) == [] and flower_processes(nodes.home) == []
 
     summary = json.loads((run / "summary.json").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -378,6 +379,8 @@ def flower_superlink(
 
     _check_certs(certs, "ca.crt", "server.crt", "server.key", "signer")
     procs = Processes(home=state.resolve(), logs=state.resolve() / "logs", certs=certs.resolve())
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background, where SIGINT is ignored
+        signal.signal(sig, _interrupt)
     try:
         procs.start_superlink(api_port, public=(host, port))
         console.print(f"SuperNodes connect to {host}:{port} (gateway, TLS); on this machine only: "
@@ -391,6 +394,10 @@ def flower_superlink(
         pass
     finally:
         procs.stop_all()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 @flower_app.command("register")
