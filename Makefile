@@ -22,7 +22,7 @@ setup-qwen: setup
 	$(PIP) install --no-deps -r requirements-qwen.txt
 
 demo: setup
-	$(VENV)/bin/semcon run configs/demo.yaml --out runs/demo
+	$(VENV)/bin/semcon run configs/demo.yaml --out runs/demo --overwrite
 
 test: setup
 	$(PY) -m pytest -q
