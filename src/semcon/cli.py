@@ -75,8 +75,7 @@ def run(
     from semcon.simulation import default_out
 
     out = out or default_out(cfg)
-    _claim(out, overwrite)
-    summary = _run_one(cfg, out, overwrite=True)
+    summary = _run_one(cfg, out, overwrite=overwrite)
     print_summary(summary, console)
     console.print(f"run directory: [bold]{out}[/]")
 

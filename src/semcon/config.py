@@ -144,9 +144,9 @@ class FlowerConfig(Strict):
     connect_timeout_s: float = Field(300.0, gt=0, description="seconds to wait for min_clients nodes at start")
     hello_timeout_s: float = Field(60.0, gt=0, description="seconds a new node has to say which client it holds "
                                    "(a silent one is asked again at the next phase)")
-    members: Path | None = Field(None, description="YAML mapping each partition id to the OpenSSH public key of "
-                                 "the one registered node that may hold it (scripts/flower_certs.sh writes "
-                                 "members.yaml); without it a client goes to the first node that claims it")
+    members: Path | None = Field(None, description="members.yaml from `semcon flower register`: each partition "
+                                 "id pinned to the Flower node id of the one registered node that may hold it; "
+                                 "without it a client goes to the first node that claims it")
 
 
 class RunConfig(Strict):

@@ -151,8 +151,9 @@ class Processes:
             gateway = self._start("gateway", [sys.executable, "-m", "semcon.flower.secure", "gateway", host,
                                               str(gport), self.address, str(self.certs)])
             self.helpers.append(gateway)
-            wait_for_port(gport, gateway, self.logs / "gateway.log", host="127.0.0.1" if host == "0.0.0.0" else host)
-            self.fleet = f"{'127.0.0.1' if host == '0.0.0.0' else host}:{gport}"
+            reach = "127.0.0.1" if host == "0.0.0.0" else host  # how this machine reaches it
+            wait_for_port(gport, gateway, self.logs / "gateway.log", host=reach)
+            self.fleet = f"{reach}:{gport}"
         return self.address
 
     def start_node(self, partition: int, state_dir: Path, env: dict[str, str] | None = None,
@@ -295,9 +296,9 @@ def run_local(run_dir: Path, num_nodes: int, node_env: dict[int, dict[str, str]]
     try:
         procs.start_superlink()
         connection = write_connection(home, procs.address, certs / "ca.crt" if certs else None)
-        if certs is not None and not (certs / "members.yaml").is_file():
-            register_nodes(certs, home, connection, flower_env(home))
         if certs is not None:
+            if not (certs / "members.yaml").is_file():
+                register_nodes(certs, home, connection, flower_env(home))
             pin_members(run_dir, certs / "members.yaml")
         for i in range(num_nodes):
             procs.start_node(i, run_dir / "nodes" / f"node{i}", (node_env or {}).get(i))

@@ -33,6 +33,9 @@ from pathlib import Path
 
 import yaml
 
+from semcon.flower.launch import flwr_bin
+from semcon.protocol import is_int
+
 TRUSTED_KEY_ID = "fpk_semcon_coordinator"  # the key id in the nodes' trusted-entities.yaml
 FLEET_PATH = re.compile(r"/v1/fleet/[a-z][a-z-]{0,63}")  # the node API's endpoints (pull-messages, ...)
 APP_ID = "@semcon/semcon-flower"
@@ -117,8 +120,6 @@ def publish_signed_app(app_dir: Path, signer: Path, hub: Path, env: dict[str, st
     from flwr.common.config import get_fab_config, get_metadata_from_config
     from flwr.supercore.primitives.asymmetric_ed25519 import create_message_to_sign, load_private_key, sign_message
 
-    from semcon.flower.launch import flwr_bin
-
     with tempfile.TemporaryDirectory() as build:
         done = subprocess.run([flwr_bin("flwr"), "build", "--app", str(app_dir.resolve())], cwd=build, env=env,
                               capture_output=True, text=True)
@@ -159,8 +160,6 @@ def node_keys(certs: Path) -> dict[int, Path]:
 def register_nodes(certs: Path, home: Path, connection: str, env: dict[str, str]) -> dict[int, int]:
     """Register every node key in ``certs`` with the SuperLink (from the coordinator: the Control API is on
     its loopback only) and pin each partition to the node id Flower gave its key, in ``members.yaml``."""
-    from semcon.flower.launch import flwr_bin
-
     members = {}
     for partition, key in node_keys(certs).items():
         done = subprocess.run([flwr_bin("flwr"), "supernode", "register", str(key), connection,
@@ -191,7 +190,7 @@ def load_members(path: Path, names: list[str]) -> dict[str, int]:
         if not isinstance(pid, int) or not 0 <= pid < len(names):
             raise ValueError(f"{path}: {pid!r} is not a partition id of this run (0..{len(names) - 1})")
         node = entry.get("node_id") if isinstance(entry, dict) else None
-        if not isinstance(node, int) or isinstance(node, bool):
+        if not is_int(node):
             raise ValueError(f"{path}: partition {pid} has no node_id (run `semcon flower register`)")
         pins[names[pid]] = node
     return pins

@@ -117,17 +117,11 @@ class FlowerGroup:
                 key = pending.pop(reply.metadata.reply_to_message_id, None)
                 if key is None:
                     continue
+                if reply.has_error():
+                    failures[key] = f"node error {reply.error.code}: {reply.error.reason}"
+                    continue
                 try:
-                    if reply.has_error():
-                        raise NodeError(f"node error {reply.error.code}: {reply.error.reason}")
-                    rec = reply.content["semcon"] if "semcon" in reply.content else None
-                    if not isinstance(rec, ConfigRecord):
-                        raise ProtocolError("reply without a semcon record")
-                    if kind != "query.hello" and rec.get("client") != key:
-                        raise ProtocolError(f"reply claims client {rec.get('client')!r}")
-                    replies[key] = parse(rec)
-                except NodeError as e:
-                    failures[key] = str(e)
+                    replies[key] = parse(semcon_record(reply, None if kind == "query.hello" else key))
                 except (KeyError, TypeError, ValueError) as e:  # ProtocolError and JSON errors included
                     failures[key] = f"malformed {kind} reply ({type(e).__name__}: {e})"
                 if tick:
@@ -173,8 +167,14 @@ class FlowerGroup:
         log.info("final adapters stay with their owners: STATE_DIR/RUN_ID/CLIENT/adapters on each node")
 
 
-class NodeError(Exception):
-    """The node (or Flower on its behalf) answered with an error instead of a reply."""
+def semcon_record(reply: Message, client: str | None) -> ConfigRecord:
+    """The reply's semcon record, which must name ``client`` (a hello names the client it claims)."""
+    rec = reply.content["semcon"] if "semcon" in reply.content else None
+    if not isinstance(rec, ConfigRecord):
+        raise ProtocolError("reply without a semcon record")
+    if client is not None and rec.get("client") != client:
+        raise ProtocolError(f"reply claims client {rec.get('client')!r}")
+    return rec
 
 
 def parse_hello(rec: ConfigRecord) -> str:
