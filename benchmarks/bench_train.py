@@ -39,7 +39,7 @@ def worker(side: str, steps: int, batch: int, max_length: int) -> dict:
 
     device = torch.device("cpu")
     tok = load_tokenizer("smollm2-135m")
-    data = tokenize(ChatFormat(tok), examples(), max_length)
+    data, _ = tokenize(ChatFormat(tok), examples(), max_length)
     if side == "semcon":
         import random
 

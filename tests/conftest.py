@@ -60,7 +60,10 @@ def tiny_tree(model: str, **top) -> dict:
         "data": {"examples_per_client": 8, "eval_per_domain": 4},
         "public": {"num_prompts": 6},
         "generate": {"max_new_tokens": 8, "batch_size": 4},
-        "train": {"steps": 2, "batch_size": 4, "max_length": 96},
+        "train": {"steps": 2, "batch_size": 4, "max_length": 96, "truncate": "response"},
+        "eval": {"max_new_tokens": 8},
+        # random tiny models never end an answer in 8 tokens: keep cut answers so that rounds have pseudo-labels
+        "consensus": {"truncated": "keep"},
     }
     tree.update(top)
     return tree

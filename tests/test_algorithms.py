@@ -42,7 +42,7 @@ def test_conformance(runs, method):
         assert set(summary["eval_after"][client]) == {"wiki:Geography", "gsm8k"}
     trained = [r for r in summary["per_round"] if r["train_loss"]]
     assert len(trained) == cfg.rounds + 1  # the same number of training phases for every method
-    assert all(r["eval_nll"] for r in summary["per_round"])
+    assert all(r["reference"] for r in summary["per_round"])
     assert summary["energy_method"]
 
 
@@ -99,7 +99,7 @@ def test_fedprox_mu_zero_is_fedavg_and_mu_pulls_toward_the_global(tiny_llama_dir
     from semcon.train import tokenize, train_lora
 
     bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
-    data = tokenize(bb.fmt, [("What is 2+2?", "4", 1.0), ("Capital of France?", "Paris", 1.0)], 64)
+    data, _ = tokenize(bb.fmt, [("What is 2+2?", "4", 1.0), ("Capital of France?", "Paris", 1.0)], 64)
     drift = {}
     for mu in (0.0, 1e-9, 100.0):
         bb.add_adapter(f"m{len(drift)}", LoraConfig(r=4), seed=0)

@@ -126,7 +126,8 @@ def test_text_payload_is_measured_by_the_codec():
     assert payload.raw_up == payload.raw_down == 80_000
     assert 1.5 < payload.compression < 8  # English-like text compresses, but not to nothing
     answers = synthetic_answers(200, 400, seed=0)
-    assert payload.encoded_up == len(encode(Upload(round=1, client="client-0", answers=answers)))
+    bare = len(encode(Upload(round=1, client="client-0", answers=answers)))
+    assert bare < payload.encoded_up < bare + 200 * 20  # plus a flag and a float64 confidence per answer
 
 
 def test_rows_up_down_and_ratios():

@@ -1,12 +1,25 @@
-"""`semcon compare` and `semcon comm` through the command line, on tiny models."""
+"""`semcon compare` and `semcon comm` through the command line on tiny models, and the compare report
+from hand-made summaries."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import yaml
+from matplotlib.ticker import MaxNLocator
+from typer.testing import CliRunner
+
+from semcon import cli
 
 from conftest import tiny_tree
+from semcon.compare import (bytes_figure, client_spread, label_quality_figure, over_seeds, own_other,
+                            paired_differences, per_round_mean, quality_figure, round_bpb, seed_plan, seed_scores,
+                            write_report)
+from semcon.config import RunConfig
+from semcon.rundir import RunDir, RunDirError, claim
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +38,9 @@ def test_compare_writes_a_report_with_every_method(tiny_llama_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (out / "report.md").read_text()
     for method in ("semantic_consensus", "fedavg", "local"):
-        assert (out / method / "ledger.jsonl").is_file() and f"| {method} |" in report
+        assert (out / method / "seed-0" / "ledger.jsonl").is_file() and f"| {method} |" in report
+    assert json.loads((out / "compare.json").read_text())["seeds"]["local"] == [0]
+    assert "## Paired difference to local" in report
     for plot in ("quality_per_round.png", "bytes_per_round.png", "seconds_per_phase.png"):
         assert (out / plot).stat().st_size > 1000 and plot in report
     assert "modelled" in report and "Energy:" in report
@@ -34,14 +49,16 @@ def test_compare_writes_a_report_with_every_method(tiny_llama_dir, tmp_path):
     assert "e-" in sc_line.split("|")[-6]  # bytes relative to fedavg: a small fraction
 
 
-def test_compare_reports_fedavg_not_applicable_and_fails_when_it_is_all(tiny_llama_dir, tmp_path):
+def test_compare_reports_pooling_methods_not_applicable_and_fails_when_it_is_all(tiny_llama_dir, tmp_path):
     tree = tiny_tree(str(tiny_llama_dir))
     tree["clients"][1]["model"] = "some/other-model"
     config = tmp_path / "hetero.yaml"
     config.write_text(yaml.safe_dump(tree))
-    proc = semcon("compare", str(config), "--methods", "fedavg", "--out", str(tmp_path / "x"))
-    assert proc.returncode == 2
+    proc = semcon("compare", str(config), "--methods", "fedavg,centralized", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "fedavg averages adapter weights" in proc.stderr and "math=some/other-model" in proc.stderr
+    assert "centralized trains one model on the pooled data" in proc.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_comm_lands_near_the_papers_ratio():
@@ -50,3 +67,168 @@ def test_comm_lands_near_the_papers_ratio():
     assert "1,011.5" in proc.stdout and "assumptions" in proc.stdout
     bad = semcon("comm", "--targets", "nope")
     assert bad.returncode == 2 and "nope" in bad.stderr
+
+
+# Report from hand-made summaries: no model runs.
+
+def summary(clients: dict[str, dict[str, float]], *, own=None, rounds=(), **extra) -> dict:
+    """A run summary whose eval_after holds ``{client: {domain: bpb}}`` (nll = 2 x bpb, rouge_l = 1 - bpb / 10)."""
+    after = {c: {d: {"bpb": v, "nll": 2 * v, "rouge_l": 1 - v / 10} for d, v in per.items()}
+             for c, per in clients.items()}
+    return {"clients": list(clients), "eval_after": after, "own_domain": own or {c: None for c in clients},
+            "per_round": list(rounds), "bytes_up": 10, "bytes_down": 20, "seconds": 5.0, **extra}
+
+
+def round_row(r: int, bpb: float, quality: dict | None = None) -> dict:
+    row = {"round": r, "bytes_up": 4, "bytes_down": 6, "seconds": {"train": 1.0},
+           "reference": {"geo": {"geo": {"nll": 2.0, "bpb": bpb}}}}
+    return row | ({"answer_quality": quality} if quality else {})
+
+
+OWN = {"geo": "geo", "math": "math"}
+
+
+def local_run(seed: int) -> dict:
+    # client means of bpb: geo 1 + seed, math 1 + seed -> client-mean 1, 2, 3 over seeds 0, 1, 2
+    return summary({"geo": {"geo": 0.5 + seed, "math": 1.5 + seed}, "math": {"geo": 1.5 + seed, "math": 0.5 + seed}},
+                   own=OWN, rounds=[round_row(0, 3.0), round_row(1, 2.0)], dropped_too_long={"geo": 2, "math": 0})
+
+
+def quality(consensus: float) -> dict:
+    return {"prompts": 4, "consensus": {"rouge_l": consensus, "cosine": 0.8}, "random": {"rouge_l": 0.2, "cosine": 0.6},
+            "clients": {"geo": {"rouge_l": 0.3, "cosine": 0.7}, "math": {"rouge_l": 0.1, "cosine": 0.5}}}
+
+
+def sc_run(seed: int) -> dict:
+    base = local_run(seed)
+    for per in base["eval_after"].values():
+        for m in per.values():
+            m["bpb"] -= 0.1
+    base["per_round"] = [round_row(0, 3.0), round_row(1, 1.5, quality(0.4)), round_row(2, 1.0, quality(0.5))]
+    return base
+
+
+@pytest.fixture
+def runs():
+    centralized = summary({"centralized": {"geo": 1.0, "math": 2.0}}, rounds=[round_row(0, 2.5)])
+    return {"semantic_consensus": {s: sc_run(s) for s in (0, 1, 2)}, "local": {s: local_run(s) for s in (0, 1, 2)},
+            "centralized": {0: centralized}}
+
+
+@pytest.fixture
+def cfg():
+    return RunConfig.model_validate(tiny_tree("smollm2-135m", data={"split_seed": 7}, eval={"mmlu_prompt": "lm_eval"}))
+
+
+def test_seed_plan_counts_per_method(cfg):
+    methods = ["semantic_consensus", "local"]
+    assert seed_plan(cfg, methods) == {"semantic_consensus": [0], "local": [0]}
+    assert seed_plan(cfg, methods, 3)["local"] == [0, 1, 2]
+    mapped = cfg.model_copy(update={"seeds": {"local": 2}, "seed": 5})
+    assert seed_plan(mapped, methods) == {"semantic_consensus": [5], "local": [5, 6]}
+    with pytest.raises(ValueError, match="local needs at least 1"):
+        seed_plan(cfg.model_copy(update={"seeds": {"local": 0}}), methods)
+
+
+def test_intervals_over_seeds_and_paired_differences(runs):
+    client_mean = lambda s: np.mean(list(seed_scores(s, "bpb").values()))  # noqa: E731
+    assert over_seeds(runs["local"], client_mean) == f"2.000 ± {4.302653 / np.sqrt(3):.3f}"
+    assert over_seeds(runs["centralized"], client_mean) == "1.500"  # one seed: no interval
+    assert client_spread(runs["local"], "bpb") == "0.000" and client_spread(runs["centralized"], "bpb") == "–"
+    assert paired_differences(runs, "semantic_consensus", "bpb") == pytest.approx([-0.1] * 6)
+    # centralized's one model pairs with both local clients on the one seed it ran: 1.5 - 1.0
+    assert paired_differences(runs, "centralized", "bpb") == pytest.approx([0.5, 0.5])
+
+
+def test_own_domain_against_the_others(runs):
+    assert own_other(runs["local"][1], "bpb") == pytest.approx((1.5, 2.5))
+    assert own_other(runs["centralized"][0], "bpb") == (None, None)
+
+
+def test_report_from_summaries(runs, cfg, tmp_path):
+    report = write_report(tmp_path, runs, {m: cfg for m in runs}, {"fedavg": "needs one base model"}).read_text()
+    rows = {line.split(" | ")[0]: line for line in report.splitlines() if line.startswith("| ")}
+    assert f"| local | 3 | 2.000 ± {4.302653 / np.sqrt(3):.3f} | 0.000 |" in report
+    assert "| centralized | 1 | 1.500 | – |" in report and "| fedavg | not applicable: needs one base model |" in report
+    assert "split seed 7" in report and "`lm_eval`" in report and "local 3 (0, 1, 2)" in report
+    assert "| semantic_consensus | -0.100 [-0.100, -0.100] (n=6) |" in report
+    assert "Negative is better for bits/byte ↓" in report and "positive is better for ROUGE-L ↑" in report
+    own = report.split("## Own domain")[1].split("##")[0]
+    assert "| centralized |" not in own and "| local | 1.500 ± " in own  # own 0.5 + seed over seeds 0..2
+    nll = report.split("## Per-token NLL")[1].split("##")[0]
+    assert "tokenizer" in nll and f"| geo | smollm2-135m | 4.000 ± {4.302653 * 2 / np.sqrt(3):.3f} |" in nll
+    assert "| centralized | smollm2-135m | – | – | 3.000 |" in nll
+    assert "| geo | 2 | 2 | – |" in report.split("too long")[1]  # dropped_too_long absent for centralized
+    assert "NLL ↓" not in rows["| method"] and "bits/byte ↓" in rows["| method"]
+    for plot in ("quality_per_round.png", "pseudo_label_quality.png", "bytes_per_round.png", "seconds_per_phase.png"):
+        assert (tmp_path / plot).stat().st_size > 1000 and plot in report
+    assert "[seed-2](local/seed-2/)" in report
+    manifest = json.loads((tmp_path / "compare.json").read_text())
+    assert manifest["seeds"] == {"semantic_consensus": [0, 1, 2], "local": [0, 1, 2], "centralized": [0]}
+    assert manifest["skipped"] == {"fedavg": "needs one base model"}
+
+
+def test_per_round_plots_have_integer_round_ticks(runs):
+    rounds, values = per_round_mean(runs["semantic_consensus"], round_bpb)
+    assert rounds == [0, 1, 2] and values == pytest.approx([3.0, 1.5, 1.0])
+    for fig in (quality_figure(runs), label_quality_figure(runs), bytes_figure(runs)):
+        for ax in fig.axes:
+            fig.canvas.draw()
+            assert isinstance(ax.xaxis.get_major_locator(), MaxNLocator)
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert ticks and all(float(t).is_integer() for t in ticks)
+    labels = {line.get_label(): list(line.get_ydata()) for line in label_quality_figure(runs).axes[0].lines}
+    assert labels["consensus"] == pytest.approx([0.4, 0.5]) and labels["random client"] == pytest.approx([0.2, 0.2])
+    assert "geo own" in labels and "math own" in labels
+
+
+def test_seeds_run_into_their_own_directories(monkeypatch, tmp_path):
+    """The command's loop over methods and seeds, with each federation replaced by a hand-made summary."""
+    started = []
+
+    def fake_run(cfg, out, resume=False, overwrite=False):
+        started.append((cfg.method, cfg.seed, out.relative_to(tmp_path / "cmp").as_posix()))
+        RunDir.create(out, cfg)
+        return local_run(cfg.seed - 3)
+
+    monkeypatch.setattr(cli, "_run_one", fake_run)
+    monkeypatch.setattr(cli, "_quiet_libraries", lambda: None)
+    monkeypatch.setattr(cli, "_setup_logging", lambda verbose: None)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_tree("smollm2-135m", seed=3, seeds={"local": 2})))
+    args = ["compare", str(config), "--methods", "semantic_consensus,local", "--out", str(tmp_path / "cmp")]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert started == [("semantic_consensus", 3, "semantic_consensus/seed-3"), ("local", 3, "local/seed-3"),
+                       ("local", 4, "local/seed-4")]
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["seeds"] == {"semantic_consensus": [3],
+                                                                                    "local": [3, 4]}
+    started.clear()
+    result = CliRunner().invoke(cli.app, [*args, "--seeds", "1", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert started == [("semantic_consensus", 3, "semantic_consensus/seed-3"), ("local", 3, "local/seed-3")]
+    assert not (tmp_path / "cmp" / "local" / "seed-4").exists()
+
+
+def test_overwrite_removes_an_earlier_compare_but_nothing_else(tmp_path):
+    out = tmp_path / "cmp"
+    for seed in (0, 1):
+        run = out / "local" / f"seed-{seed}"
+        run.mkdir(parents=True)
+        (run / "run_id").write_text("x")
+        (run / "config.yaml").write_text("x")
+    (out / "compare.json").write_text("{}")
+    (out / "report.md").write_text("x")
+    (out / "notes.txt").write_text("mine")
+    (out / "semantic_consensus").mkdir()
+    (out / "semantic_consensus" / "mine.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="earlier semcon compare"):
+        claim(out)
+    claim(out, overwrite=True)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "notes.txt", "semantic_consensus", "semantic_consensus/mine.txt"]
+    foreign = tmp_path / "foreign"
+    (foreign / "local" / "seed-0").mkdir(parents=True)
+    with pytest.raises(RunDirError, match="holds no semcon run"):
+        claim(foreign, overwrite=True)

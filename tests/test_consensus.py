@@ -44,11 +44,17 @@ def test_outlier_never_chosen():
         assert (semantic_medoid(emb).choice != pos).all()
 
 
-def test_ties_go_to_lowest_client():
+def test_ties_between_different_texts_go_by_confidence_else_seeded_random():
     a, b = normalize(np.array([1.0, 0.0])), normalize(np.array([0.0, 1.0]))
-    emb = np.array([[a, b]])  # two answers, symmetric scores
-    assert semantic_medoid(emb).choice[0] == 0
-    assert semantic_medoid(emb[:, ::-1]).choice[0] == 0
+    emb = np.repeat(np.array([[a, b]]), 64, axis=0)  # 64 prompts, two different answers each: all ties
+    first = semantic_medoid(emb, tie_seed=(7, 1)).choice
+    assert set(first) == {0, 1}  # never a fixed client
+    assert (semantic_medoid(emb, tie_seed=(7, 1)).choice == first).all()  # seeded per prompt and round
+    assert (semantic_medoid(emb, tie_seed=(7, 2)).choice != first).any()
+    conf = np.tile([-0.5, -0.1], (64, 1))
+    assert (semantic_medoid(emb, confidence=conf).choice == 1).all()  # the more confident answer
+    same = np.repeat(np.array([[a, a, b]]), 8, axis=0)  # identical texts outscore b: the lowest of them
+    assert (semantic_medoid(same, tie_seed=(1, 1)).choice == 0).all()
 
 
 def test_invalid_answers_are_ignored_and_empty_prompts_get_no_label():

@@ -78,6 +78,19 @@ def fingerprint(splits) -> tuple:
     (['{"instruction": "", "response": "b"}'], 1, "'instruction' is empty"),
     (['{"instruction": 3, "response": "b"}'], 1, "'instruction' must be a string, got int"),
     (['{"instruction": "a", "response": "b", "category": 7}'], 1, "'category' must be a string"),
+    (['{"instruction": "a", "response": "b", "task": "essay"}'], 1, "unknown 'task' 'essay'"),
+    (['{"instruction": "a", "task": "multiple_choice", "choices": ["x"], "answer": "A"}'], 1,
+     "'choices', a list of 2 to 10 strings"),
+    (['{"instruction": "a", "task": "multiple_choice", "choices": "xy", "answer": "A"}'], 1, "'choices', a list"),
+    (['{"instruction": "a", "task": "multiple_choice", "choices": ["x", " "], "answer": "A"}'], 1,
+     "non-empty string"),
+    (['{"instruction": "a", "task": "multiple_choice", "choices": ["x", 2], "answer": "A"}'], 1,
+     "non-empty string"),
+    (['{"instruction": "a", "task": "multiple_choice", "choices": ["x", "y"], "answer": "C"}'], 1,
+     "'answer', one of the letters A, B"),
+    (['{"instruction": "a", "task": "multiple_choice", "choices": ["x", "y"]}'], 1, "'answer'"),
+    (['{"instruction": "a", "response": "about ten", "task": "numeric"}'], 1, "must contain its final number"),
+    (['{"instruction": "a", "task": "numeric"}'], 1, "missing 'response'"),
 ])
 def test_read_jsonl_errors_name_file_and_line(tmp_path, lines, bad_line, reason):
     path = write_jsonl(tmp_path / "bad.jsonl", lines)
@@ -108,6 +121,23 @@ def test_jsonl_with_and_without_category(tmp_path):
     assert all(e.domain == "mine" for e in examples)
     cats = load_selection(DataSelection(source="jsonl", path=path, categories=["cats"]), BIG)
     assert [e.response for e in cats] == ["A1"]
+
+
+def test_jsonl_tasks(tmp_path):
+    path = write_jsonl(tmp_path / "mmlu_x.jsonl", [
+        {"instruction": "Capital of France?", "task": "multiple_choice", "choices": ["Rome", "Paris", "Oslo"],
+         "answer": "B", "category": "geo"},
+        {"instruction": "2 + 2?", "response": "2 + 2 = 4", "task": "numeric"},
+        {"instruction": "Say hi.", "response": "Hi.", "task": "generative"},
+        {"instruction": "Say bye.", "response": "Bye.", "task": None},
+    ])
+    mc, num, gen, gen2 = load_selection(DataSelection(source="jsonl", path=path), BIG)
+    assert (mc.task, mc.question, mc.choices, mc.response) == ("multiple_choice", "Capital of France?",
+                                                                 ("Rome", "Paris", "Oslo"), "B. Paris")
+    assert mc.instruction == ("Capital of France?\nA. Rome\nB. Paris\nC. Oslo\n"
+                              "Answer with the letter of the correct option.")
+    assert (num.task, gen.task, gen2.task) == ("numeric", "generative", "generative")
+    assert gen.question == "" and gen.choices == ()
 
 
 def test_read_jsonl_sees_edits(tmp_path):
@@ -156,8 +186,18 @@ def test_embedded_formats():
     letter = e.response[0]
     assert letter in "ABCD" and e.response.startswith(f"{letter}. ")
     assert f"\n{letter}. {e.response[3:]}\n" in e.instruction
+    assert e.task == "multiple_choice" and len(e.choices) == 4
+    assert e.choices["ABCD".index(letter)] == e.response[3:]
+    assert e.instruction.startswith(e.question + "\nA. " + e.choices[0] + "\n")
     code = load_selection(DataSelection(source="humaneval"), BIG)[0]
     assert code.instruction.startswith("Complete this Python function:\n") and code.category == "code"
+    assert code.task == "generative" and wiki[0].task == "generative"
+    assert {e.task for e in load_selection(DataSelection(source="gsm8k"), BIG)} == {"numeric"}
+
+
+def test_task_follows_the_source_not_the_label():
+    medicine = load_selection(DataSelection(source="mmlu", categories=["anatomy"], name="medicine"), BIG)
+    assert {(e.domain, e.task) for e in medicine} == {("medicine", "multiple_choice")}
 
 
 def test_category_filter_and_unknown_category():
@@ -226,6 +266,26 @@ def test_split_counts_match_config(partition):
             assert all(e.domain == c.data.domain for e in splits.private[c.name])
 
 
+@pytest.mark.parametrize("partition", list(CLIENTS))
+def test_seeds_share_eval_sets_and_public_prompts(partition):
+    clients = CLIENTS[partition]
+    a = build_splits(config(clients, partition, seed=3, data={"split_seed": 7}))
+    b = build_splits(config(clients, partition, seed=4, data={"split_seed": 7}))
+    assert a.public == b.public
+    assert fingerprint(a)[2] == fingerprint(b)[2]  # the eval sets
+    assert fingerprint(a)[0] != fingerprint(b)[0]
+    assert {e.id for es in a.private.values() for e in es} != {e.id for es in b.private.values() for e in es}
+    c = build_splits(config(clients, partition, seed=3, data={"split_seed": 8}))
+    assert fingerprint(c)[2] != fingerprint(a)[2]
+
+
+def test_public_prompts_keep_their_reference_on_the_server():
+    splits = build_splits(config(CLIENTS["category"]))
+    responses = {e.instruction: e.response for c in CLIENTS["category"]
+                 for e in load_selection(DataSelection(**c["data"]), 2000)}
+    assert all(p.reference is not None and p.reference == responses[p.instruction] for p in splits.public)
+
+
 def test_iid_mixes_domains():
     splits = build_splits(config(CLIENTS["iid"], "iid", data={"examples_per_client": 60}))
     for examples in splits.private.values():
@@ -258,6 +318,7 @@ def test_public_file_prompts_are_kept_out_of_private_and_eval(tmp_path):
     assert len(splits.public) == 301 and splits.public[-1].instruction == "mine question 3?"
     assert_disjoint(splits)
     assert {p.domain for p in splits.public} == {"public"}
+    assert {p.reference for p in splits.public} == {None}
 
 
 def test_clients_sharing_a_domain_get_disjoint_slices():

@@ -15,7 +15,8 @@ def test_two_clients_one_round_on_embedded_models(tmp_path):
     out = tmp_path / "run"
     overrides = [
         "rounds=1", "public.num_prompts=4", "generate.max_new_tokens=16", "train.steps=1", "train.batch_size=4",
-        "data.examples_per_client=4", "data.eval_per_domain=2",
+        "data.examples_per_client=4", "data.eval_per_domain=2", "eval.max_new_tokens=16",
+        "consensus.truncated=keep",  # 16 tokens cut most real answers: keep them (flagged) so the round has labels
         "clients=[{name: geo, data: {source: wiki, categories: [Geography]}}, {name: math, data: {source: gsm8k}}]",
     ]
     cmd = [sys.executable, "-m", "semcon", "run", "configs/demo.yaml", "--out", str(out)]
@@ -23,7 +24,7 @@ def test_two_clients_one_round_on_embedded_models(tmp_path):
         cmd += ["--set", o]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "held-out reference NLL" in proc.stdout
+    assert "held-out bits per byte" in proc.stdout
 
     for name in ("config.yaml", "metrics.jsonl", "ledger.jsonl", "summary.json", "pseudo_labels/round_01.jsonl",
                  "adapters/geo/adapter_model.safetensors", "adapters/math/adapter_config.json"):
@@ -32,6 +33,10 @@ def test_two_clients_one_round_on_embedded_models(tmp_path):
     assert 1 <= len(labels) <= 4
     assert all(row["client"] in ("geo", "math") and row["text"].strip() for row in labels)
     assert all(-1.0 <= row["agreement"] <= 1.0 for row in labels)
+    assert all(isinstance(row["finished"], bool) and row["confidence"] <= 0 for row in labels)
+    round_1 = next(r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r.get("round") == 1)
+    assert set(round_1["cut_share"]) == {"geo", "math"} and all(0 <= v <= 1 for v in round_1["cut_share"].values())
+    assert round_1["answer_quality"]["prompts"] == len(labels)  # every public prompt here has a held-back reference
     ledger = [json.loads(x) for x in (out / "ledger.jsonl").read_text().splitlines()]
     assert sorted((r["client"], r["direction"]) for r in ledger) == [
         ("geo", "down"), ("geo", "up"), ("math", "down"), ("math", "up")]
@@ -39,6 +44,6 @@ def test_two_clients_one_round_on_embedded_models(tmp_path):
     assert set(summary["eval_after"]) == {"geo", "math"}
     assert set(summary["eval_after"]["geo"]) == {"wiki:Geography", "gsm8k"}
     gsm = summary["eval_after"]["math"]["gsm8k"]
-    assert {"nll", "rouge_l", "cosine", "exact_match"} <= set(gsm) and gsm["nll"] > 0
+    assert {"nll", "bpb", "rouge_l", "cosine", "exact_match"} <= set(gsm) and gsm["nll"] > 0 and gsm["bpb"] > 0
     # a 135M model answering real prompts gives real text: more than a few bytes each
     assert summary["bytes_up"] > 4 * 2 * 10

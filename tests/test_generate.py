@@ -28,7 +28,7 @@ def test_finished_rows_leave_the_batch(tiny_llama_dir):
     bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
     fmt = bb.fmt
     prompts = [fmt.prompt_ids(t) for t in PROMPTS]
-    free = greedy_batch(bb.model, prompts, max_new_tokens=6, eos_ids={-1}, pad_id=fmt.tok.pad_token_id,
+    free, _ = greedy_batch(bb.model, prompts, max_new_tokens=6, eos_ids={-1}, pad_id=fmt.tok.pad_token_id,
                         device=bb.device, dtype=bb.dtype, prefill_group=2)
     # a stop token that some rows emit and others never do
     stop = {next(t for row in free for t in row if 0 < sum(t in r for r in free) < len(free))}
@@ -36,7 +36,7 @@ def test_finished_rows_leave_the_batch(tiny_llama_dir):
     pre = bb.model.get_decoder().register_forward_pre_hook(
         lambda m, args, kwargs: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
     try:
-        out = greedy_batch(bb.model, prompts, max_new_tokens=6, eos_ids=stop, pad_id=fmt.tok.pad_token_id,
+        out, _ = greedy_batch(bb.model, prompts, max_new_tokens=6, eos_ids=stop, pad_id=fmt.tok.pad_token_id,
                            device=bb.device, dtype=bb.dtype, prefill_group=2)
     finally:
         pre.remove()
@@ -45,3 +45,24 @@ def test_finished_rows_leave_the_batch(tiny_llama_dir):
         assert toks == free[row][:cut]
     decode_sizes = calls[3:]  # after three prefill groups
     assert max(decode_sizes) <= len(prompts) and decode_sizes[-1] < len(prompts)  # finished rows cost nothing
+
+
+def test_confidence_is_the_mean_token_logprob_and_cut_answers_are_flagged(tiny_llama_dir):
+    bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
+    fmt = bb.fmt
+    out = generate(bb.model, fmt, PROMPTS[:2], max_new_tokens=5, batch_size=2, device=bb.device, dtype=bb.dtype)
+    for text, g in zip(PROMPTS[:2], out):
+        prompt = fmt.prompt_ids(text)
+        ids = torch.tensor([prompt + g.tokens])
+        logp = torch.log_softmax(bb.model(input_ids=ids).logits[0].float(), -1)
+        scored = [logp[len(prompt) - 1 + k, t].item() for k, t in enumerate(g.tokens)]
+        assert not g.finished and len(g.tokens) == 5  # the tiny random model never says end-of-turn in 5 tokens
+        assert abs(g.confidence - sum(scored) / len(scored)) < 1e-4 and g.confidence <= 0
+    stop = {out[0].tokens[2]}  # declare its third token an end-of-turn: that answer now ends by itself
+    fmt_eos = fmt.eos_ids
+    fmt.eos_ids = lambda: stop
+    try:
+        again = generate(bb.model, fmt, PROMPTS[:1], max_new_tokens=5, batch_size=1, device=bb.device, dtype=bb.dtype)
+    finally:
+        fmt.eos_ids = fmt_eos
+    assert again[0].finished and again[0].tokens == out[0].tokens[:out[0].tokens.index(out[0].tokens[2])]

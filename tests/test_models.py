@@ -22,11 +22,21 @@ def test_chat_example_masks_exactly_the_prompt(tok):
     assert fmt.has_template and "<|im_start|>assistant" in fmt.prompt_text("hi")
 
 
-def test_truncation_keeps_some_response(tok):
+def test_too_long_examples_are_dropped_or_lose_the_response_tail_never_the_prompt(tok):
     fmt = ChatFormat(tok)
-    ids, labels = fmt.example_ids("word " * 400, "short answer", max_length=64)
-    assert len(ids) == len(labels) <= 64
-    assert tok.decode([t for t in labels if t != -100]).startswith("short answer")
+    assert fmt.example_ids("word " * 400, "short answer", max_length=64) is None
+    assert fmt.example_ids("word " * 400, "short answer", max_length=64, truncate="response") is None
+    ids, labels = fmt.example_ids("Say it.", "word " * 100, max_length=64, truncate="response")
+    prompt = fmt.prompt_ids("Say it.")
+    assert len(ids) == 64 and ids[:len(prompt)] == prompt and labels[:len(prompt)] == [-100] * len(prompt)
+    assert fmt.example_ids("Say it.", "word " * 100, max_length=64) is None  # the default drops it
+
+
+def test_cut_answers_get_no_end_of_turn(tok):
+    fmt = ChatFormat(tok)
+    _, labels = fmt.example_ids("What is 2+2?", "It is 4", end=False)
+    assert tok.decode([t for t in labels if t != -100]) == "It is 4"
+    assert fmt.content_text("What is 2+2?", "It is 4") == "It is 4"
 
 
 def test_plain_template_for_models_without_chat_template(tok):

@@ -8,8 +8,10 @@ LIMITS = text_limits(len(IDS), 500)
 
 
 def upload(**kw):
-    base = dict(round=1, client="a", answers={"p0000": "Paris is the capital.", "p0001": "Zürich ∑ 42"})
+    base = dict(round=1, client="a", answers={"p0000": "Paris is the capital.", "p0001": "Zürich ∑ 42"},
+                confidence={"p0000": -0.25})
     base.update(kw)
+    base.setdefault("finished", {pid: pid != "p0001" for pid in base["answers"]})
     return Upload(**base)
 
 
@@ -44,6 +46,11 @@ def test_valid_upload_has_no_problems():
     (upload(answers={"p0000": " ", "p0001": ""}), {}, "every answer is empty"),
     (upload(answers={"p0000": "\u200b\u200d \ufeff", "p0001": "\u00ad\n"}), {}, "every answer is empty"),
     (Download(round=1, labels={}), {}, "expected an upload"),
+    (upload(finished={"p0000": True}), {}, "finished flags do not match"),
+    (upload(confidence={"p0000": 0.5}), {}, "confidence of p0000 is 0.5"),
+    (upload(confidence={"p0000": float("nan")}), {}, "confidence of p0000 is nan"),
+    (upload(confidence={"p0000": float("-inf")}), {}, "confidence of p0000 is -inf"),
+    (upload(confidence={"p9999": -1.0}), {}, "confidence given for prompts it did not answer"),
 ])
 def test_every_kind_of_invalid_upload(msg, kw, needle):
     problems = check(msg, **kw)
@@ -63,11 +70,16 @@ def test_wrong_shape_message_raises_protocol_error():
     def packed(body):
         return zstandard.ZstdCompressor().compress(msgpack.packb(body))
 
-    body = {"v": 1, "kind": "upload", "round": 1, "client": "a", "answers": {"p0000": "x"}}
-    assert decode(packed(body), LIMITS) == Upload(1, "a", {"p0000": "x"})
+    body = {"v": 2, "kind": "upload", "round": 1, "client": "a", "answers": {"p0000": "x"},
+            "finished": {"p0000": False}, "confidence": {}}
+    assert decode(packed(body), LIMITS) == Upload(1, "a", {"p0000": "x"}, {"p0000": False})
     for bad, needle in [({"answers": None}, "lacks field"), ({"round": True}, "'round' has the wrong type"),
-                        ({"round": 1.0}, "'round' has the wrong type"), ({"v": 1.0}, "not a semcon v1"),
-                        ({"v": True}, "not a semcon v1"), ({"answers": ["x"]}, "'answers' has the wrong type"),
+                        ({"round": 1.0}, "'round' has the wrong type"), ({"v": 1.0}, "not a semcon v2"),
+                        ({"v": True}, "not a semcon v2"), ({"v": 1}, "not a semcon v2"),
+                        ({"answers": ["x"]}, "'answers' has the wrong type"),
+                        ({"finished": None}, "lacks field 'finished'"),
+                        ({"finished": {"p0000": 1}}, "'finished' has the wrong type"),
+                        ({"confidence": {"p0000": "high"}}, "'confidence' has the wrong type"),
                         ({"client": 3}, "'client' has the wrong type"), ({"kind": "hack"}, "unknown message kind")]:
         changed = {k: v for k, v in {**body, **bad}.items() if v is not None}
         with pytest.raises(ProtocolError, match=needle):

@@ -81,7 +81,7 @@ def test_decompression_and_object_bombs_are_refused_cheaply(bomb, tmp_path):
 
 def test_a_real_round_of_long_answers_still_decodes():
     answers = {f"p{i:04d}": "ü" * 4000 for i in range(32)}  # every answer at the cap, 2 bytes a character
-    msg = Upload(round=1, client="a", answers=answers)
+    msg = Upload(round=1, client="a", answers=answers, finished=dict.fromkeys(answers, False))
     start = time.perf_counter()
     assert decode(encode(msg), LIMITS) == msg
     assert time.perf_counter() - start < 1.0
@@ -136,9 +136,10 @@ def honest(name: str, **overrides):
         t = int(rec["round"])
         answers = {pid: f"{name} says {text}" for pid, text in zip(rec["prompt-ids"], rec["prompts"])}
         default = {"query.hello": {"client": name},
-                   "query.upload": {"client": name, "payload": encode(Upload(t, name, answers))},
+                   "query.upload": {"client": name, "payload": encode(Upload(t, name, answers, dict.fromkeys(answers, True)))},
                    "train": {"client": name, "report": json.dumps({"steps": 1, "tokens": 9, "loss_first": 2.0,
-                                                                  "loss_last": 1.0, "seconds": 0.1})},
+                                                                  "loss_last": 1.0, "seconds": 0.1,
+                                                                  "dropped_too_long": 0})},
                    "evaluate": {"client": name, "report": json.dumps({"wiki": {"nll": 1.5}})}}
         out = overrides.get(msg.metadata.message_type, default[msg.metadata.message_type])
         if isinstance(out, Error):
@@ -166,7 +167,7 @@ MALFORMED = {  # message type -> (reply, what the failure says)
     "train": [({"client": "math", "report": "{not json"}, "JSONDecodeError"),
               ({"client": "math", "report": "[1, 2]"}, "not an object"),
               ({"client": "math", "report": '{"steps": 1}'}, "needs numbers"),
-              ({"client": "math", "report": '{"nll": {"wiki": "low"}}'}, "mapping of names to numbers")],
+              ({"client": "math", "report": '{"reference": {"wiki": {"nll": "low"}}}'}, "mapping of names to numbers")],
     "evaluate": [({"client": "math", "report": '{"wiki": 3}'}, "mapping of names to numbers"),
                  ({"client": "math"}, "KeyError")],
 }

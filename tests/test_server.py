@@ -4,7 +4,7 @@ import pytest
 from semcon.config import ConsensusConfig
 from semcon.data import Prompt
 from semcon.protocol import Download, Upload
-from semcon.server import Server
+from semcon.server import Server, is_degenerate
 
 PROMPTS = [Prompt("p0000", "What is the capital of France?", "x"), Prompt("p0001", "Name a fruit.", "x")]
 
@@ -15,7 +15,7 @@ def server(embedder):
 
 
 def up(client, answers, round=1):
-    return Upload(round=round, client=client, answers=answers)
+    return Upload(round=round, client=client, answers=answers, finished=dict.fromkeys(answers, True))
 
 
 def test_majority_meaning_wins_and_outlier_loses(server):
@@ -62,3 +62,62 @@ def test_prompt_with_no_valid_answer_has_no_label(server):
     res = server.aggregate(1, PROMPTS, payloads)
     assert [lab.prompt_id for lab in res.labels] == ["p0000"]
     assert res.unlabelled == ["p0001"] and "p0001" not in res.download.labels
+
+
+def test_cut_and_degenerate_answers_are_no_candidates(server, embedder):
+    answers = {"a": "The capital of France is Paris.", "b": "Paris is the capital of France.",
+               "c": "The capital of France is Paris, a city", "d": "I'm sorry, " * 12}
+    ups = {n: Upload(1, n, {"p0000": t, "p0001": "Apple."}, {"p0000": n != "c", "p0001": True})
+           for n, t in answers.items()}
+    res = server.aggregate(1, PROMPTS, ups)
+    label = next(lab for lab in res.labels if lab.prompt_id == "p0000")
+    assert label.answers == 2 and label.client in {"a", "b"} and label.finished  # c was cut, d loops
+    assert res.cut_share == {"a": 0.0, "b": 0.0, "c": 0.5, "d": 0.0}
+    assert res.degenerate_share == {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.5}
+    assert res.download.finished == {"p0000": True, "p0001": True}
+    keep = Server(ConsensusConfig(truncated="keep", degenerate="keep"), ["a", "b", "c", "d"], embedder=embedder)
+    only_cut = {"c": ups["c"], "d": Upload(1, "d", {"p0000": "", "p0001": "Pear."}, ups["d"].finished)}
+    kept = keep.aggregate(1, PROMPTS, only_cut)
+    assert kept.download.finished["p0000"] is False and kept.labels[0].client == "c"  # kept, flagged as cut
+    assert server.aggregate(1, PROMPTS, only_cut).unlabelled == ["p0000"]  # dropped by default
+
+
+@pytest.mark.parametrize("text, looped", [
+    ("I'm sorry, I'm sorry, I'm sorry, I'm sorry, I'm sorry, I'm sorry", True),
+    ("the the the the the the the the the the the the", True),
+    ("!!!!!!!!!!!!!!!!!!!!!!!!!!", True),
+    ("Paris is the capital and most populous city of France, with an estimated population of two million.", False),
+    ("Step 1: 3 + 4 = 7. Step 2: 7 * 2 = 14. Step 3: 14 - 1 = 13. #### 13", False),
+    ("I'm sorry.", False),
+])
+def test_degenerate_answers(text, looped):
+    assert is_degenerate(text) is looped
+
+
+def test_two_clients_ties_go_by_confidence_else_seeded_random_never_a_fixed_client(embedder):
+    prompts = [Prompt(f"p{i:04d}", f"Question {i}?", "x") for i in range(40)]
+    ups = {n: Upload(1, n, {p.id: f"{n} answers {p.id} in its own words" for p in prompts},
+                     {p.id: True for p in prompts}) for n in ("a", "b")}
+    two = Server(ConsensusConfig(), ["a", "b"], embedder=embedder, seed=3)
+    chosen = [lab.client for lab in two.aggregate(1, prompts, ups).labels]
+    assert {"a", "b"} <= set(chosen)  # seeded random: labels from both clients
+    assert chosen == [lab.client for lab in two.aggregate(1, prompts, ups).labels]  # the same seed, the same pick
+    assert chosen != [lab.client for lab in two.aggregate(2, prompts, ups).labels]  # another round, another draw
+    conf = {"a": [-0.2 if i % 2 else -1.2 for i in range(40)], "b": [-0.9] * 40}  # a is surer on odd prompts
+    ups = {n: Upload(1, n, u.answers, u.finished, {p.id: c for p, c in zip(prompts, conf[n])}) for n, u in ups.items()}
+    by_conf = [lab.client for lab in two.aggregate(1, prompts, ups).labels]
+    assert by_conf == ["b" if i % 2 == 0 else "a" for i in range(len(prompts))]  # the more confident answer
+
+
+def test_consensus_quality_is_measured_against_held_back_references(server):
+    prompts = [Prompt("p0000", "Capital of France?", "wiki", reference="Paris is the capital of France."),
+               Prompt("p0001", "A fruit?", "wiki")]
+    payloads = {
+        "a": up("a", {"p0000": "The capital of France is Paris.", "p0001": "Apple."}),
+        "b": up("b", {"p0000": "France's capital is Paris.", "p0001": "Pear."}),
+        "c": up("c", {"p0000": "Submarines are yellow.", "p0001": "Fig."}),
+    }
+    q = server.aggregate(1, prompts, payloads).answer_quality
+    assert q["prompts"] == 1 and set(q["clients"]) == {"a", "b", "c"}
+    assert q["consensus"]["cosine"] > q["random"]["cosine"] > q["clients"]["c"]["cosine"]
+    assert q["random"]["rouge_l"] == pytest.approx(np.mean([c["rouge_l"] for c in q["clients"].values()]), abs=1e-3)

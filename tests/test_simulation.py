@@ -56,7 +56,7 @@ def test_a_client_uploading_garbage_is_rejected_and_the_run_goes_on(tiny_llama_d
     def tamper(self, round, prompts, on_batch=None):
         msg = real(self, round, prompts, on_batch)
         if self.name == "math":  # a client whose upload is for the wrong round
-            msg = Upload(round=msg.round + 5, client=msg.client, answers=msg.answers)
+            msg = Upload(round=msg.round + 5, client=msg.client, answers=msg.answers, finished=msg.finished)
         return msg
 
     monkeypatch.setattr(Client, "answer", tamper)

@@ -22,7 +22,7 @@ def bb(tiny_llama_dir):
 
 
 def test_response_nll_equals_hf_loss_with_masked_labels(bb):
-    data = tokenize(bb.fmt, PAIRS, 96)
+    data, _ = tokenize(bb.fmt, PAIRS, 96)
     batch = collate(data, bb.tokenizer.pad_token_id, torch.device("cpu"))
     with bb.active(None) as m, torch.no_grad():
         nll, rows = response_nll(m, batch)
@@ -34,7 +34,7 @@ def test_response_nll_equals_hf_loss_with_masked_labels(bb):
 
 
 def test_training_changes_only_the_active_adapter_and_lowers_loss(bb):
-    data = tokenize(bb.fmt, PAIRS, 96)
+    data, _ = tokenize(bb.fmt, PAIRS, 96)
     before_a = {k: v.clone() for k, v in bb.adapter_state("alice").items()}
     before_b = {k: v.clone() for k, v in bb.adapter_state("bob").items()}
     with bb.active("alice") as m:
@@ -49,7 +49,7 @@ def test_training_changes_only_the_active_adapter_and_lowers_loss(bb):
 
 
 def test_micro_batches_accumulate_to_the_same_gradient(bb):
-    data = tokenize(bb.fmt, PAIRS, 96)
+    data, _ = tokenize(bb.fmt, PAIRS, 96)
 
     # lr=0 keeps the weights, so both calls see the same model: the accumulated loss must match
     with bb.active("alice") as m:
@@ -61,13 +61,43 @@ def test_micro_batches_accumulate_to_the_same_gradient(bb):
     assert len(micro_batches(data, 1)) == 4 and len(micro_batches(data, 10_000)) == 1
 
 
-def test_pseudo_label_weight_scales_the_loss(bb):
-    data = tokenize(bb.fmt, [(i, r, 1.0) for i, r, _ in PAIRS[:2]] + [(i, r, 0.0) for i, r, _ in PAIRS[2:]], 96)
-    only = tokenize(bb.fmt, PAIRS[:2], 96)
+def _first_step_grads(bb, data) -> list[torch.Tensor]:
+    """The gradient of the LoRA weights in one step on ``data`` (one batch, lr=0)."""
+    grads = []
     with bb.active("alice") as m:
-        mixed = train_lora(m, bb.fmt, data, steps=1, batch_size=4, lr=0.0, seed=0, device=bb.device, dtype=bb.dtype)
-        first = train_lora(m, bb.fmt, only, steps=1, batch_size=4, lr=0.0, seed=0, device=bb.device, dtype=bb.dtype)
-    assert mixed.loss_first == pytest.approx(first.loss_first, rel=1e-5)  # weight-0 rows do not count
+        hooks = [p.register_post_accumulate_grad_hook(lambda p: grads.append(p.grad.clone()))
+                 for p in m.parameters() if p.requires_grad]
+        try:
+            train_lora(m, bb.fmt, data, steps=1, batch_size=len(data), lr=0.0, seed=0, device=bb.device,
+                       dtype=bb.dtype, micro_batch_tokens=10_000)
+        finally:
+            for h in hooks:
+                h.remove()
+    return grads
+
+
+def test_pseudo_label_weight_is_a_loss_weight(bb):
+    """λ scales the gradient even in a batch made only of pseudo-labelled rows (Σ w·nll / Σ tokens)."""
+    once, _ = tokenize(bb.fmt, [(i, r, 0.5) for i, r, _ in PAIRS], 96)
+    twice, _ = tokenize(bb.fmt, [(i, r, 1.0) for i, r, _ in PAIRS], 96)
+    g1, g2 = _first_step_grads(bb, once), _first_step_grads(bb, twice)
+    assert len(g1) == len(g2) > 0 and any(g.abs().sum() > 0 for g in g1)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(b, 2 * a, rtol=1e-4, atol=1e-8)
+    mixed, _ = tokenize(bb.fmt, [(i, r, 1.0) for i, r, _ in PAIRS[:2]] + [(i, r, 0.0) for i, r, _ in PAIRS[2:]], 96)
+    with bb.active("alice") as m:
+        loss = train_lora(m, bb.fmt, mixed, steps=1, batch_size=4, lr=0.0, seed=0, device=bb.device, dtype=bb.dtype)
+        full = train_lora(m, bb.fmt, twice, steps=1, batch_size=4, lr=0.0, seed=0, device=bb.device, dtype=bb.dtype)
+    assert 0 < loss.loss_first < full.loss_first  # weight-0 rows add tokens to the denominator, nothing above it
+
+
+def test_long_examples_are_dropped_and_counted_never_cut_silently(bb):
+    long = ("Explain.", "word " * 200, 1.0)
+    kept, dropped = tokenize(bb.fmt, [*PAIRS, long], 64)
+    assert dropped == 1 and len(kept) == len(PAIRS)
+    cut, dropped = tokenize(bb.fmt, [*PAIRS, long], 64, truncate="response")
+    prompt = bb.fmt.prompt_ids("Explain.")
+    assert dropped == 0 and len(cut[-1].ids) == 64 and cut[-1].ids[:len(prompt)] == prompt  # whole prompt kept
 
 
 def test_length_grouped_batches_cover_every_example_once():

@@ -155,7 +155,7 @@ def make_algorithm(cfg: RunConfig, prompts: list[Prompt], embedder: Embedder | N
     """The method of ``cfg``; the server side of semantic consensus embeds with ``embedder``."""
     names = [c.name for c in cfg.clients]
     if cfg.method == "semantic_consensus":
-        return SemanticConsensus(Server(cfg.consensus, names, embedder), prompts, cfg.rounds)
+        return SemanticConsensus(Server(cfg.consensus, names, embedder, seed=cfg.seed), prompts, cfg.rounds)
     if cfg.method in ("fedavg", "fedprox"):
         return FedAvg(cfg.rounds, names, mu=cfg.train.prox_mu if cfg.method == "fedprox" else 0.0,
                       max_adapter_bytes=int(cfg.train.max_adapter_mb * 2**20))

@@ -170,37 +170,43 @@ def _check_resumable(run_dir: Path) -> None:
 def compare(
     config: Annotated[Path, typer.Argument(help="YAML config of the setting")],
     methods: Annotated[str | None, typer.Option("--methods", help="comma-separated; default: all five")] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", min=1, help="runs per method, seeds seed, seed+1, ... "
+                                              "(default: the config's `seeds`)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, as for `semcon run`")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="directory for DIR/<method>/ and report.md")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="directory for DIR/<method>/seed-<S>/ and report.md")] = None,
     overwrite: Overwrite = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run several methods on one setting (same data, models, rounds, budget) and write a report."""
-    from semcon.compare import parse_methods, plan, write_report
+    """Run several methods on one setting (same data, models, rounds, budget), each over its seeds, and
+    write a report with intervals over seeds."""
+    from semcon.compare import parse_methods, plan, run_dir, seed_plan, write_manifest, write_report
     from semcon.config import ConfigError, load_config
 
     _setup_logging(verbose)
+    pooled = ("fedavg", "fedprox", "centralized")  # need one base model: validated as local, then reported
     try:
         wanted = parse_methods(methods)
-        cfgs = {m: load_config(config, [*(set_ or []), f"method={m}"]) for m in wanted if m not in ("fedavg", "fedprox")}
-        for m in ("fedavg", "fedprox"):
-            if m in wanted:  # validated without the averaging check, so that it can be reported, not raised
+        cfgs = {m: load_config(config, [*(set_ or []), f"method={m}"]) for m in wanted if m not in pooled}
+        for m in pooled:
+            if m in wanted:
                 cfgs[m] = load_config(config, [*(set_ or []), "method=local"]).model_copy(update={"method": m})
         cfgs = {m: cfgs[m] for m in wanted}
+        runnable, skipped = plan(cfgs)
+        seed_lists = seed_plan(cfgs[wanted[0]], runnable, seeds)
     except (ConfigError, ValueError) as e:
         fail(str(e))
-    runnable, skipped = plan(cfgs)
     if not runnable:
         fail("; ".join(f"{m}: {why}" for m, why in skipped.items()))
     _quiet_libraries()
     out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     _claim(out, overwrite)
-    (out / "compare.json").write_text(json.dumps({"methods": runnable, "skipped": skipped}, indent=2))
-    summaries = {}
+    write_manifest(out, seed_lists, skipped)
+    runs: dict[str, dict[int, dict]] = {}
     for m in runnable:
-        console.rule(f"[bold]{m}")
-        summaries[m] = _run_one(cfgs[m], out / m)
-    report = write_report(out, summaries, {m: cfgs[m] for m in runnable}, skipped)
+        for seed in seed_lists[m]:
+            console.rule(f"[bold]{m}[/] seed {seed}")
+            runs.setdefault(m, {})[seed] = _run_one(cfgs[m].model_copy(update={"seed": seed}), run_dir(out, m, seed))
+    report = write_report(out, runs, {m: cfgs[m] for m in runnable}, skipped)
     console.print(Markdown(report.read_text(encoding="utf-8").split("## Plots")[0]))
     console.print(f"report: [bold]{report}[/]")
 

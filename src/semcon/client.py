@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from safetensors.torch import load as load_tensors
@@ -11,12 +14,19 @@ from safetensors.torch import save as save_tensors
 
 from semcon.config import RunConfig
 from semcon.data import Example, Prompt
-from semcon.evaluate import evaluate_client
+from semcon.evaluate import evaluate_client, reference_scores
 from semcon.generate import generate
 from semcon.models import Backbone
 from semcon.names import child
 from semcon.protocol import AdapterUpdate, Download, Upload
-from semcon.train import TokenizedExample, TrainStats, mean_nll, tokenize, train_lora
+from semcon.train import TokenizedExample, TrainStats, tokenize, train_lora
+
+log = logging.getLogger(__name__)
+
+
+def round_to(x: float, digits: int = 5) -> float:
+    """Confidence as uploaded: five decimals are all a tie-break needs, and they compress better."""
+    return float(round(x, digits))
 
 
 class Client:
@@ -38,32 +48,41 @@ class Client:
         self.max_new_tokens = own.max_new_tokens if own and own.max_new_tokens else cfg.generate.max_new_tokens
         self.fmt = backbone.fmt
         self.pseudo: Download | None = None
-        self._private_tok = self._tokenize([(e.instruction, e.response, 1.0) for e in private])
+        self._private_tok, self.dropped_private = self._tokenize([(e.instruction, e.response, 1.0) for e in private])
+        if self.dropped_private:
+            log.warning("client %s: dropped %d of %d private examples longer than train.max_length=%d",
+                        name, self.dropped_private, len(private), cfg.train.max_length)
         if name not in backbone.adapters:
             backbone.add_adapter(name, self.lora, seed=self.seed(0) if adapter_seed is None else adapter_seed)
 
     def seed(self, round: int) -> int:
         return self.cfg.seed * 1_000_003 + round * 1_009 + self.cid
 
-    def _tokenize(self, triples: list[tuple[str, str, float]]) -> list[TokenizedExample]:
-        return tokenize(self.fmt, triples, self.cfg.train.max_length)
+    def _tokenize(self, triples: list[tuple[str, str, float]], end: bool = True) -> tuple[list[TokenizedExample], int]:
+        t = self.cfg.train
+        return tokenize(self.fmt, triples, t.max_length, truncate=t.truncate, end=end)
 
     def train(self, round: int, prompts: list[Prompt], prox_mu: float = 0.0, on_step=None) -> TrainStats:
-        """Fine-tune the adapter on private data ∪ pseudo-labelled public prompts (a plain union, weight λ)."""
+        """Fine-tune the adapter on private data ∪ pseudo-labelled public prompts (a plain union, weight λ).
+        A pseudo-label that was cut at the length cap (kept by ``consensus.truncated: keep``) gets no end-of-turn."""
         import torch
 
-        examples = list(self._private_tok)
+        examples, dropped = list(self._private_tok), self.dropped_private
         lam = self.cfg.train.pseudo_label_weight
         if self.pseudo is not None and lam > 0:
             by_id = {p.id: p.instruction for p in prompts}
-            examples += self._tokenize([(by_id[pid], text, lam) for pid, text in self.pseudo.labels.items()
-                                        if pid in by_id])
+            for end in (True, False):
+                rows = [(by_id[pid], text, lam) for pid, text in self.pseudo.labels.items()
+                        if pid in by_id and self.pseudo.finished.get(pid, True) is end]
+                tokenized, lost = self._tokenize(rows, end=end)
+                examples, dropped = examples + tokenized, dropped + lost
         torch.manual_seed(self.seed(round))
         t = self.cfg.train
         with self.backbone.active(self.name) as model:
-            return train_lora(model, self.fmt, examples, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                              seed=self.seed(round), device=self.backbone.device, dtype=self.backbone.dtype,
-                              micro_batch_tokens=t.micro_batch_tokens, prox_mu=prox_mu, on_step=on_step)
+            stats = train_lora(model, self.fmt, examples, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                               seed=self.seed(round), device=self.backbone.device, dtype=self.backbone.dtype,
+                               micro_batch_tokens=t.micro_batch_tokens, prox_mu=prox_mu, on_step=on_step)
+        return replace(stats, dropped_too_long=dropped)
 
     def answer(self, round: int, prompts: list[Prompt], on_batch=None) -> Upload:
         """Greedy answers to every public prompt, as text."""
@@ -72,12 +91,22 @@ class Client:
             outs = generate(model, self.fmt, [p.instruction for p in prompts], max_new_tokens=self.max_new_tokens,
                             batch_size=g.batch_size, device=self.backbone.device, dtype=self.backbone.dtype,
                             on_batch=on_batch)
-        return Upload(round=round, client=self.name, answers={p.id: o.text for p, o in zip(prompts, outs)})
+        return Upload(round=round, client=self.name, answers={p.id: o.text for p, o in zip(prompts, outs)},
+                      finished={p.id: o.finished for p, o in zip(prompts, outs)},
+                      confidence={p.id: round_to(o.confidence) for p, o in zip(prompts, outs)})
 
     def adapter_update(self, round: int) -> AdapterUpdate:
         """This client's adapter tensors, for the parameter-averaging baselines."""
         return AdapterUpdate(round=round, client=self.name, tensors=save_tensors(self._adapter_tensors()),
                              num_examples=len(self.private))
+
+    def adapter_digest(self) -> str:
+        """A hash of the adapter's weights: equal digests, equal models."""
+        h = hashlib.blake2b(digest_size=16)
+        for key, tensor in sorted(self._adapter_tensors().items()):
+            h.update(key.encode())
+            h.update(tensor.float().numpy().tobytes())
+        return h.hexdigest()
 
     def _adapter_tensors(self) -> dict:
         return {k: v.detach().cpu().contiguous() for k, v in self.backbone.adapter_state(self.name).items()}
@@ -85,21 +114,19 @@ class Client:
     def load_adapter(self, msg: AdapterUpdate) -> None:
         self.backbone.load_adapter_state(self.name, load_tensors(msg.tensors))
 
-    def nll(self, eval_sets: dict[str, list[Example]]) -> dict[str, float]:
-        """Held-out reference NLL per domain (teacher forced, response tokens only): cheap, every round."""
+    def reference(self, eval_sets: dict[str, list[Example]]) -> dict[str, dict[str, float]]:
+        """Held-out reference NLL and bits per byte per domain (teacher forced): cheap, every round."""
         with self.backbone.active(self.name) as model:
-            return {d: round(mean_nll(model, self.fmt, self._tokenize([(e.instruction, e.response, 1.0) for e in rows]),
-                                      batch_size=self.cfg.eval.batch_size, device=self.backbone.device,
-                                      dtype=self.backbone.dtype), 5) for d, rows in eval_sets.items()}
+            return {d: {k: round(v, 5) for k, v in reference_scores(
+                        model, self.fmt, rows, batch_size=self.cfg.eval.batch_size, device=self.backbone.device,
+                        dtype=self.backbone.dtype).items()} for d, rows in eval_sets.items()}
 
     def evaluate(self, eval_sets: dict[str, list[Example]], base: bool = False, embed=None) -> dict:
         """Every held-out metric per domain (see ``evaluate.py``); ``base``: the model without adapter."""
-        e, g = self.cfg.eval, self.cfg.generate
         with self.backbone.active(None if base else self.name) as model:
-            return evaluate_client(model, self.fmt, eval_sets, embed=embed, max_length=self.cfg.train.max_length,
-                                   batch_size=e.batch_size, generate_answers=e.generate,
-                                   max_new_tokens=e.max_new_tokens or self.max_new_tokens, gen_batch_size=g.batch_size,
-                                   device=self.backbone.device, dtype=self.backbone.dtype)
+            return evaluate_client(model, self.fmt, eval_sets, self.cfg.eval, embed=embed,
+                                   gen_batch_size=self.cfg.generate.batch_size, device=self.backbone.device,
+                                   dtype=self.backbone.dtype)
 
     def save_state(self, directory: Path, round: int, keep: int = 2) -> Path:
         """Write the adapter as it stands after ``round`` (atomically) and keep only the last ``keep``."""

@@ -253,8 +253,12 @@ def text_payload(prompts: int = 1000, mean_answer_bytes: int = 400, seed: int = 
     """Measure the semantic-consensus payload by encoding a synthetic upload and its broadcast download."""
     if prompts < 1 or mean_answer_bytes < 1:
         raise ValueError(f"prompts and mean_answer_bytes must be positive, got {prompts} and {mean_answer_bytes}")
-    up = Upload(round=1, client="client-0", answers=synthetic_answers(prompts, mean_answer_bytes, seed))
-    down = Download(round=1, labels=synthetic_answers(prompts, mean_answer_bytes, seed + 1))
+    answers = synthetic_answers(prompts, mean_answer_bytes, seed)
+    rng = random.Random(seed)  # every answer carries its flag and a float64 confidence, as a real upload does
+    up = Upload(round=1, client="client-0", answers=answers, finished=dict.fromkeys(answers, True),
+                confidence={pid: -rng.random() for pid in answers})
+    labels = synthetic_answers(prompts, mean_answer_bytes, seed + 1)
+    down = Download(round=1, labels=labels, finished=dict.fromkeys(labels, True))
     return TextPayload(prompts, mean_answer_bytes, raw_bytes(up), raw_bytes(down),
                        len(encode(up)), len(encode(down)), seed)
 

@@ -82,6 +82,8 @@ class DataConfig(Strict):
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (partition=dirichlet)")
     examples_per_client: int = Field(64, gt=0, description="private training examples per client")
     eval_per_domain: int = Field(16, ge=0, description="held-out evaluation examples per domain")
+    split_seed: int = Field(0, description="seed of the evaluation sets and public prompts; the run's `seed` "
+                            "draws the private rows, so runs with different seeds are evaluated on the same items")
     max_chars: int = Field(2000, gt=0, description="drop rows whose instruction+response is longer")
 
 
@@ -95,10 +97,14 @@ class TrainConfig(Strict):
     steps: int = Field(8, ge=0, description="optimizer steps per client per round")
     batch_size: int = Field(8, gt=0)
     lr: float = Field(2e-4, gt=0)
-    max_length: int = Field(256, gt=8, description="tokens per example (prompt+response), longer ones truncated")
+    max_length: int = Field(512, gt=8, description="tokens per example (prompt + response); see truncate")
+    truncate: Literal["drop", "response"] = Field(
+        "drop", description="an example longer than max_length: drop it (counted per client as dropped_too_long), "
+        "or keep its whole prompt and cut the response's tail; the prompt's head is never cut")
     micro_batch_tokens: int = Field(1024, gt=0, description="padded tokens per forward pass; a batch is "
                                     "accumulated over micro-batches, which bounds activation memory")
-    pseudo_label_weight: float = Field(1.0, ge=0, description="loss weight λ of pseudo-labelled examples")
+    pseudo_label_weight: float = Field(1.0, ge=0, description="loss weight λ of pseudo-labelled examples: "
+                                       "the batch loss is Σ w·nll / Σ tokens")
     prox_mu: float = Field(0.01, ge=0, description="FedProx μ: weight of (μ/2)||w - w_global||² on the adapter")
     max_adapter_mb: float = Field(256.0, gt=0, description="fedavg/fedprox: adapter messages that decompress to "
                                   "more are refused before decoding (r=16 all-linear on SmolLM2-135M: 19 MB)")
@@ -117,13 +123,24 @@ class ConsensusConfig(Strict):
     embedder: str = Field("all-minilm-l6-v2", description="sentence-transformers model (embedded name, id, dir)")
     embed_batch_size: int = Field(64, gt=0)
     max_answer_chars: int = Field(4000, gt=0, description="uploads with a longer answer are rejected")
+    truncated: Literal["drop", "keep"] = Field(
+        "drop", description="answers cut at max_new_tokens: drop (no candidate for a pseudo-label) or keep "
+        "(then trained on without an end-of-turn token)")
+    degenerate: Literal["drop", "keep"] = Field(
+        "drop", description="answers that mostly repeat one n-gram (\"I'm sorry, I'm sorry, ...\"): drop or keep")
 
 
 class EvalConfig(Strict):
     before: bool = Field(True, description="also evaluate the base model before training")
     batch_size: int = Field(8, gt=0)
     generate: bool = Field(True, description="greedy answers to the eval prompts: ROUGE-L, cosine, GSM8K match")
-    max_new_tokens: int | None = Field(None, gt=0, description="default: generate.max_new_tokens")
+    max_new_tokens: int | None = Field(None, gt=0, description="default: per domain, enough for 95% of its "
+                                       "references in the client's tokenizer (at least 256 for numeric tasks)")
+    generate_items: int = Field(32, ge=0, description="items per domain for the generation metrics (ROUGE-L, "
+                                "cosine, exact match); NLL, bits per byte and accuracy use every item")
+    mmlu_prompt: Literal["chat", "lm_eval"] = Field(
+        "chat", description="multiple choice: the question with lettered options in the chat template, or "
+        "lm-evaluation-harness's zero-shot MMLU prompt (subject line, 'Answer:', continuations ' A'..' D')")
     every_round: bool = Field(True, description="reference NLL after every round (quality-per-round plots)")
     energy: bool = Field(True, description="track energy with codecarbon's offline tracker")
 
@@ -155,7 +172,9 @@ class RunConfig(Strict):
     name: str = Field("semcon", description="run name (default run directory runs/NAME-TIME)")
     method: Method = Field("semantic_consensus", description="semantic_consensus | fedavg | fedprox | local | "
                            "centralized (the baselines share data, models, rounds and training budget)")
-    seed: int = 0
+    seed: int = Field(0, description="private sampling, adapter init and data order (see data.split_seed)")
+    seeds: int | dict[Method, int] = Field(1, description="semcon compare: runs per method, seeds seed, seed+1, ...; "
+                                           "a mapping gives each method its own count (default 1)")
     rounds: int = Field(2, ge=0, description="consensus rounds after round 0 (private-only training)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Precision = Field("auto", description="dtype of the shared frozen base weights; auto: bf16 "
@@ -197,7 +216,7 @@ class RunConfig(Strict):
             raise ValueError("no client names a data selection, so there is nothing to partition")
         if self.min_clients is not None and self.min_clients > len(self.clients):
             raise ValueError(f"min_clients={self.min_clients} exceeds the {len(self.clients)} clients")
-        if problem := averaging_problem(self):
+        if problem := method_problem(self):
             raise ValueError(problem)
         return self
 
@@ -205,12 +224,14 @@ class RunConfig(Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def averaging_problem(cfg: RunConfig) -> str | None:
-    """Why parameter averaging (fedavg/fedprox) cannot run on this federation, or None when it can."""
-    if cfg.method not in ("fedavg", "fedprox") or len({c.model for c in cfg.clients}) == 1:
+def method_problem(cfg: RunConfig) -> str | None:
+    """Why this method cannot run on this federation, or None when it can: parameter averaging
+    (fedavg/fedprox) and centralized training (one model on the pooled data) need one base model."""
+    if cfg.method not in ("fedavg", "fedprox", "centralized") or len({c.model for c in cfg.clients}) == 1:
         return None
     models = ", ".join(f"{c.name}={c.model}" for c in cfg.clients)
-    return f"{cfg.method} averages adapter weights and needs one base model for all clients; got {models}"
+    why = "averages adapter weights" if cfg.method != "centralized" else "trains one model on the pooled data"
+    return f"{cfg.method} {why} and needs one base model for all clients; got {models}"
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:

@@ -3,11 +3,15 @@
 Sources (files inside installed packages, found with ``semcon.assets.pkg_dir``, never imported):
 ``wiki`` (Wikipedia vital-article summaries, 12 topics), ``gsm8k``, ``chatterbot`` (English dialogs,
 one category per file), ``mmlu`` (57 subjects, as lettered multiple choice), ``humaneval`` and the
-user's own ``jsonl`` (``instruction``, ``response``, optional ``category``).
+user's own ``jsonl`` (``instruction``, ``response``, optional ``category`` and ``task``).
+
+Each row carries its ``task``, which decides its metrics: ``mmlu`` rows are multiple choice, ``gsm8k`` rows
+numeric, the rest generative; a JSONL row may say ``"task": "multiple_choice"`` (with ``choices`` and
+``answer``) or ``"task": "numeric"``.
 
 ``build_splits`` puts every row in exactly one place: a domain's held-out evaluation set, the public
 prompt set (responses dropped) or one client's private set. The split depends only on the config
-and its seed (``random.Random`` seeded by strings, ``numpy`` generators for Dirichlet), never on the
+and its seeds (``random.Random`` seeded by strings, ``numpy`` generators for Dirichlet), never on the
 global RNG or ``hash()``.
 """
 
@@ -19,10 +23,13 @@ import json
 import logging
 import math
 import random
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -35,8 +42,24 @@ MIXED = "mixed"  # client_domain of every client under partition=iid/dirichlet
 PUBLIC_FILE_DOMAIN = "public"  # Prompt.domain of prompts read from public.path
 DEFAULT_CATEGORY = "default"  # category of JSONL rows without one
 
-# (local id, instruction, response, category): what the cached raw loaders return.
-Row = tuple[str, str, str, str]
+Task = Literal["generative", "multiple_choice", "numeric"]
+TASKS: tuple[str, ...] = ("generative", "multiple_choice", "numeric")
+LETTERS = "ABCDEFGHIJ"  # option letters of multiple choice rows (2 to 10 options)
+ANSWER_LINE = "Answer with the letter of the correct option."
+# A number as written in an answer ("-$1,000.50"); a minus right after a word character is an operator.
+_NUMBER = re.compile(r"((?<![\w.])-)?\$?(\d(?:[\d,]*\d)?(?:\.\d+)?)")
+
+
+class Row(NamedTuple):
+    """One row of a source as the cached raw loaders return it: a local id, the texts and what metrics apply."""
+
+    id: str
+    instruction: str
+    response: str
+    category: str
+    task: Task = "generative"
+    question: str = ""
+    choices: tuple[str, ...] = ()
 
 
 class DataError(ValueError):
@@ -52,15 +75,20 @@ class Example:
     response: str
     category: str
     domain: str
+    task: Task = "generative"  # which metrics apply: multiple_choice → accuracy, numeric → exact match
+    question: str = ""  # multiple_choice: the question alone (for lm-eval's prompt)
+    choices: tuple[str, ...] = ()  # multiple_choice: the options; the response starts with the answer letter
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """A public prompt: an instruction whose response was dropped."""
+    """A public prompt: an instruction whose response was dropped. ``reference`` (the dropped response of a
+    prompt drawn from a domain) stays with the server, to measure pseudo-label quality; never sent."""
 
     id: str
     instruction: str
     domain: str
+    reference: str | None = None
 
 
 @dataclass
@@ -71,6 +99,29 @@ class Splits:
     public: list[Prompt]
     eval: dict[str, list[Example]]
     client_domain: dict[str, str]
+
+
+def final_number(text: str) -> Decimal | None:
+    """The answer number of a GSM8K-style text: the first after the last ``####`` when present, else the
+    last number; ``$`` and thousands commas dropped, so ``-$1,000.00`` is ``Decimal("-1000.00")``."""
+    tail = text.rsplit("####", 1)[1] if "####" in text else text
+    found = _NUMBER.findall(tail)
+    if not found:
+        return None
+    sign, digits = found[0] if "####" in text else found[-1]
+    return Decimal(sign + digits.replace(",", ""))
+
+
+def choice_instruction(question: str, choices: tuple[str, ...]) -> str:
+    """The question, its lettered options and the answer format line (MMLU and JSONL multiple choice)."""
+    options = "".join([f"\n{letter}. {c}" for letter, c in zip(LETTERS, choices)])
+    return f"{question}{options}\n{ANSWER_LINE}"
+
+
+def choice_row(lid: str, question: str, choices: tuple[str, ...], letter: str, category: str) -> Row:
+    """A multiple choice row whose response is the correct letter and option, e.g. ``"B. Paris"``."""
+    return Row(lid, choice_instruction(question, choices), f"{letter}. {choices[LETTERS.index(letter)]}",
+               category, "multiple_choice", question, choices)
 
 
 # ---------------------------------------------------------------- JSONL files
@@ -111,13 +162,33 @@ def _text_field(obj: dict, key: str, where: str) -> str:
     return value
 
 
+def _checked_choices(obj: dict, where: str) -> None:
+    """Validate a multiple choice row's ``choices`` (2 to 10 non-empty strings) and ``answer`` (one's letter)."""
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS):
+        raise DataError(f"{where}: multiple_choice needs 'choices', a list of 2 to {len(LETTERS)} strings")
+    if not all(isinstance(c, str) and c.strip() for c in choices):
+        raise DataError(f"{where}: every one of 'choices' must be a non-empty string")
+    letters = LETTERS[:len(choices)]
+    if obj.get("answer") not in tuple(letters):
+        raise DataError(f"{where}: multiple_choice needs 'answer', one of the letters {', '.join(letters)}")
+
+
 def _checked_row(obj: dict, where: str) -> dict:
-    """Validate one instruction/response row (``category`` optional; null counts as absent)."""
+    """Validate one row: ``instruction``, ``response`` (not for multiple choice, whose response is built from
+    ``answer``), optional ``category`` and ``task`` (null counts as absent)."""
     _text_field(obj, "instruction", where)
-    _text_field(obj, "response", where)
-    category = obj.get("category")
+    category, task = obj.get("category"), obj.get("task") or "generative"
     if category is not None and not isinstance(category, str):
         raise DataError(f"{where}: 'category' must be a string, got {type(category).__name__}")
+    if task not in TASKS:
+        raise DataError(f"{where}: unknown 'task' {task!r}; one of {', '.join(TASKS)}")
+    if task == "multiple_choice":
+        _checked_choices(obj, where)
+        return obj
+    response = _text_field(obj, "response", where)
+    if task == "numeric" and final_number(response) is None:
+        raise DataError(f"{where}: a numeric row's 'response' must contain its final number")
     return obj
 
 
@@ -142,7 +213,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
     Raises:
         DataError: ``"path:LINE: reason"`` for bad JSON, a non-object, a missing, empty or non-string
-            ``instruction`` or ``response``, or a non-string ``category``.
+            ``instruction`` or ``response``, a non-string ``category``, an unknown ``task``, bad ``choices``
+            or ``answer`` of a multiple choice row, or a numeric row's response without a number.
     """
     return [dict(row) for _, row in _numbered_jsonl(path)]
 
@@ -186,24 +258,24 @@ def _source_path(source: str, package: str, rel: str) -> Path:
     return path
 
 
-def _numbered(triples: Iterable[tuple[str, str, str]]) -> tuple[Row, ...]:
-    """Give each (instruction, response, category) a local id ``category:000123`` and drop repeats.
+def _numbered(rows: Iterable[Row]) -> tuple[Row, ...]:
+    """Give each row (its id left empty) a local id ``category:000123`` and drop repeats.
 
     The number counts the rows of a category in file order before any filtering, so an id stays
     the same whatever is filtered out. Empty texts and repeated instructions (first kept) are dropped.
     """
     per_category: dict[str, int] = defaultdict(int)
     seen: set[str] = set()
-    rows: list[Row] = []
-    for instruction, response, category in triples:
-        n = per_category[category]
-        per_category[category] += 1
-        key = instruction.strip()
-        if not key or not response.strip() or key in seen:
+    out: list[Row] = []
+    for row in rows:
+        n = per_category[row.category]
+        per_category[row.category] += 1
+        key = row.instruction.strip()
+        if not key or not row.response.strip() or key in seen:
             continue
         seen.add(key)
-        rows.append((f"{category}:{n:06d}", instruction, response, category))
-    return tuple(rows)
+        out.append(Row(f"{row.category}:{n:06d}", *row[1:]))
+    return tuple(out)
 
 
 def _json_lines(path: Path, opener=open) -> Iterator[dict]:
@@ -220,35 +292,24 @@ def _wiki_rows(path: Path) -> tuple[Row, ...]:
     with open(path, encoding="utf-8") as f:
         articles = json.load(f)
     return _numbered(
-        (f"Tell me about {a.get('title') or title}.", a.get("extract") or "",
-         a.get("topic") or "Uncategorized")
+        Row("", f"Tell me about {a.get('title') or title}.", a.get("extract") or "",
+            a.get("topic") or "Uncategorized")
         for title, a in articles.items()
     )
 
 
 @functools.lru_cache(maxsize=4)
 def _gsm8k_rows(path: Path) -> tuple[Row, ...]:
-    """GSM8K test: question → worked answer ending ``#### N``; category ``math``."""
-    return _numbered((r["question"], r["answer"], "math") for r in _json_lines(path))
-
-
-def _mmlu_instruction(r: dict) -> str:
-    """Question, lettered options and the answer format instruction."""
-    options = "".join(f"\n{letter}. {r['answer_' + letter.lower()]}" for letter in "ABCD")
-    return f"{r['question']}{options}\nAnswer with the letter of the correct option."
-
-
-def _mmlu_response(r: dict) -> str:
-    """The correct letter and its option text, e.g. ``"B. Paris"``."""
-    letter = r["correct_answer"]
-    return f"{letter}. {r['answer_' + letter.lower()]}"
+    """GSM8K test: question → worked answer ending ``#### N`` (numeric); category ``math``."""
+    return _numbered(Row("", r["question"], r["answer"], "math", "numeric") for r in _json_lines(path))
 
 
 @functools.lru_cache(maxsize=4)
 def _mmlu_rows(path: Path) -> tuple[Row, ...]:
     """MMLU test as lettered multiple choice → ``"B. <option text>"``; category = subject."""
     return _numbered(
-        (_mmlu_instruction(r), _mmlu_response(r), r["topic"])
+        choice_row("", r["question"], (r["answer_a"], r["answer_b"], r["answer_c"], r["answer_d"]),
+                   r["correct_answer"], r["topic"])
         for r in _json_lines(path)
         if r.get("correct_answer") in ("A", "B", "C", "D")  # the file repeats its header row as data
     )
@@ -258,12 +319,12 @@ def _mmlu_rows(path: Path) -> tuple[Row, ...]:
 def _humaneval_rows(path: Path) -> tuple[Row, ...]:
     """HumanEval: ``Complete this Python function:`` + prompt → canonical solution; category ``code``."""
     return _numbered(
-        ("Complete this Python function:\n" + r["prompt"], r["canonical_solution"], "code")
+        Row("", "Complete this Python function:\n" + r["prompt"], r["canonical_solution"], "code")
         for r in _json_lines(path, opener=gzip.open)
     )
 
 
-def _chatterbot_pairs(path: Path) -> Iterator[tuple[str, str, str]]:
+def _chatterbot_pairs(path: Path) -> Iterator[Row]:
     """First (question, answer) of each conversation in one corpus file where both are strings."""
     import yaml
 
@@ -271,13 +332,21 @@ def _chatterbot_pairs(path: Path) -> Iterator[tuple[str, str, str]]:
         doc = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     for conv in doc.get("conversations") or []:
         if isinstance(conv, list) and len(conv) >= 2 and all(isinstance(t, str) for t in conv[:2]):
-            yield conv[0], conv[1], path.stem
+            yield Row("", conv[0], conv[1], path.stem)
 
 
 @functools.lru_cache(maxsize=4)
 def _chatterbot_rows(directory: Path) -> tuple[Row, ...]:
     """Chatterbot English dialogs; category = file stem (``tech_support``, ``trivia``...)."""
     return _numbered(pair for f in sorted(directory.glob("*.yml")) for pair in _chatterbot_pairs(f))
+
+
+def _jsonl_row(lineno: int, r: dict) -> Row:
+    """One validated JSONL row; a multiple choice row's instruction gets the lettered options."""
+    category = r.get("category") or DEFAULT_CATEGORY
+    if r.get("task") == "multiple_choice":
+        return choice_row(str(lineno), r["instruction"], tuple(r["choices"]), r["answer"], category)
+    return Row(str(lineno), r["instruction"], r["response"], category, r.get("task") or "generative")
 
 
 def _jsonl_rows(path: Path) -> tuple[Row, ...]:
@@ -289,7 +358,7 @@ def _jsonl_rows(path: Path) -> tuple[Row, ...]:
         if key in seen:
             continue
         seen.add(key)
-        rows.append((str(lineno), r["instruction"], r["response"], r.get("category") or DEFAULT_CATEGORY))
+        rows.append(_jsonl_row(lineno, r))
     if not rows:
         raise DataError(f"{path}: no rows")
     return tuple(rows)
@@ -323,15 +392,15 @@ def load_selection(sel: DataSelection, max_chars: int) -> list[Example]:
     where = str(sel.path) if sel.source == "jsonl" else f"source {sel.source!r}"
     keep: set[str] | None = None
     if sel.categories:
-        available = sorted({r[3] for r in rows})
+        available = sorted({r.category for r in rows})
         if unknown := [c for c in sel.categories if c not in available]:
             raise DataError(f"{where}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
                             f"{', '.join(map(repr, unknown))}; available: {', '.join(available)}")
         keep = set(sel.categories)
     prefix = sel.domain if sel.source == "jsonl" else sel.source
-    chosen = [r for r in rows if keep is None or r[3] in keep]
-    out = [Example(f"{prefix}:{lid}", ins, resp, cat, sel.domain)
-           for lid, ins, resp, cat in chosen if len(ins) + len(resp) <= max_chars]
+    chosen = [r for r in rows if keep is None or r.category in keep]
+    out = [Example(f"{prefix}:{r.id}", r.instruction, r.response, r.category, sel.domain, r.task, r.question,
+                   r.choices) for r in chosen if len(r.instruction) + len(r.response) <= max_chars]
     if dropped := len(chosen) - len(out):
         log.info("domain %s: dropped %d of %d rows longer than max_chars=%d", sel.domain, dropped,
                  len(chosen), max_chars)
@@ -400,10 +469,11 @@ def _public_quotas(available: dict[str, int], num: int) -> dict[str, int]:
 
 
 def _round_robin(slices: dict[str, list[Example]]) -> list[Prompt]:
-    """Interleave the domains' public slices and drop the responses; ids ``p0000``... in order."""
+    """Interleave the domains' public slices, each response kept only as the server's reference; ids
+    ``p0000``... in order."""
     longest = max((len(s) for s in slices.values()), default=0)
     picked = [s[i] for i in range(longest) for s in slices.values() if i < len(s)]
-    return [Prompt(f"p{i:04d}", ex.instruction, ex.domain) for i, ex in enumerate(picked)]
+    return [Prompt(f"p{i:04d}", ex.instruction, ex.domain, ex.response) for i, ex in enumerate(picked)]
 
 
 def _wanted(cfg: RunConfig, client: ClientConfig) -> int:
@@ -502,9 +572,11 @@ def _check_unique_ids(splits: Splits) -> None:
 def build_splits(cfg: RunConfig) -> Splits:
     """Split the run's data into private sets per client, the public prompt set and eval sets per domain.
 
-    Each domain's rows are shuffled with ``random.Random(f"{seed}:{domain}")`` and carved in order into
-    eval, public candidates (only without ``public.path``) and the private pool, so no row is in two
-    places and no instruction is in two domains or equals a public prompt.
+    Each domain's rows are shuffled with ``random.Random(f"{data.split_seed}:{domain}")`` and carved in order
+    into eval, public candidates (only without ``public.path``) and the private pool, which the run's
+    ``seed`` shuffles again (``f"{seed}:{domain}:private"``): runs with different seeds are evaluated on
+    the same items and answer the same public prompts. No row is in two places and no instruction is in
+    two domains or equals a public prompt.
 
     Raises:
         DataError: bad data, or a client asking for more private rows than its domain has left.
@@ -514,7 +586,7 @@ def build_splits(cfg: RunConfig) -> Splits:
     public_file = read_prompts(cfg.public.path)[:num] if cfg.public.path is not None else None
     taken = {p.instruction.strip() for p in public_file or []}
     rows = _drop_collisions({d: load_selection(s, cfg.data.max_chars) for d, s in selections.items()}, taken)
-    rows = {d: _shuffled(examples, f"{cfg.seed}:{d}") for d, examples in rows.items()}
+    rows = {d: _shuffled(examples, f"{cfg.data.split_seed}:{d}") for d, examples in rows.items()}
 
     eval_sets = {d: examples[:n_eval] for d, examples in rows.items()}
     for d, examples in eval_sets.items():
@@ -531,6 +603,7 @@ def build_splits(cfg: RunConfig) -> Splits:
     if len(public) < num:
         log.warning("public prompt set has %d prompts, fewer than public.num_prompts=%d", len(public), num)
 
+    rest = {d: _shuffled(examples, f"{cfg.seed}:{d}:private") for d, examples in rest.items()}
     private = PARTITIONS[cfg.data.partition](cfg, rest)
     by_category = cfg.data.partition == "category"
     client_domain = {c.name: c.data.domain if by_category else MIXED for c in cfg.clients}

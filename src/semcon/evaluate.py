@@ -1,25 +1,28 @@
-"""Held-out evaluation per client and domain: reference NLL, ROUGE-L and embedding cosine of greedy
-answers, MMLU accuracy by option log-likelihood, GSM8K exact match of the final number.
+"""Held-out evaluation per client and domain: reference NLL and bits per byte, ROUGE-L and embedding cosine
+of greedy answers, accuracy of multiple choice rows by option log-likelihood, exact match of numeric rows'
+final number.
 
-The metric functions are pure; ``evaluate_client`` runs the model through the same batched
-generation and teacher-forced loss paths as training and the federation.
+Which metrics apply follows each row's ``task`` (set by its data source), not the domain's label. The
+metric functions are pure; ``evaluate_client`` runs the model through the same batched generation and
+teacher-forced loss paths as training and the federation.
 """
 
 from __future__ import annotations
 
-import re
+import math
 from functools import cache
 
 import numpy as np
 import torch
 
-from semcon.data import Example
+from semcon.config import EvalConfig
+from semcon.data import DEFAULT_CATEGORY, LETTERS, Example, final_number
 from semcon.generate import generate
 from semcon.models import ChatFormat
-from semcon.train import collate, mean_nll, response_nll, tokenize, TokenizedExample
+from semcon.train import TokenizedExample, autocast, collate, nll_sums, response_nll, tokenize
 
-LETTERS = "ABCD"
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+MIN_NUMERIC_TOKENS = 256  # worked solutions: the default generation cap of a domain with numeric rows
+MAX_EVAL_TOKENS = 1024  # the default generation cap never exceeds this
 
 
 @cache
@@ -34,24 +37,14 @@ def rouge_l(prediction: str, reference: str) -> float:
     return float(_rouge().score(reference, prediction)["rougeL"].fmeasure)
 
 
-def final_number(text: str) -> str | None:
-    """The answer number of a GSM8K-style text: after ``####`` when present, else the last number."""
-    tail = text.rsplit("####", 1)[1] if "####" in text else text
-    found = _NUMBER.findall(tail)
-    if not found:
-        return None
-    value = found[0] if "####" in text else found[-1]
-    value = value.replace(",", "").rstrip(".")
-    return value[:-2] if value.endswith(".0") else value
-
-
 def gsm8k_exact_match(prediction: str, reference: str) -> bool:
+    """Whether the final numbers of answer and reference are equal as numbers (``18.00`` matches ``18``)."""
     gold = final_number(reference)
     return gold is not None and final_number(prediction) == gold
 
 
-def mmlu_letter(response: str) -> str:
-    """The correct option letter of an MMLU reference response such as ``"B. Paris"``."""
+def answer_letter(response: str) -> str:
+    """The correct option letter of a multiple choice reference response such as ``"B. Paris"``."""
     return response.strip()[:1]
 
 
@@ -60,44 +53,126 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1)
 
 
+def generation_cap(reference_tokens: list[int], numeric: bool) -> int:
+    """Default max new tokens of a domain: room for 95% of its references (95th percentile x 1.25), at least
+    ``MIN_NUMERIC_TOKENS`` when it has numeric rows, at most ``MAX_EVAL_TOKENS``."""
+    need = math.ceil(float(np.percentile(reference_tokens, 95)) * 1.25) if reference_tokens else 1
+    return min(max(need, MIN_NUMERIC_TOKENS if numeric else 1), MAX_EVAL_TOKENS)
+
+
+def lm_eval_prompt(e: Example) -> str:
+    """lm-evaluation-harness's zero-shot MMLU prompt of a multiple choice row (no chat template)."""
+    subject = (e.domain if e.category == DEFAULT_CATEGORY else e.category).replace("_", " ")
+    options = "".join(f"\n{letter}. {c}" for letter, c in zip(LETTERS, e.choices))
+    return (f"The following are multiple choice questions (with answers) about {subject}.\n\n"
+            f"{e.question.strip()}{options}\nAnswer:")
+
+
+def choice_ids(fmt: ChatFormat, e: Example, prompt: str) -> tuple[list[int], list[list[int]]]:
+    """Context ids and one continuation per option. ``chat``: the instruction in the chat template, the bare
+    letters; ``lm_eval``: ``lm_eval_prompt`` with the tokenizer's own special tokens, continuations ``" A"``...
+    split off the encoded whole text, as lm-eval 0.4 encodes a (context, continuation) pair."""
+    letters = LETTERS[:len(e.choices)]
+    if prompt == "chat":
+        return fmt.prompt_ids(e.instruction), [fmt.tok(x, add_special_tokens=False)["input_ids"] for x in letters]
+    text = lm_eval_prompt(e)
+    context = fmt.tok(text)["input_ids"]
+    return context, [fmt.tok(f"{text} {x}")["input_ids"][len(context):] for x in letters]
+
+
 @torch.inference_mode()
-def option_logprobs(model, fmt: ChatFormat, instruction: str, options: str, device, dtype) -> list[float]:
-    """Sum log-probability of each option (e.g. "A".."D") as the start of the answer, as
-    lm-evaluation-harness scores multiple choice."""
-    prompt = fmt.prompt_ids(instruction)
-    rows = []
-    for opt in options:
-        cont = fmt.tok(opt, add_special_tokens=False)["input_ids"]
-        rows.append(TokenizedExample(prompt + cont, [-100] * len(prompt) + cont))
+def continuation_logprobs(model, fmt: ChatFormat, context: list[int], continuations: list[list[int]], device,
+                          dtype) -> list[float]:
+    """Summed log-probability of each continuation after ``context`` (lm-evaluation-harness's loglikelihood)."""
+    rows = [TokenizedExample(context + c, [-100] * len(context) + c) for c in continuations]
     batch = collate(rows, fmt.tok.pad_token_id, device)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with autocast(device, dtype):
         nll, where = response_nll(model, batch)
-    sums = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, where, nll.double())
+    sums = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, where.cpu(), nll.double().cpu())
     return (-sums).tolist()
 
 
-def evaluate_client(model, fmt: ChatFormat, eval_sets: dict[str, list[Example]], *, embed, max_length: int,
-                    batch_size: int, generate_answers: bool, max_new_tokens: int, gen_batch_size: int,
-                    device, dtype) -> dict[str, dict[str, float]]:
-    """Every metric that applies to each domain: ``{domain: {metric: value}}``."""
+@torch.inference_mode()
+def last_logits(model, fmt: ChatFormat, contexts: list[list[int]], device, dtype) -> torch.Tensor:
+    """Next-token logits after each context, the contexts left-padded into one batch."""
+    width = max(len(c) for c in contexts)
+    ids = torch.full((len(contexts), width), fmt.tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(contexts), width), dtype=torch.long)
+    for row, c in enumerate(contexts):
+        ids[row, width - len(c):], mask[row, width - len(c):] = torch.tensor(c), 1
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    ids, mask = ids.to(device), mask.to(device)
+    with autocast(device, dtype):
+        hidden = lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                                  use_cache=False).last_hidden_state[:, -1]
+        return lm.get_output_embeddings()(hidden).float()
+
+
+def choice_accuracy(model, fmt: ChatFormat, rows: list[Example], prompt: str, device, dtype,
+                    batch_size: int = 8) -> float:
+    """Share of multiple choice rows whose correct option has the highest summed log-likelihood (lm-eval's
+    ``acc``). Options of one token each (the letters, in most tokenizers) are read from one forward pass of
+    the context, batched over rows: the same argmax at a quarter of the cost."""
+    hits, single = [], []
+    for e in rows:
+        context, options = choice_ids(fmt, e, prompt)
+        gold = LETTERS.index(answer_letter(e.response))
+        if all(len(o) == 1 for o in options):
+            single.append((context, [o[0] for o in options], gold))
+        else:
+            hits.append(int(np.argmax(continuation_logprobs(model, fmt, context, options, device, dtype))) == gold)
+    for start in range(0, len(single), batch_size):
+        group = single[start:start + batch_size]
+        logits = last_logits(model, fmt, [c for c, _, _ in group], device, dtype)
+        hits += [int(torch.argmax(row[ids])) == gold for row, (_, ids, gold) in zip(logits, group)]
+    return float(np.mean(hits))
+
+
+def reference_scores(model, fmt: ChatFormat, rows: list[Example], *, batch_size: int, device,
+                     dtype) -> dict[str, float]:
+    """Teacher-forced quality of the reference responses: ``nll`` per token and ``bpb``, bits per UTF-8 byte
+    (summed NLL over the response text, end-of-turn marker excluded, so tokenizers compare). The whole prompt
+    is always kept, as in training and generation; nothing is truncated."""
+    toks, _ = tokenize(fmt, [(e.instruction, e.response, 1.0) for e in rows], None, end=False)
+    sums, counts = nll_sums(model, fmt, toks, batch_size=batch_size, device=device, dtype=dtype)
+    text_bytes = sum(len(e.response.strip().encode("utf-8")) for e in rows)
+    return {"nll": sum(sums) / max(sum(counts), 1), "bpb": sum(sums) / math.log(2) / max(text_bytes, 1)}
+
+
+def generation_scores(model, fmt: ChatFormat, rows: list[Example], *, embed, max_new_tokens: int | None,
+                      batch_size: int, device, dtype) -> dict[str, float]:
+    """ROUGE-L, cosine (with ``embed``) and exact match over the numeric rows, of greedy answers to ``rows``;
+    ``max_new_tokens`` None: ``generation_cap`` of the references in this tokenizer."""
+    numeric = [e.task == "numeric" for e in rows]
+    if max_new_tokens is None:
+        lengths = [len(fmt.tok(e.response, add_special_tokens=False)["input_ids"]) for e in rows]
+        max_new_tokens = generation_cap(lengths, any(numeric))
+    answers = [g.text for g in generate(model, fmt, [e.instruction for e in rows], max_new_tokens=max_new_tokens,
+                                        batch_size=batch_size, device=device, dtype=dtype)]
+    refs = [e.response for e in rows]
+    m = {"rouge_l": float(np.mean([rouge_l(a, r) for a, r in zip(answers, refs)]))}
+    if embed is not None:
+        m["cosine"] = float(np.mean(cosine(embed(answers), embed(refs))))
+    if any(numeric):
+        hits = [gsm8k_exact_match(a, r) for a, r, n in zip(answers, refs, numeric) if n]
+        m["exact_match"] = float(np.mean(hits))
+    return m
+
+
+def evaluate_client(model, fmt: ChatFormat, eval_sets: dict[str, list[Example]], cfg: EvalConfig, *, embed,
+                    gen_batch_size: int, device, dtype) -> dict[str, dict[str, float]]:
+    """Every metric that applies to each domain: ``{domain: {metric: value}}``. Reference NLL, bits per byte and
+    accuracy use every row; the generation metrics the first ``cfg.generate_items`` rows."""
     out: dict[str, dict[str, float]] = {}
     for domain, rows in eval_sets.items():
         if not rows:
             continue
-        toks = tokenize(fmt, [(e.instruction, e.response, 1.0) for e in rows], max_length)
-        m = {"nll": mean_nll(model, fmt, toks, batch_size=batch_size, device=device, dtype=dtype)}
-        if generate_answers:
-            answers = [g.text for g in generate(model, fmt, [e.instruction for e in rows], max_new_tokens=max_new_tokens,
-                                                batch_size=gen_batch_size, device=device, dtype=dtype)]
-            refs = [e.response for e in rows]
-            m["rouge_l"] = float(np.mean([rouge_l(a, r) for a, r in zip(answers, refs)]))
-            if embed is not None:
-                m["cosine"] = float(np.mean(cosine(embed(answers), embed(refs))))
-            if rows[0].domain.startswith("gsm8k"):
-                m["exact_match"] = float(np.mean([gsm8k_exact_match(a, r) for a, r in zip(answers, refs)]))
-        if rows[0].domain.startswith("mmlu"):
-            hits = [int(np.argmax(option_logprobs(model, fmt, e.instruction, LETTERS, device, dtype)))
-                    == LETTERS.index(mmlu_letter(e.response)) for e in rows]
-            m["accuracy"] = float(np.mean(hits))
+        m = reference_scores(model, fmt, rows, batch_size=cfg.batch_size, device=device, dtype=dtype)
+        if choices := [e for e in rows if e.task == "multiple_choice"]:
+            m["accuracy"] = choice_accuracy(model, fmt, choices, cfg.mmlu_prompt, device, dtype, cfg.batch_size)
+        if cfg.generate and cfg.generate_items:
+            m |= generation_scores(model, fmt, rows[:cfg.generate_items], embed=embed,
+                                   max_new_tokens=cfg.max_new_tokens, batch_size=gen_batch_size, device=device,
+                                   dtype=dtype)
         out[domain] = {k: round(v, 5) for k, v in m.items()}
     return out

@@ -208,7 +208,9 @@ def federate(cfg: RunConfig, run_dir: RunDir, algo: Algorithm, group: ClientGrou
         "eval_before": state.before, "eval_after": after, "per_round": rounds,
         "bytes_up": sum(r["bytes_up"] for r in rounds), "bytes_down": sum(r["bytes_down"] for r in rounds),
         "failures": {r["round"]: r["failed"] for r in rounds if r.get("failed")},
-        "peak_rss_gb": round(peak_rss_gb(), 3),
+        "peak_rss_gb": round(peak_rss_gb(), 3), "seed": cfg.seed,
+        # examples (private + pseudo-labels) left out of the last round's training for exceeding train.max_length
+        "dropped_too_long": next((r["dropped_too_long"] for r in reversed(rounds) if r.get("dropped_too_long")), {}),
     }
 
 
@@ -246,7 +248,8 @@ def round_metrics(run_dir: RunDir, t: int, phases: Phases, ledger: list[dict], r
         "modelled_transfer_s": round(modelled_transfer_s(ledger, cfg.network), 3),
         "train_tokens": {n: r["tokens"] for n, r in trained.items()},
         "completed": list(reports),  # clients that finished the train phase (their adapter of this round is saved)
-        "eval_nll": {n: r["nll"] for n, r in reports.items() if r.get("nll")},
+        "reference": {n: r["reference"] for n, r in reports.items() if r.get("reference")},
+        "dropped_too_long": {n: r["dropped_too_long"] for n, r in trained.items()},
         "failed": failures,
         "peak_rss_gb": round(peak_rss_gb(), 3),
     }
@@ -258,7 +261,8 @@ def round_metrics(run_dir: RunDir, t: int, phases: Phases, ledger: list[dict], r
         row["seconds"]["aggregate"] = round(max(row["seconds"]["aggregate"] - result.seconds_embed, 0.0), 3)
         row.update(mean_agreement=round(result.mean_agreement, 4) if not np.isnan(result.mean_agreement) else None,
                    pseudo_labels=len(result.labels), unlabelled=len(result.unlabelled),
-                   prompts=len(result.labels) + len(result.unlabelled))
+                   prompts=len(result.labels) + len(result.unlabelled), cut_share=result.cut_share,
+                   degenerate_share=result.degenerate_share, answer_quality=result.answer_quality)
     run_dir.metric("round", **row)
     return row
 

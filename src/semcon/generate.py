@@ -21,6 +21,7 @@ class Generation:
     text: str
     tokens: list[int]  # generated ids, up to and excluding the end-of-turn token
     finished: bool  # ended by end-of-turn rather than the max_new_tokens cap
+    confidence: float  # mean log-probability of the generated tokens (end-of-turn included), <= 0
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,12 +34,16 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple
     return ids.to(device), mask.to(device)
 
 
-def _next_tokens(model: torch.nn.Module, **inputs) -> torch.Tensor:
-    """Greedy next token per row. The vocabulary projection runs on the last position only, as a 2-D
-    matmul (a sliced 3-D input makes ``nn.Linear`` copy the head weight once per row)."""
+def _next_tokens(model: torch.nn.Module, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy next token per row and its log-probability. The vocabulary projection runs on the last
+    position only, as a 2-D matmul (a sliced 3-D input makes ``nn.Linear`` copy the head weight per row)."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = lm.get_decoder()(**inputs, use_cache=True).last_hidden_state[:, -1].contiguous()
-    return lm.get_output_embeddings()(hidden).argmax(-1)  # softcapping (Gemma) is monotonic: same argmax
+    logits = lm.get_output_embeddings()(hidden).float()
+    if softcap := getattr(lm.config, "final_logit_softcapping", None):
+        logits = torch.tanh(logits / softcap) * softcap
+    best, ids = logits.max(-1)
+    return ids, best - torch.logsumexp(logits, -1)
 
 
 def _prefill(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, device: torch.device,
@@ -46,12 +51,14 @@ def _prefill(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, devi
     """Run the prompts in groups of similar length (little padding), then merge the groups' KV caches
     into one left-padded cache. Returns first tokens, attention mask and the cache."""
     width = max(len(p) for p in prompts)
-    firsts, layers = [], []
+    firsts, logps, layers = [], [], []
     for start in range(0, len(prompts), group):
         ids, mask = _left_pad(prompts[start:start + group], pad_id, device)
         cache = DynamicCache(config=_causal_config(model))
-        firsts.append(_next_tokens(model, input_ids=ids, attention_mask=mask,
-                                   position_ids=(mask.cumsum(-1) - 1).clamp_min(0), past_key_values=cache))
+        first, logp = _next_tokens(model, input_ids=ids, attention_mask=mask,
+                                   position_ids=(mask.cumsum(-1) - 1).clamp_min(0), past_key_values=cache)
+        firsts.append(first)
+        logps.append(logp)
         pad = width - ids.shape[1]
         layers.append([(F.pad(layer.keys, (0, 0, pad, 0)), F.pad(layer.values, (0, 0, pad, 0)))
                        for layer in cache.layers])
@@ -59,7 +66,7 @@ def _prefill(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, devi
     for i in range(len(layers[0])):
         merged.update(torch.cat([g[i][0] for g in layers]), torch.cat([g[i][1] for g in layers]), i)
     _, mask = _left_pad(prompts, pad_id, device)
-    return torch.cat(firsts), mask, merged
+    return torch.cat(firsts), torch.cat(logps), mask, merged
 
 
 def _causal_config(model: torch.nn.Module):
@@ -68,17 +75,21 @@ def _causal_config(model: torch.nn.Module):
 
 @torch.inference_mode()
 def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set[int],
-                 pad_id: int, device: torch.device, dtype: torch.dtype, prefill_group: int = 16) -> list[list[int]]:
-    """Greedy continuation of each prompt (token ids, longest first), stopping rows at EOS or the cap."""
+                 pad_id: int, device: torch.device, dtype: torch.dtype, prefill_group: int = 16
+                 ) -> tuple[list[list[int]], list[float]]:
+    """Greedy continuation of each prompt (token ids, longest first), stopping rows at EOS or the cap, and
+    the summed log-probability of each row's tokens (its end-of-turn token included)."""
     alive = torch.arange(len(prompts), device=device)  # original row of each row still in the batch
     outputs: list[list[int]] = [[] for _ in prompts]
+    logprob = [0.0] * len(prompts)
     eos = torch.tensor(sorted(eos_ids), device=device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        next_ids, mask, cache = _prefill(model, prompts, pad_id, device, prefill_group)
+        next_ids, logps, mask, cache = _prefill(model, prompts, pad_id, device, prefill_group)
         positions = mask.sum(-1, keepdim=True) - 1
         for step in range(max_new_tokens):
             done = torch.isin(next_ids, eos)
-            for row, tok, stop in zip(alive.tolist(), next_ids.tolist(), done.tolist()):
+            for row, tok, stop, lp in zip(alive.tolist(), next_ids.tolist(), done.tolist(), logps.tolist()):
+                logprob[row] += lp
                 if not stop:
                     outputs[row].append(tok)
             if step == max_new_tokens - 1:
@@ -91,9 +102,9 @@ def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_new_to
                 alive, next_ids, mask, positions = alive[keep], next_ids[keep], mask[keep], positions[keep]
             mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
             positions = positions + 1
-            next_ids = _next_tokens(model, input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
-                                    past_key_values=cache)
-    return outputs
+            next_ids, logps = _next_tokens(model, input_ids=next_ids[:, None], attention_mask=mask,
+                                           position_ids=positions, past_key_values=cache)
+    return outputs, logprob
 
 
 def generate(model: torch.nn.Module, fmt: ChatFormat, instructions: list[str], *, max_new_tokens: int,
@@ -105,11 +116,12 @@ def generate(model: torch.nn.Module, fmt: ChatFormat, instructions: list[str], *
     results: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        outs = greedy_batch(model, [prompts[i] for i in rows], max_new_tokens=max_new_tokens, eos_ids=eos_ids,
-                            pad_id=fmt.tok.pad_token_id, device=device, dtype=dtype)
-        for i, toks in zip(rows, outs):
+        outs, logprobs = greedy_batch(model, [prompts[i] for i in rows], max_new_tokens=max_new_tokens,
+                                      eos_ids=eos_ids, pad_id=fmt.tok.pad_token_id, device=device, dtype=dtype)
+        for i, toks, lp in zip(rows, outs, logprobs):
             text = fmt.tok.decode(toks, skip_special_tokens=True).strip()
-            results[i] = Generation(text, toks, finished=len(toks) < max_new_tokens)
+            finished = len(toks) < max_new_tokens
+            results[i] = Generation(text, toks, finished, min(lp / max(len(toks) + finished, 1), 0.0))
         if on_batch:
             on_batch(len(rows))
     return results

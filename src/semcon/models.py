@@ -98,14 +98,28 @@ class ChatFormat:
         # Chat templates write their own special tokens; plain prompts need the tokenizer's (<bos>).
         return self.tok(self.prompt_text(instruction), add_special_tokens=not self.has_template)["input_ids"]
 
-    def example_ids(self, instruction: str, response: str, max_length: int) -> tuple[list[int], list[int]]:
-        """Token ids and labels (prompt masked to -100), truncated to ``max_length``."""
+    def content_text(self, instruction: str, response: str) -> str:
+        """What follows the prompt up to the end of the response itself, without the end-of-turn marker
+        (for an answer that was cut, and for bits per byte of the reference text)."""
+        full, body = self.response_text(instruction, response), response.strip()
+        at = full.rfind(body)
+        return full[:at + len(body)] if body and at >= 0 else response
+
+    def example_ids(self, instruction: str, response: str, max_length: int | None = None, *, end: bool = True,
+                    truncate: str = "drop") -> tuple[list[int], list[int]] | None:
+        """Token ids and labels (prompt masked to -100); ``end``: the response ends with the end-of-turn marker.
+
+        An example longer than ``max_length`` is None with ``truncate="drop"``; with ``"response"`` it keeps
+        its whole prompt and loses the response's tail (None when not one response token fits).
+        """
         prompt = self.prompt_ids(instruction)
-        answer = self.tok(self.response_text(instruction, response), add_special_tokens=False)["input_ids"]
-        prompt = prompt[-(max_length // 2):] if len(prompt) > max_length // 2 else prompt
-        ids = (prompt + answer)[:max_length]
-        labels = ([-100] * len(prompt) + answer)[:max_length]
-        return ids, labels
+        text = self.response_text(instruction, response) if end else self.content_text(instruction, response)
+        answer = self.tok(text, add_special_tokens=False)["input_ids"]
+        if max_length is not None and len(prompt) + len(answer) > max_length:
+            if truncate != "response" or len(prompt) >= max_length:
+                return None
+            answer = answer[:max_length - len(prompt)]
+        return prompt + answer, [-100] * len(prompt) + answer
 
     def eos_ids(self) -> set[int]:
         ids = {self.tok.eos_token_id}

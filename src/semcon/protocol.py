@@ -7,6 +7,7 @@ simulation and any network transport move exactly these bytes, so measured traff
 from __future__ import annotations
 
 import logging
+import math
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import zstandard
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-CODEC_VERSION = 1
+CODEC_VERSION = 2
 ZSTD_LEVEL = 10
 
 
@@ -27,11 +28,14 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class Upload:
-    """A client's answers to the public prompts for one round: text only, never tokens or logits."""
+    """A client's answers to the public prompts for one round: text, never tokens or logits, with two
+    model-agnostic scalars per answer: whether it ended by itself and its confidence."""
 
     round: int
     client: str
     answers: dict[str, str]  # prompt id -> answer text
+    finished: dict[str, bool] = field(default_factory=dict)  # prompt id -> ended by end-of-turn (else cut at the cap)
+    confidence: dict[str, float] = field(default_factory=dict)  # prompt id -> mean token log-prob (<= 0); optional
     kind: str = field(default="upload", init=False)
 
 
@@ -41,6 +45,7 @@ class Download:
 
     round: int
     labels: dict[str, str]  # prompt id -> pseudo-label text (prompts without consensus are absent)
+    finished: dict[str, bool] = field(default_factory=dict)  # prompt id -> False for a cut answer kept as label
     kind: str = field(default="download", init=False)
 
 
@@ -68,9 +73,11 @@ def raw_bytes(msg: Message) -> int:
 
 def encode(msg: Message) -> bytes:
     if isinstance(msg, Upload):
-        body = {"v": CODEC_VERSION, "kind": "upload", "round": msg.round, "client": msg.client, "answers": msg.answers}
+        body = {"v": CODEC_VERSION, "kind": "upload", "round": msg.round, "client": msg.client, "answers": msg.answers,
+                "finished": msg.finished, "confidence": msg.confidence}
     elif isinstance(msg, Download):
-        body = {"v": CODEC_VERSION, "kind": "download", "round": msg.round, "labels": msg.labels}
+        body = {"v": CODEC_VERSION, "kind": "download", "round": msg.round, "labels": msg.labels,
+                "finished": msg.finished}
     elif isinstance(msg, AdapterUpdate):
         body = {"v": CODEC_VERSION, "kind": "adapter", "round": msg.round, "client": msg.client,
                 "tensors": msg.tensors, "num_examples": msg.num_examples}
@@ -159,9 +166,16 @@ def is_text_map(x) -> bool:
     return isinstance(x, dict) and all(isinstance(k, str) for k in x)
 
 
+def map_of(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    """A map from prompt ids to values that pass ``check``."""
+    return lambda x: is_text_map(x) and all(check(v) for v in x.values())
+
+
 FIELDS: dict[str, dict[str, Callable[[object], bool]]] = {  # each kind's fields and their wire types
-    "upload": {"round": is_int, "client": lambda x: isinstance(x, str), "answers": is_text_map},
-    "download": {"round": is_int, "labels": lambda x: is_text_map(x) and all(isinstance(v, str) for v in x.values())},
+    "upload": {"round": is_int, "client": lambda x: isinstance(x, str), "answers": is_text_map,
+               "finished": map_of(lambda v: isinstance(v, bool)), "confidence": map_of(lambda v: is_number(v))},
+    "download": {"round": is_int, "labels": map_of(lambda v: isinstance(v, str)),
+                 "finished": map_of(lambda v: isinstance(v, bool))},
     "adapter": {"round": is_int, "client": lambda x: isinstance(x, str), "tensors": lambda x: isinstance(x, bytes),
                 "num_examples": is_int},
 }
@@ -204,6 +218,12 @@ def validate_upload(msg: Message, *, client: str, round: int, prompt_ids: set[st
             problems.append(f"answer to {pid} is {type(text).__name__}, not text")
         elif len(text) > max_chars:
             problems.append(f"answer to {pid} has {len(text)} characters (limit {max_chars})")
+    if set(msg.finished) != keys:
+        problems.append("finished flags do not match the answers' prompt ids")
+    if set(msg.confidence) - keys:
+        problems.append("confidence given for prompts it did not answer")
+    if bad := [pid for pid, c in msg.confidence.items() if not (math.isfinite(c) and c <= 0)]:
+        problems.append(f"confidence of {bad[0]} is {msg.confidence[bad[0]]!r} (a mean log-probability: finite, <= 0)")
     if not problems and msg.answers and all(is_blank(text) for text in msg.answers.values()):
         problems.append("every answer is empty")
     return problems
@@ -226,7 +246,7 @@ def accept_uploads(round: int, clients: list[str], messages: dict[str, Message],
 
 
 # Reports: the small JSON a client sends back after training or evaluating (loss, tokens, held-out metrics).
-TRAIN_STATS = ("steps", "tokens", "loss_first", "loss_last", "seconds")
+TRAIN_STATS = ("steps", "tokens", "loss_first", "loss_last", "seconds", "dropped_too_long")
 
 
 def is_number(x) -> bool:
@@ -241,15 +261,16 @@ def check_scores(obj, what: str) -> dict[str, float]:
 
 
 def check_train_report(obj) -> dict:
-    """A train-phase report: the training statistics (absent after the last round) and held-out NLL."""
+    """A train-phase report: the training statistics (absent after the last round) and held-out reference
+    scores per domain (NLL and bits per byte)."""
     if not isinstance(obj, dict):
         raise ProtocolError(f"train report is a {type(obj).__name__}, not an object")
-    if unknown := sorted(set(obj) - {*TRAIN_STATS, "nll"}):
+    if unknown := sorted(set(obj) - {*TRAIN_STATS, "reference"}):
         raise ProtocolError(f"train report has unknown fields {', '.join(unknown[:3])}")
     if "steps" in obj and not all(is_number(obj.get(k)) for k in TRAIN_STATS):
         raise ProtocolError(f"train report needs numbers for {', '.join(TRAIN_STATS)}")
-    if "nll" in obj:
-        check_scores(obj["nll"], "train report nll")
+    if "reference" in obj:
+        check_eval_report(obj["reference"])
     return obj
 
 

@@ -25,8 +25,9 @@ def round_table(summary: dict) -> Table:
 
 
 def nll_table(summary: dict) -> Table:
-    """Held-out reference NLL per client and domain, base model → after the federation."""
-    table = Table(title="held-out reference NLL per domain (base → after; lower is better)", title_justify="left")
+    """Held-out bits per byte of the reference answers per client and domain, base model → after the federation
+    (bits per byte, unlike per-token NLL, compares across tokenizers)."""
+    table = Table(title="held-out bits per byte per domain (base → after; lower is better)", title_justify="left")
     table.add_column("client")
     domains = sorted({d for per in summary["eval_after"].values() for d in per})
     for d in domains:
@@ -36,8 +37,8 @@ def nll_table(summary: dict) -> Table:
         own = summary.get("own_domain", {}).get(client)
         cells = []
         for d in domains:
-            b, a = before.get(d, {}).get("nll"), after.get(d, {}).get("nll")
-            cell = f"{b:.3f} → {a:.3f}" if b is not None else f"{a:.3f}"
+            b, a = before.get(d, {}).get("bpb"), after.get(d, {}).get("bpb")
+            cell = f"{b:.3f} → {a:.3f}" if b is not None else f"{a:.3f}" if a is not None else "-"
             cells.append(f"[bold]{cell}[/]" if d == own else cell)
         table.add_row(client, *cells)
     return table

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 # What semcon writes into a run directory and into a compare directory; --overwrite removes these only.
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "ledger.jsonl", "pseudo_labels", "checkpoints", "summary.json",
                "adapters", "run_id", "flower.json", "flower", "nodes", "stopped.txt")
-COMPARE_ENTRIES = ("report.md", "compare.json", "quality_per_round.png", "bytes_per_round.png",
-                   "seconds_per_phase.png")
+COMPARE_ENTRIES = ("report.md", "compare.json", "quality_per_round.png", "pseudo_label_quality.png",
+                   "bytes_per_round.png", "seconds_per_phase.png")
 
 
 class RunDirError(ValueError):
@@ -67,10 +67,19 @@ def claim(path: Path, overwrite: bool = False) -> Path:
 
 
 def remove_entries(path: Path, kind: str) -> None:
-    """Remove what semcon wrote into ``path`` (a compare directory: also its per-method run directories)."""
+    """Remove what semcon wrote into ``path``; in a compare directory also the run directories
+    ``<method>/seed-<S>/`` (or an older ``<method>/``), and a method folder only once it is empty."""
     names = list(RUN_ENTRIES if kind == "run" else COMPARE_ENTRIES)
     if kind == "compare":
-        names += [m for m in METHODS if kind_of(path / m) == "run"]
+        for method in (path / m for m in METHODS if (path / m).is_dir() and not (path / m).is_symlink()):
+            if kind_of(method) == "run":
+                names.append(method.name)
+                continue
+            for seed in method.glob("seed-*"):
+                if not seed.is_symlink() and seed.is_dir() and (kind_of(seed) == "run" or not any(seed.iterdir())):
+                    shutil.rmtree(seed)
+            if not any(method.iterdir()):
+                method.rmdir()
     for name in names:
         target = path / name
         if target.is_dir() and not target.is_symlink():

@@ -1,8 +1,15 @@
-"""The server: decodes and validates uploads, embeds the answers, picks one consensus answer per prompt."""
+"""The server: validates uploads, embeds the candidate answers, picks one consensus answer per prompt.
+
+A candidate is an answer a client would want to learn from: not blank, and by default neither cut at the
+length cap nor degenerate (one phrase repeated). Where a prompt has a held-back reference, the server also
+measures how good the chosen pseudo-labels are against a client's own or a random client's answers.
+"""
 
 from __future__ import annotations
 
+import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,7 +18,10 @@ from semcon.config import ConsensusConfig
 from semcon.consensus import semantic_medoid
 from semcon.data import Prompt
 from semcon.embed import Embedder
+from semcon.evaluate import rouge_l
 from semcon.protocol import Download, Message, ProtocolError, Upload, accept_uploads, is_blank, validate_upload
+
+_WORD = re.compile(r"\w+|[^\w\s]")
 
 
 @dataclass(frozen=True)
@@ -23,7 +33,9 @@ class PseudoLabel:
     client: str  # whose answer was chosen
     text: str
     agreement: float  # mean cosine of the chosen answer to the other answers
-    answers: int  # valid answers that took part
+    answers: int  # candidate answers that took part
+    finished: bool  # the answer ended by itself (False only with consensus.truncated=keep)
+    confidence: float | None  # the chosen answer's mean token log-probability, as uploaded
 
 
 @dataclass
@@ -33,6 +45,9 @@ class RoundResult:
     accepted: list[str]
     rejected: dict[str, str] = field(default_factory=dict)  # client -> reason
     unlabelled: list[str] = field(default_factory=list)  # prompt ids without a pseudo-label
+    cut_share: dict[str, float] = field(default_factory=dict)  # client -> share of its answers cut at the cap
+    degenerate_share: dict[str, float] = field(default_factory=dict)  # client -> share of degenerate answers
+    answer_quality: dict | None = None  # see ``answer_quality``
     seconds_embed: float = 0.0
     seconds_consensus: float = 0.0
 
@@ -42,12 +57,26 @@ class RoundResult:
         return float(np.mean(scores)) if scores else float("nan")
 
 
+def is_degenerate(text: str, min_words: int = 12, coverage: float = 0.5, max_n: int = 8) -> bool:
+    """One repeated n-gram (n <= ``max_n`` words or punctuation marks) covers at least ``coverage`` of the
+    text, as in "I'm sorry, I'm sorry, I'm sorry...": a loop, not an answer."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    if len(words) < min_words:
+        return False
+    for n in range(1, max_n + 1):
+        grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        gram, times = grams.most_common(1)[0]
+        if times >= 3 and times * n >= coverage * len(words) and len(set(gram)) == n:
+            return True
+    return False
+
+
 class Server:
     """Holds the embedder and the consensus rule; keeps no model of its own."""
 
-    def __init__(self, cfg: ConsensusConfig, clients: list[str], embedder: Embedder | None = None):
-        self.cfg = cfg
-        self.clients = clients  # client id = position; ties go to the lowest id
+    def __init__(self, cfg: ConsensusConfig, clients: list[str], embedder: Embedder | None = None, seed: int = 0):
+        self.cfg, self.seed = cfg, seed
+        self.clients = clients  # client id = position; identical texts go to the lowest id
         self.embedder = embedder or Embedder(cfg.embedder, batch_size=cfg.embed_batch_size)
 
     def accept(self, round: int, prompts: list[Prompt], messages: dict[str, Message]) -> tuple[dict[str, Upload], dict[str, str]]:
@@ -63,25 +92,35 @@ class Server:
         return accept_uploads(round, self.clients, messages, valid)
 
     def aggregate(self, round: int, prompts: list[Prompt], messages: dict[str, Message]) -> RoundResult:
-        """One consensus step: validate, embed all answers in one batch, medoid for all prompts at once."""
+        """One consensus step: validate, embed all answers in one batch, medoid over the candidates of all
+        prompts at once."""
         uploads, rejected = self.accept(round, prompts, messages)
         names = list(uploads)  # in client-id order
+        shape = (len(prompts), len(names))
         texts = [[uploads[n].answers[p.id] for n in names] for p in prompts]
-        valid = np.array([[not is_blank(t) for t in row] for row in texts], dtype=bool).reshape(len(prompts), len(names))
+        finished = np.array([[uploads[n].finished[p.id] for n in names] for p in prompts], dtype=bool).reshape(shape)
+        degenerate = np.array([[is_degenerate(t) for t in row] for row in texts], dtype=bool).reshape(shape)
+        blank = np.array([[is_blank(t) for t in row] for row in texts], dtype=bool).reshape(shape)
+        confidence = np.array([[uploads[n].confidence.get(p.id, np.nan) for n in names] for p in prompts],
+                              dtype=float).reshape(shape)
+        candidate = ~blank
+        if self.cfg.truncated == "drop":
+            candidate &= finished
+        if self.cfg.degenerate == "drop":
+            candidate &= ~degenerate
 
         start = time.perf_counter()
-        unique = sorted({t for row, ok in zip(texts, valid) for t, v in zip(row, ok) if v})
+        unique = sorted({t for row, ok in zip(texts, ~blank) for t, v in zip(row, ok) if v})
         vectors = self.embedder(unique)
         index = {t: i for i, t in enumerate(unique)}
-        emb = np.zeros((len(prompts), len(names), self.embedder.dim), dtype=np.float32)
-        for pi, row in enumerate(texts):
-            for ci, t in enumerate(row):
-                if valid[pi, ci]:
-                    emb[pi, ci] = vectors[index[t]]
+        text_ids = np.array([[index.get(t, -1) for t in row] for row in texts], dtype=int).reshape(shape)
+        emb = np.zeros((*shape, self.embedder.dim), dtype=np.float32)
+        emb[candidate] = vectors[text_ids[candidate]]
         seconds_embed = time.perf_counter() - start
 
         start = time.perf_counter()
-        result = semantic_medoid(emb, valid, threshold=self.cfg.threshold)
+        result = semantic_medoid(emb, candidate, threshold=self.cfg.threshold, text_ids=text_ids,
+                                 confidence=confidence, tie_seed=(self.seed % 2**32, round))
         seconds_consensus = time.perf_counter() - start
 
         labels, unlabelled = [], []
@@ -90,10 +129,40 @@ class Server:
             if c < 0:
                 unlabelled.append(p.id)
                 continue
-            labels.append(PseudoLabel(p.id, p.instruction, names[c], texts[pi][c],
-                                      round_float(result.agreement[pi]), int(result.valid_count[pi])))
-        download = Download(round=round, labels={lab.prompt_id: lab.text for lab in labels})
-        return RoundResult(download, labels, names, rejected, unlabelled, seconds_embed, seconds_consensus)
+            conf = confidence[pi, c]
+            labels.append(PseudoLabel(p.id, p.instruction, names[c], texts[pi][c], round_float(result.agreement[pi]),
+                                      int(result.valid_count[pi]), bool(finished[pi, c]),
+                                      round_float(conf) if np.isfinite(conf) else None))
+        download = Download(round=round, labels={lab.prompt_id: lab.text for lab in labels},
+                            finished={lab.prompt_id: lab.finished for lab in labels})
+        quality = answer_quality(prompts, names, texts, result.choice, vectors, text_ids, self.embedder)
+        return RoundResult(download, labels, names, rejected, unlabelled,
+                           cut_share={n: round_float(1 - finished[:, i].mean()) for i, n in enumerate(names)},
+                           degenerate_share={n: round_float(degenerate[:, i].mean()) for i, n in enumerate(names)},
+                           answer_quality=quality, seconds_embed=seconds_embed, seconds_consensus=seconds_consensus)
+
+
+def answer_quality(prompts: list[Prompt], names: list[str], texts: list[list[str]], choice: np.ndarray,
+                   vectors: np.ndarray, text_ids: np.ndarray, embedder: Embedder) -> dict | None:
+    """ROUGE-L and embedding cosine to the held-back references, on the labelled prompts that have one: of the
+    chosen pseudo-labels, of each client's own answers and of a uniformly random client's answer (its
+    expectation: the mean over clients). The direct check that consensus picks better answers than a client."""
+    rows = [k for k, p in enumerate(prompts) if p.reference is not None and choice[k] >= 0]
+    if not rows or not names:
+        return None
+    refs = embedder([prompts[k].reference for k in rows])
+    rouge = np.array([[rouge_l(texts[k][i], prompts[k].reference) for i in range(len(names))] for k in rows])
+    cos = np.array([[float(vectors[text_ids[k, i]] @ refs[r]) if text_ids[k, i] >= 0 else 0.0
+                     for i in range(len(names))] for r, k in enumerate(rows)])
+    chosen = np.array([choice[k] for k in rows])
+    at = np.arange(len(rows))
+
+    def scores(r: np.ndarray, c: np.ndarray) -> dict[str, float]:
+        return {"rouge_l": round_float(r.mean(), 4), "cosine": round_float(c.mean(), 4)}
+
+    return {"prompts": len(rows), "consensus": scores(rouge[at, chosen], cos[at, chosen]),
+            "random": scores(rouge.mean(1), cos.mean(1)),
+            "clients": {n: scores(rouge[:, i], cos[:, i]) for i, n in enumerate(names)}}
 
 
 def round_float(x: float, digits: int = 6) -> float:

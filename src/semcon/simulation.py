@@ -81,11 +81,12 @@ class LocalGroup:
         return self.names
 
     def evaluate(self, base: bool) -> dict[str, dict]:
-        """Metrics per client per domain; the base model is evaluated once per shared backbone."""
+        """Metrics per client per domain. One model is evaluated once: the base model once per shared
+        backbone, and clients whose adapters are equal (FedAvg's after its final averaging) once."""
         out, seen = {}, {}
         for c in self.clients:
-            key = id(c.backbone)
-            if not (base and key in seen):
+            key = (id(c.backbone), None if base else c.adapter_digest())
+            if key not in seen:
                 seen[key] = c.evaluate(self.fed.eval_sets, base=base, embed=self.fed.embedder)
             out[c.name] = seen[key]
         return out
@@ -123,7 +124,7 @@ def client_phase(client: Client, algo: Algorithm, cfg: RunConfig, t: int, downlo
         algo.receive(client, decode(download, algo.limits))
     report = asdict(algo.train(client, t, on_step=on_step)) if t <= cfg.rounds else {}
     if cfg.eval.every_round:
-        report["nll"] = client.nll(eval_sets)
+        report["reference"] = client.reference(eval_sets)
     return report
 
 

@@ -35,16 +35,21 @@ class TrainStats:
     loss_first: float
     loss_last: float
     seconds: float
+    dropped_too_long: int = 0  # examples left out for being longer than train.max_length
 
 
-def tokenize(fmt: ChatFormat, pairs: list[tuple[str, str, float]], max_length: int) -> list[TokenizedExample]:
-    """(instruction, response, weight) triples to token ids with prompt-masked labels."""
-    out = []
+def tokenize(fmt: ChatFormat, pairs: list[tuple[str, str, float]], max_length: int | None, *,
+             truncate: str = "drop", end: bool = True) -> tuple[list[TokenizedExample], int]:
+    """(instruction, response, weight) triples to token ids with prompt-masked labels, and how many were
+    dropped for being longer than ``max_length`` (see ``ChatFormat.example_ids``; None: no limit)."""
+    out, dropped = [], 0
     for instruction, response, weight in pairs:
-        ids, labels = fmt.example_ids(instruction, response, max_length)
-        if any(lab != IGNORE for lab in labels[1:]):
-            out.append(TokenizedExample(ids, labels, weight))
-    return out
+        tokenized = fmt.example_ids(instruction, response, max_length, end=end, truncate=truncate)
+        if tokenized is None:
+            dropped += 1
+        elif any(lab != IGNORE for lab in tokenized[1][1:]):
+            out.append(TokenizedExample(*tokenized, weight))
+    return out, dropped
 
 
 def length_grouped_batches(examples: list[TokenizedExample], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -149,14 +154,15 @@ def train_lora(model: torch.nn.Module, fmt: ChatFormat, examples: list[Tokenized
         if not batches:
             batches = length_grouped_batches(examples, batch_size, rng)
         rows = [examples[i] for i in batches.pop()]
-        # Token-mean over the whole batch, accumulated over micro-batches that bound activation memory.
-        denom = sum(e.weight * sum(lab != IGNORE for lab in e.labels[1:]) for e in rows)
+        # Σ w·nll / Σ tokens over the whole batch (λ scales the gradient of pseudo-labelled rows), accumulated
+        # over micro-batches that bound activation memory.
+        denom = sum(sum(lab != IGNORE for lab in e.labels[1:]) for e in rows)
         total = 0.0
         for micro in micro_batches(rows, micro_batch_tokens):
             batch = collate(micro, fmt.tok.pad_token_id, device)
             with autocast(device, dtype):
                 nll, where = response_nll(model, batch)
-                loss = (nll * batch["weights"][where]).sum() / max(denom, 1e-8)
+                loss = (nll * batch["weights"][where]).sum() / max(denom, 1)
             loss.backward()
             total += loss.item()
             tokens += int(batch["attention_mask"].sum())
@@ -174,15 +180,25 @@ def train_lora(model: torch.nn.Module, fmt: ChatFormat, examples: list[Tokenized
 
 
 @torch.inference_mode()
+def nll_sums(model: torch.nn.Module, fmt: ChatFormat, examples: list[TokenizedExample], *, batch_size: int,
+             device: torch.device, dtype: torch.dtype) -> tuple[list[float], list[int]]:
+    """Teacher-forced summed NLL (nats) of each example's response tokens, and their count, in input order."""
+    sums, counts = [0.0] * len(examples), [0] * len(examples)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = collate([examples[i] for i in rows], fmt.tok.pad_token_id, device)
+        with autocast(device, dtype):
+            nll, where = response_nll(model, batch)
+        per_row = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, where.cpu(), nll.double().cpu())
+        per_count = torch.bincount(where.cpu(), minlength=len(rows))
+        for k, i in enumerate(rows):
+            sums[i], counts[i] = float(per_row[k]), int(per_count[k])
+    return sums, counts
+
+
 def mean_nll(model: torch.nn.Module, fmt: ChatFormat, examples: list[TokenizedExample], *, batch_size: int,
              device: torch.device, dtype: torch.dtype) -> float:
     """Teacher-forced mean NLL per response token (exp of it is the perplexity)."""
-    total, count = 0.0, 0
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
-    for start in range(0, len(order), batch_size):
-        batch = collate([examples[i] for i in order[start:start + batch_size]], fmt.tok.pad_token_id, device)
-        with autocast(device, dtype):
-            nll, _ = response_nll(model, batch)
-        total += float(nll.sum())
-        count += nll.numel()
-    return total / max(count, 1)
+    sums, counts = nll_sums(model, fmt, examples, batch_size=batch_size, device=device, dtype=dtype)
+    return sum(sums) / max(sum(counts), 1)
