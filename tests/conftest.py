@@ -12,6 +12,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (`make test` runs one worker per core) each worker and its subprocesses get one thread:
+# two 2-thread workers on 2 cores spin against each other and run small matmuls many times slower.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+if THREADS == 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 warnings.filterwarnings("ignore", message=r"Adapter name .* should not be contained in the prefix")
 
 
@@ -52,7 +58,7 @@ def embedder():
 def tiny_tree(model: str, **top) -> dict:
     """A small 2-client federation config (as a dict) on ``model``."""
     tree = {
-        "name": "tiny", "seed": 0, "rounds": 1, "precision": "fp32", "threads": 2,
+        "name": "tiny", "seed": 0, "rounds": 1, "precision": "fp32", "threads": THREADS,
         "clients": [
             {"name": "geo", "model": model, "data": {"source": "wiki", "categories": ["Geography"]}},
             {"name": "math", "model": model, "data": {"source": "gsm8k"}},
@@ -118,7 +124,8 @@ def rows(path) -> list[dict]:
 def flower_tree(tiny_llama_dir):
     """The tiny federation every Flower test runs: 2 clients, 1 round, short timeouts."""
     return tiny_tree(str(tiny_llama_dir), eval={"generate": False, "energy": False, "before": False},
-                     flower={"phase_timeout_s": 30, "connect_timeout_s": 60, "hello_timeout_s": 15})
+                     # generous for a loaded box (`make test` runs two workers): a ClientApp process loads torch
+                     flower={"phase_timeout_s": 45, "connect_timeout_s": 120, "hello_timeout_s": 45})
 
 
 @pytest.fixture(scope="session")

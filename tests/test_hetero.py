@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from conftest import THREADS
 from semcon import simulation
 from semcon.config import ConfigError, load_config
 from semcon.models import Backbone, load_tokenizer
@@ -12,7 +13,7 @@ from semcon.models import Backbone, load_tokenizer
 @pytest.fixture(scope="module")
 def hetero_tree(tiny_llama_dir, tiny_gemma3_dir, tiny_qwen2_dir):
     return {
-        "name": "hetero-tiny", "seed": 0, "rounds": 2, "precision": "fp32", "threads": 2,
+        "name": "hetero-tiny", "seed": 0, "rounds": 2, "precision": "fp32", "threads": THREADS,
         "clients": [
             {"name": "llama", "model": str(tiny_llama_dir), "data": {"source": "wiki", "categories": ["Geography"]}},
             {"name": "gemma", "model": str(tiny_gemma3_dir), "data": {"source": "gsm8k"},

@@ -73,6 +73,7 @@ def test_cut_and_degenerate_answers_are_no_candidates(server, embedder):
     label = next(lab for lab in res.labels if lab.prompt_id == "p0000")
     assert label.answers == 2 and label.client in {"a", "b"} and label.finished  # c was cut, d loops
     assert res.cut_share == {"a": 0.0, "b": 0.0, "c": 0.5, "d": 0.0}
+    assert res.cut_share_by_domain["c"] == {"x": 0.5}
     assert res.degenerate_share == {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.5}
     assert res.download.finished == {"p0000": True, "p0001": True}
     keep = Server(ConsensusConfig(truncated="keep", degenerate="keep"), ["a", "b", "c", "d"], embedder=embedder)

@@ -262,6 +262,7 @@ def round_metrics(run_dir: RunDir, t: int, phases: Phases, ledger: list[dict], r
         row.update(mean_agreement=round(result.mean_agreement, 4) if not np.isnan(result.mean_agreement) else None,
                    pseudo_labels=len(result.labels), unlabelled=len(result.unlabelled),
                    prompts=len(result.labels) + len(result.unlabelled), cut_share=result.cut_share,
+                   cut_share_by_domain=result.cut_share_by_domain,
                    degenerate_share=result.degenerate_share, answer_quality=result.answer_quality)
     run_dir.metric("round", **row)
     return row

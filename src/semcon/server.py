@@ -46,6 +46,7 @@ class RoundResult:
     rejected: dict[str, str] = field(default_factory=dict)  # client -> reason
     unlabelled: list[str] = field(default_factory=list)  # prompt ids without a pseudo-label
     cut_share: dict[str, float] = field(default_factory=dict)  # client -> share of its answers cut at the cap
+    cut_share_by_domain: dict[str, dict[str, float]] = field(default_factory=dict)  # client -> prompt domain -> share
     degenerate_share: dict[str, float] = field(default_factory=dict)  # client -> share of degenerate answers
     answer_quality: dict | None = None  # see ``answer_quality``
     seconds_embed: float = 0.0
@@ -138,8 +139,16 @@ class Server:
         quality = answer_quality(prompts, names, texts, result.choice, vectors, text_ids, self.embedder)
         return RoundResult(download, labels, names, rejected, unlabelled,
                            cut_share={n: round_float(1 - finished[:, i].mean()) for i, n in enumerate(names)},
+                           cut_share_by_domain=share_by_domain(prompts, names, ~finished),
                            degenerate_share={n: round_float(degenerate[:, i].mean()) for i, n in enumerate(names)},
                            answer_quality=quality, seconds_embed=seconds_embed, seconds_consensus=seconds_consensus)
+
+
+def share_by_domain(prompts: list[Prompt], names: list[str], flags: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per client and prompt domain, the share of answers with ``flags`` [prompts, clients] set."""
+    domains = sorted({p.domain for p in prompts})
+    rows = {d: [k for k, p in enumerate(prompts) if p.domain == d] for d in domains}
+    return {n: {d: round_float(flags[rows[d], i].mean()) for d in domains} for i, n in enumerate(names)}
 
 
 def answer_quality(prompts: list[Prompt], names: list[str], texts: list[list[str]], choice: np.ndarray,
