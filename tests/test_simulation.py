@@ -77,3 +77,13 @@ def test_modelled_transfer_time_by_hand():
     # slowest upload: 0.05 s + 8e6 bit / 8e6 bit/s = 1.05 s; download: 0.05 + 8e6 / 8e7 = 0.15 s
     assert federation.modelled_transfer_s(ledger, net) == pytest.approx(1.2)
     assert federation.modelled_transfer_s([], net) == 0.0
+
+
+def test_an_answer_longer_than_the_server_takes_is_cut_and_flagged_not_rejected(tiny_llama_dir):
+    cfg = load_config(tree=tiny_tree(str(tiny_llama_dir), consensus={"max_answer_chars": 5}))
+    fed = simulation.setup(cfg)
+    up = fed.clients[0].answer(1, fed.prompts)
+    assert all(len(t) <= 5 for t in up.answers.values())
+    long = [pid for pid, t in up.answers.items() if len(t) == 5]
+    assert long and not any(up.finished[pid] for pid in long)  # cut, so flagged: never a default candidate
+    assert fed.algorithm.server.accept(1, fed.prompts, {fed.clients[0].name: up})[1] == {}  # accepted

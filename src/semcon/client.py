@@ -85,14 +85,15 @@ class Client:
         return replace(stats, dropped_too_long=dropped)
 
     def answer(self, round: int, prompts: list[Prompt], on_batch=None) -> Upload:
-        """Greedy answers to every public prompt, as text."""
-        g = self.cfg.generate
+        """Greedy answers to every public prompt, as text. An answer longer than the server accepts
+        (``consensus.max_answer_chars``) is cut to it and flagged as cut, so the upload stays valid."""
+        g, limit = self.cfg.generate, self.cfg.consensus.max_answer_chars
         with self.backbone.active(self.name) as model:
             outs = generate(model, self.fmt, [p.instruction for p in prompts], max_new_tokens=self.max_new_tokens,
                             batch_size=g.batch_size, device=self.backbone.device, dtype=self.backbone.dtype,
                             on_batch=on_batch)
-        return Upload(round=round, client=self.name, answers={p.id: o.text for p, o in zip(prompts, outs)},
-                      finished={p.id: o.finished for p, o in zip(prompts, outs)},
+        return Upload(round=round, client=self.name, answers={p.id: o.text[:limit] for p, o in zip(prompts, outs)},
+                      finished={p.id: o.finished and len(o.text) <= limit for p, o in zip(prompts, outs)},
                       confidence={p.id: round_to(o.confidence) for p, o in zip(prompts, outs)})
 
     def adapter_update(self, round: int) -> AdapterUpdate:
