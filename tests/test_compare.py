@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+import typer
 from matplotlib.ticker import MaxNLocator
 from typer.testing import CliRunner
 
@@ -232,3 +233,34 @@ def test_overwrite_removes_an_earlier_compare_but_nothing_else(tmp_path):
     (foreign / "local" / "seed-0").mkdir(parents=True)
     with pytest.raises(RunDirError, match="holds no semcon run"):
         claim(foreign, overwrite=True)
+
+
+def test_resume_keeps_finished_runs_and_continues_the_interrupted_one(monkeypatch, tmp_path):
+    """A compare killed in its third run: --resume reads the two finished summaries and resumes only the third."""
+    started = []
+
+    def fake_run(cfg, out, resume=False, overwrite=False):
+        started.append((cfg.method, cfg.seed, resume))
+        if not resume:
+            RunDir.create(out, cfg)
+        if (cfg.method, cfg.seed, resume) == ("local", 4, False):
+            raise typer.Exit(1)  # the interrupted run
+        summary = local_run(cfg.seed - 3)
+        RunDir(out).summary(summary)
+        return summary
+
+    monkeypatch.setattr(cli, "_run_one", fake_run)
+    monkeypatch.setattr(cli, "_quiet_libraries", lambda: None)
+    monkeypatch.setattr(cli, "_setup_logging", lambda verbose: None)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_tree("smollm2-135m", seed=3, seeds={"local": 2})))
+    args = ["compare", str(config), "--methods", "semantic_consensus,local", "--out", str(tmp_path / "cmp")]
+    assert CliRunner().invoke(cli.app, args).exit_code == 1
+    assert not (tmp_path / "cmp" / "report.md").exists()
+    started.clear()
+    result = CliRunner().invoke(cli.app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert started == [("local", 4, True)]
+    assert (tmp_path / "cmp" / "report.md").is_file()
+    result = CliRunner().invoke(cli.app, [*args, "--resume", "--seeds", "1"])
+    assert result.exit_code == 2 and "give the same --methods and --seeds" in result.output

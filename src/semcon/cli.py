@@ -175,6 +175,8 @@ def compare(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, as for `semcon run`")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="directory for DIR/<method>/seed-<S>/ and report.md")] = None,
     overwrite: Overwrite = False,
+    resume_: Annotated[bool, typer.Option("--resume", help="continue an interrupted compare in --out: finished "
+                                          "runs are kept, an interrupted one resumes, missing ones run")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run several methods on one setting (same data, models, rounds, budget), each over its seeds, and
@@ -198,17 +200,38 @@ def compare(
     if not runnable:
         fail("; ".join(f"{m}: {why}" for m, why in skipped.items()))
     _quiet_libraries()
-    out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    _claim(out, overwrite)
-    write_manifest(out, seed_lists, skipped)
+    if resume_:
+        if out is None:
+            fail("--resume needs the --out of the compare to continue")
+        _check_same_plan(out, seed_lists)
+    else:
+        out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+        _claim(out, overwrite)
+        write_manifest(out, seed_lists, skipped)
     runs: dict[str, dict[int, dict]] = {}
     for m in runnable:
         for seed in seed_lists[m]:
             console.rule(f"[bold]{m}[/] seed {seed}")
-            runs.setdefault(m, {})[seed] = _run_one(cfgs[m].model_copy(update={"seed": seed}), run_dir(out, m, seed))
+            where = run_dir(out, m, seed)
+            if resume_ and (where / "summary.json").is_file():
+                runs.setdefault(m, {})[seed] = json.loads((where / "summary.json").read_text(encoding="utf-8"))
+                continue
+            resuming = resume_ and (where / "run_id").is_file()
+            runs.setdefault(m, {})[seed] = _run_one(cfgs[m].model_copy(update={"seed": seed}), where, resume=resuming)
     report = write_report(out, runs, {m: cfgs[m] for m in runnable}, skipped)
     console.print(Markdown(report.read_text(encoding="utf-8").split("## Plots")[0]))
     console.print(f"report: [bold]{report}[/]")
+
+
+def _check_same_plan(out: Path, seeds: dict[str, list[int]]) -> None:
+    """--resume continues only the compare it was given: the same methods and seeds, else one line and exit 2."""
+    try:
+        earlier = json.loads((out / "compare.json").read_text(encoding="utf-8"))["seeds"]
+    except (OSError, ValueError, KeyError) as e:
+        fail(f"{out}: no compare to resume ({e.__class__.__name__}: {e})")
+    if earlier != seeds:
+        fail(f"{out}: it ran methods and seeds {earlier}, this command asks for {seeds}; give the same --methods "
+             "and --seeds")
 
 
 @app.command()
