@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from semcon.rundir import read_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -114,10 +116,8 @@ def tiny_qwen2_dir(tmp_path_factory):
 
 
 def rows(path) -> list[dict]:
-    """The JSON rows of a run directory's JSONL file."""
-    import json
-
-    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    """The JSON rows of a run directory's file (metrics, ledger, pseudo-labels), read as semcon reads them."""
+    return read_rows(Path(path))
 
 
 @pytest.fixture(scope="session")
@@ -139,12 +139,19 @@ def flower_reference(flower_tree, tmp_path_factory):
     return out
 
 
-def same_results(flower_dir, reference) -> None:
-    """Same pseudo-labels and ledger (the order of concurrent replies aside)."""
+def same_results(flower_dir, reference, same_config: bool = True) -> None:
+    """Same pseudo-labels and ledger (the order of concurrent replies aside; the config rows' sizes too,
+    unless ``same_config``)."""
     labels = "pseudo_labels/round_01.jsonl"
     assert (flower_dir / labels).read_text() == (reference / labels).read_text()
-    key = lambda r: (r["round"], r["client"], r["direction"])  # noqa: E731
-    assert sorted(rows(flower_dir / "ledger.jsonl"), key=key) == sorted(rows(reference / "ledger.jsonl"), key=key)
+
+    def ledger(path):
+        where = ("round", "client", "direction", "kind")
+        found = [r if same_config or r["kind"] != "config" else {k: r[k] for k in where}
+                 for r in rows(path / "ledger.jsonl")]
+        return sorted(found, key=lambda r: tuple(r[k] for k in where))
+
+    assert ledger(flower_dir) == ledger(reference)
 
 
 def flower_processes(home) -> list:

@@ -1,20 +1,17 @@
 """Every method through the same checks (conformance), plus what is specific to each."""
 
-import json
 
 import pytest
 import torch
+from conftest import rows, tiny_tree
 from safetensors.torch import save as save_tensors
 
-from conftest import tiny_tree
 from semcon import simulation
-from semcon.algorithms import FedAvg, average_states
-from semcon.config import ConfigError, METHODS, load_config
+from semcon.algorithms import FedAvg, average_states, make_algorithm, method_problem
+from semcon.assembly import assemble
+from semcon.config import METHODS, ConfigError, load_config
 from semcon.protocol import AdapterUpdate
-
-
-def rows(path):
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+from semcon.rundir import RunDir, RunState
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +43,17 @@ def test_conformance(runs, method):
     assert summary["energy_method"]
 
 
+@pytest.mark.parametrize("method, last", [("semantic_consensus", 0), ("local", 0), ("fedavg", 1)])
+def test_the_schedule_ends_each_method_and_only_rounds_that_change_adapters_are_checkpointed(runs, method, last):
+    """Parameter averaging adds one round that delivers the final average; the others end with their last
+    training round, and no method saves an adapter after a round that changed nothing."""
+    cfg, path, summary = runs[method]
+    assert [r["round"] for r in summary["per_round"]] == list(range(cfg.rounds + 1 + last))
+    assert RunState.load(RunDir(path)).next_round == cfg.rounds + 1 + last
+    saved = {int(f.stem.split("_")[1]) for f in (path / "checkpoints" / "clients").glob("*/round_*.safetensors")}
+    assert max(saved) == cfg.rounds + last
+
+
 def test_budgets_match(runs):
     steps = {m: sum(len(r["train_tokens"]) for r in s["per_round"]) for m, (_, _, s) in runs.items()}
     assert steps["centralized"] == 1 * (runs["centralized"][0].rounds + 1)  # one model
@@ -62,7 +70,7 @@ def test_centralized_sees_all_private_data(runs, tiny_llama_dir):
 
     cfg, _, summary = runs["centralized"]
     assert summary["clients"] == ["centralized"]
-    fed = simulation.setup(cfg)
+    fed = assemble(cfg)
     pooled = {e.id for c in cfg.clients for e in build_splits(cfg).private[c.name]}
     assert {e.id for e in fed.clients[0].private} == pooled
     assert fed.clients[0].steps == cfg.train.steps * len(cfg.clients)
@@ -71,7 +79,7 @@ def test_centralized_sees_all_private_data(runs, tiny_llama_dir):
 def test_fedavg_traffic_is_adapters_and_ends_with_an_average(runs):
     _, path, summary = runs["fedavg"]
     ledger = rows(path / "ledger.jsonl")
-    assert {r["kind"] for r in ledger} == {"adapter"}
+    assert {r["kind"] for r in ledger} == {"adapter", "config"}  # no public prompts: it answers none
     assert max(r["round"] for r in ledger) == runs["fedavg"][0].rounds + 1  # the final averaging
     from safetensors.torch import load_file
 
@@ -132,9 +140,11 @@ def test_fedavg_rejects_bad_adapter_uploads():
 
 @pytest.mark.parametrize("method", ["fedavg", "fedprox"])
 def test_averaging_refuses_different_models(method, tiny_llama_dir):
+    """The config is valid as it is; the method refuses it when it is built."""
     tree = tiny_tree(str(tiny_llama_dir), method=method)
     tree["clients"][1]["model"] = "gemma3-270m"
+    cfg = load_config(tree=tree)
     with pytest.raises(ConfigError) as e:
-        load_config(tree=tree)
-    assert f"{method} averages adapter weights" in str(e.value)
+        make_algorithm(cfg, [])
+    assert f"{method} averages adapter weights" in str(e.value) and method_problem(cfg) == str(e.value)
     assert "geo=" in str(e.value) and "math=gemma3-270m" in str(e.value)

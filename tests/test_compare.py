@@ -8,17 +8,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import typer
+import yaml
+from conftest import tiny_tree
 from matplotlib.ticker import MaxNLocator
 from typer.testing import CliRunner
 
 from semcon import cli
-
-from conftest import tiny_tree
-from semcon.compare import (bytes_figure, client_spread, label_quality_figure, over_seeds, own_other,
-                            paired_differences, per_round_mean, quality_figure, round_bpb, seed_plan, seed_scores,
-                            write_report)
+from semcon.compare import (
+    bytes_figure,
+    client_spread,
+    label_quality_figure,
+    over_seeds,
+    own_other,
+    paired_differences,
+    per_round_mean,
+    quality_figure,
+    round_bpb,
+    seed_plan,
+    seed_scores,
+    write_report,
+)
 from semcon.config import RunConfig
 from semcon.rundir import RunDir, RunDirError, claim
 

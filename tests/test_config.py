@@ -60,3 +60,11 @@ def test_resolved_config_round_trips(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(cfg.dump())
     assert load_config(path) == cfg
+
+
+def test_overrides_leave_the_callers_tree_as_it_was():
+    tree = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
+    before = yaml.safe_dump(tree)
+    cfg = load_config(tree=tree, overrides=["train.steps=1", "clients.0.data.source=gsm8k", "data.eval_per_domain=2"])
+    assert cfg.train.steps == 1 and cfg.clients[0].data.source == "gsm8k"
+    assert yaml.safe_dump(tree) == before  # nested sections untouched

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,15 +30,15 @@ def test_two_clients_one_round_on_embedded_models(tmp_path):
     for name in ("config.yaml", "metrics.jsonl", "ledger.jsonl", "summary.json", "pseudo_labels/round_01.jsonl",
                  "adapters/geo/adapter_model.safetensors", "adapters/math/adapter_config.json"):
         assert (out / name).is_file(), name
-    labels = [json.loads(x) for x in (out / "pseudo_labels/round_01.jsonl").read_text().splitlines()]
+    labels = rows(out / "pseudo_labels/round_01.jsonl")
     assert 1 <= len(labels) <= 4
     assert all(row["client"] in ("geo", "math") and row["text"].strip() for row in labels)
     assert all(-1.0 <= row["agreement"] <= 1.0 for row in labels)
     assert all(isinstance(row["finished"], bool) and row["confidence"] <= 0 for row in labels)
-    round_1 = next(r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r.get("round") == 1)
+    round_1 = next(r for r in rows(out / "metrics.jsonl") if r.get("round") == 1)
     assert set(round_1["cut_share"]) == {"geo", "math"} and all(0 <= v <= 1 for v in round_1["cut_share"].values())
     assert round_1["answer_quality"]["prompts"] == len(labels)  # every public prompt here has a held-back reference
-    ledger = [json.loads(x) for x in (out / "ledger.jsonl").read_text().splitlines()]
+    ledger = rows(out / "ledger.jsonl")
     assert sorted((r["client"], r["direction"]) for r in ledger) == [
         ("geo", "down"), ("geo", "up"), ("math", "down"), ("math", "up")]
     summary = json.loads((out / "summary.json").read_text())

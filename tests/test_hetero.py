@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from conftest import THREADS, rows
 
-from conftest import THREADS
 from semcon import simulation
-from semcon.config import ConfigError, load_config
+from semcon.config import load_config
 from semcon.models import Backbone, load_tokenizer
 
 
@@ -30,9 +30,6 @@ def hetero_tree(tiny_llama_dir, tiny_gemma3_dir, tiny_qwen2_dir):
     }
 
 
-def rows(path):
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
 
 def test_three_families_federate_on_text(hetero_tree, tmp_path):
     summary = simulation.run(load_config(tree=hetero_tree), tmp_path)
@@ -50,7 +47,7 @@ def test_three_families_federate_on_text(hetero_tree, tmp_path):
         vocab[client["name"]] = len(tok)
     assert len(set(vocab.values())) == 3  # three different tokenizers
     ledger = rows(tmp_path / "ledger.jsonl")
-    assert {r["kind"] for r in ledger} == {"upload", "download"}
+    assert {r["kind"] for r in ledger} == {"config", "public", "upload", "download"}
     per_round = summary["per_round"]
     assert all("train" in r["phase_peak_rss_gb"] for r in per_round)
     # per-client settings took effect: gemma's adapter is rank 4 on q,v only
@@ -79,6 +76,15 @@ def test_gemma_base_model_gets_plain_prompts_with_bos(tiny_gemma3_dir):
 
 
 @pytest.mark.parametrize("method", ["fedavg", "fedprox"])
-def test_parameter_averaging_refuses_the_federation(hetero_tree, method):
-    with pytest.raises(ConfigError, match=f"{method} averages adapter weights"):
-        load_config(tree={**hetero_tree, "method": method})
+def test_parameter_averaging_refuses_the_federation(hetero_tree, method, tmp_path):
+    """``semcon run`` refuses it in one line before any work (the config itself is valid)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from semcon import cli
+
+    config = tmp_path / "hetero.yaml"
+    config.write_text(yaml.safe_dump({**hetero_tree, "method": method}))
+    result = CliRunner().invoke(cli.app, ["run", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and f"{method} averages adapter weights" in result.output
+    assert not (tmp_path / "run").exists()

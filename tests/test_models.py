@@ -77,3 +77,13 @@ def test_join_parts_checks_sha256(tmp_path):
     with pytest.raises(ValueError, match="checksum mismatch"):
         join_parts(parts, tmp_path / "other.gguf", "0" * 64)
     assert not (tmp_path / "other.gguf").exists()
+
+
+def test_a_client_named_like_a_module_keeps_the_base_weights_in_their_dtype(tiny_llama_dir):
+    """Adapter weights are found by module structure: a client called ``model`` (a segment of every base
+    weight's name) gets fp32 adapters while the bf16 base stays bf16."""
+    backbone = Backbone(str(tiny_llama_dir), torch.bfloat16, torch.device("cpu"))
+    backbone.add_adapter("model", LoraConfig(r=2), seed=0)
+    dtypes = {n: p.dtype for n, p in backbone.model.named_parameters()}
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}

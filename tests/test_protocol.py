@@ -1,7 +1,17 @@
 import pytest
 
-from semcon.protocol import (AdapterUpdate, Download, ProtocolError, Upload, adapter_limits, decode, encode,
-                             raw_bytes, text_limits, validate_upload)
+from semcon.protocol import (
+    AdapterUpdate,
+    Download,
+    ProtocolError,
+    Upload,
+    adapter_limits,
+    decode,
+    encode,
+    raw_bytes,
+    text_limits,
+    validate_upload,
+)
 
 IDS = {"p0000", "p0001"}
 LIMITS = text_limits(len(IDS), 500)

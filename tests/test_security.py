@@ -16,9 +16,9 @@ import msgpack
 import pytest
 import yaml
 import zstandard
+from conftest import rows, tiny_tree
 
-from conftest import tiny_tree
-from semcon.protocol import ProtocolError, Upload, decode, encode, text_limits
+from semcon.protocol import SETUP_LIMITS, ProtocolError, Upload, decode, encode, text_limits
 from semcon.rundir import RunDir
 
 LIMITS = text_limits(32, 4000)  # a round of 32 prompts at the default answer cap: about 0.5 MB decompressed
@@ -102,6 +102,7 @@ class FakeGrid:
     def __init__(self, nodes: dict[int, object]):
         self.nodes = nodes  # node id -> handler
         self.replies: dict[str, object] = {}
+        self.sent: list[tuple[str, set[str]]] = []  # (message type, fields of its semcon record)
 
     def get_node_ids(self):
         return list(self.nodes)
@@ -111,6 +112,7 @@ class FakeGrid:
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = msg.object_id  # what Flower's grid does on push
             ids.append(msg.metadata.message_id)
+            self.sent.append((msg.metadata.message_type, set(msg.content["semcon"])))
             reply = self.nodes[msg.metadata.dst_node_id](msg)
             if reply is not None:
                 self.replies[msg.metadata.message_id] = reply
@@ -131,11 +133,15 @@ def honest(name: str, **overrides):
     """A node that behaves, except for the replies in ``overrides`` (message type -> semcon record or Error)."""
     from flwr.app import ConfigRecord, Error, Message, RecordDict
 
+    held = {}  # the public prompts of the setup this node was sent
+
     def handle(msg):
         rec = msg.content["semcon"]
         t = int(rec["round"])
-        answers = {pid: f"{name} says {text}" for pid, text in zip(rec["prompt-ids"], rec["prompts"])}
-        default = {"query.hello": {"client": name},
+        if msg.metadata.message_type == "query.setup":
+            held.update(decode(bytes(rec["public"]), SETUP_LIMITS).prompts)
+        answers = {pid: f"{name} says {text}" for pid, text in held.items()}
+        default = {"query.hello": {"client": name, "has-setup": bool(held)}, "query.setup": {"client": name},
                    "query.upload": {"client": name, "payload": encode(Upload(t, name, answers, dict.fromkeys(answers, True)))},
                    "train": {"client": name, "report": json.dumps({"steps": 1, "tokens": 9, "loss_first": 2.0,
                                                                   "loss_last": 1.0, "seconds": 0.1,
@@ -150,15 +156,19 @@ def honest(name: str, **overrides):
 
 
 def flower_group(tmp_path, grid, **flower):
+    """A server-side group over ``grid`` with the run's setup ready to send to each node after its hello."""
     from semcon.config import load_config
     from semcon.data import Prompt
+    from semcon.federation import setup_messages
     from semcon.flower.server_app import FlowerGroup
 
     tree = tiny_tree("smollm2-135m", min_clients=1, flower={"phase_timeout_s": 0.5, "hello_timeout_s": 0.5})
     tree["clients"].append({"name": "chat", "data": {"source": "chatterbot"}})
     cfg = load_config(tree=tree)
     prompts = [Prompt("p0000", "What is the capital of France?", "x"), Prompt("p0001", "Name a fruit.", "x")]
-    return FlowerGroup(grid, cfg, "abc123", "{}", prompts, **flower), cfg, prompts
+    group = FlowerGroup(grid, cfg, "abc123", cfg.rounds, **flower)
+    group.payloads = {m.kind: encode(m) for m in setup_messages(cfg, prompts)}
+    return group, cfg, prompts
 
 
 MALFORMED = {  # message type -> (reply, what the failure says)
@@ -205,6 +215,21 @@ def test_errors_and_silence_are_failures_and_a_round_goes_on(tmp_path, flower_id
     assert one["accepted"] == ["geo", "math"] and "no reply" in one["failed"]["chat"]
     assert "node error 5: gone" in one["failed"]["math"] and one["completed"] == ["geo", "chat"]
     assert group.saved == {"geo": 1, "chat": 1}  # math never completed a train phase
+    setup = [(r["client"], r["kind"]) for r in rows(run_dir.path / "ledger.jsonl") if r["round"] == 0]
+    assert sorted(setup) == sorted((c, k) for c in ("geo", "math", "chat") for k in ("config", "public"))
+    assert [kind for kind, fields in group.grid.sent if fields & {"config", "public"}] == ["query.setup"] * 3
+    assert [kind for kind, _ in group.grid.sent].count("query.setup") == 3  # once per run
+
+
+def test_a_failed_hello_is_reported_with_the_nodes_reason(tmp_path, flower_identity):
+    from flwr.app import Error
+
+    nodes = {11: honest("geo"), 12: honest("math", **{"query.hello": Error(code=3, reason="lacks partition-id")})}
+    group, _, _ = flower_group(tmp_path, FakeGrid(nodes))
+    group.discover()
+    assert "lacks partition-id" in group.refused[12] and group.node_of == {"geo": 11}
+    _, failed = group.upload(1, None)
+    assert "hello failed" in failed["node 12"] and "lacks partition-id" in failed["node 12"]
 
 
 def test_two_nodes_claiming_one_client_never_both_take_part(tmp_path, flower_identity):
@@ -215,7 +240,7 @@ def test_two_nodes_claiming_one_client_never_both_take_part(tmp_path, flower_ide
     assert group.node_of == {"geo": 11, "math": 12}
     _, failed = group.upload(1, None)
     assert "held by node 12" in failed["node 13"] and "not connected" in failed["chat"]
-    assert 14 not in group.node_of.values() and 14 not in group.refused  # its hello did not parse
+    assert 14 not in group.node_of.values() and "hello failed" in group.refused[14]  # its hello did not parse
     group.grid.nodes.pop(12)  # the holder leaves: the other claimant may now rejoin as math
     group.refused.clear()
     group.discover()
@@ -380,6 +405,7 @@ def test_a_closed_deployment_keeps_outsiders_out_and_members_to_their_identities
     import threading
 
     from conftest import flower_processes, rows
+
     from semcon.config import load_config
     from semcon.flower.launch import Processes, free_port, wait_for_port, write_app, write_connection
 

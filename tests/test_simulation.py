@@ -3,16 +3,13 @@
 import json
 
 import pytest
+from conftest import rows, tiny_tree
 
-from conftest import tiny_tree
-from semcon import federation, simulation
-from semcon.config import load_config
+from semcon import simulation
+from semcon.assembly import assemble
 from semcon.client import Client
+from semcon.config import load_config
 from semcon.protocol import Upload
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +22,18 @@ def tiny_run(tiny_llama_dir, tmp_path_factory):
 def test_run_directory_has_every_file(tiny_run):
     cfg, out, summary = tiny_run
     assert load_config(out / "config.yaml") == cfg
-    ledger = read_jsonl(out / "ledger.jsonl")
-    assert {(r["round"], r["client"], r["direction"]) for r in ledger} == {
-        (1, "geo", "up"), (1, "math", "up"), (1, "geo", "down"), (1, "math", "down")}
-    assert all(r["encoded_bytes"] > 0 and r["raw_bytes"] > 0 and r["kind"] in ("upload", "download") for r in ledger)
-    labels = read_jsonl(out / "pseudo_labels" / "round_01.jsonl")
+    ledger = rows(out / "ledger.jsonl")
+    assert sorted((r["round"], r["client"], r["direction"], r["kind"]) for r in ledger) == [
+        (0, "geo", "down", "config"), (0, "geo", "down", "public"), (0, "math", "down", "config"),
+        (0, "math", "down", "public"),  # once per run, not in every message
+        (1, "geo", "down", "download"), (1, "geo", "up", "upload"), (1, "math", "down", "download"),
+        (1, "math", "up", "upload")]
+    assert all(r["encoded_bytes"] > 0 and r["raw_bytes"] > 0 for r in ledger)
+    labels = rows(out / "pseudo_labels" / "round_01.jsonl")
     assert labels and set(labels[0]) >= {"prompt_id", "prompt", "client", "text", "agreement"}
-    metrics = read_jsonl(out / "metrics.jsonl")
+    public = rows(out / "public.jsonl")  # the prompts, written once
+    assert len(public) == cfg.public.num_prompts and {lab["prompt_id"] for lab in labels} <= {p["id"] for p in public}
+    metrics = rows(out / "metrics.jsonl")
     rounds = [m for m in metrics if m["event"] == "round"]
     assert [r["round"] for r in rounds] == [0, 1]
     assert rounds[1]["pseudo_labels"] + rounds[1]["unlabelled"] == cfg.public.num_prompts
@@ -64,26 +66,30 @@ def test_a_client_uploading_garbage_is_rejected_and_the_run_goes_on(tiny_llama_d
     summary = simulation.run(load_config(tree=tree), tmp_path)
     last = summary["per_round"][-1]
     assert "math" in last["rejected"] and last["accepted"] == ["geo"]
-    labels = read_jsonl(tmp_path / "pseudo_labels" / "round_01.jsonl")
+    labels = rows(tmp_path / "pseudo_labels" / "round_01.jsonl")
     assert {row["client"] for row in labels} <= {"geo"}
-
-
-def test_modelled_transfer_time_by_hand():
-    from semcon.config import NetworkConfig
-
-    net = NetworkConfig(uplink_mbps=8, downlink_mbps=80, latency_ms=50)
-    ledger = [{"direction": "up", "encoded_bytes": 1_000_000}, {"direction": "up", "encoded_bytes": 500_000},
-              {"direction": "down", "encoded_bytes": 1_000_000}]
-    # slowest upload: 0.05 s + 8e6 bit / 8e6 bit/s = 1.05 s; download: 0.05 + 8e6 / 8e7 = 0.15 s
-    assert federation.modelled_transfer_s(ledger, net) == pytest.approx(1.2)
-    assert federation.modelled_transfer_s([], net) == 0.0
 
 
 def test_an_answer_longer_than_the_server_takes_is_cut_and_flagged_not_rejected(tiny_llama_dir):
     cfg = load_config(tree=tiny_tree(str(tiny_llama_dir), consensus={"max_answer_chars": 5}))
-    fed = simulation.setup(cfg)
+    fed = assemble(cfg)
     up = fed.clients[0].answer(1, fed.prompts)
     assert all(len(t) <= 5 for t in up.answers.values())
     long = [pid for pid, t in up.answers.items() if len(t) == 5]
     assert long and not any(up.finished[pid] for pid in long)  # cut, so flagged: never a default candidate
-    assert fed.algorithm.server.accept(1, fed.prompts, {fed.clients[0].name: up})[1] == {}  # accepted
+    assert fed.algorithm.accept(1, {fed.clients[0].name: up})[1] == {}  # accepted
+
+
+def test_a_client_that_raises_is_reported_as_failed_and_the_round_goes_on(tiny_llama_dir, tmp_path, monkeypatch):
+    real = Client.train
+
+    def flaky(self, round, prompts, prox_mu=0.0, on_step=None):
+        if self.name == "math" and round == 1:
+            raise RuntimeError("out of memory")
+        return real(self, round, prompts, prox_mu=prox_mu, on_step=on_step)
+
+    monkeypatch.setattr(Client, "train", flaky)
+    tree = tiny_tree(str(tiny_llama_dir), rounds=1, min_clients=1, eval={"generate": False, "energy": False})
+    summary = simulation.run(load_config(tree=tree), tmp_path)
+    one = summary["per_round"][1]
+    assert one["failed"] == {"math": "RuntimeError: out of memory"} and one["completed"] == ["geo"]

@@ -63,13 +63,8 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a federation in this process and write its run directory."""
-    from semcon.config import ConfigError, load_config
-
     _setup_logging(verbose)
-    try:
-        cfg = load_config(config, set_ or [])
-    except ConfigError as e:
-        fail(str(e))
+    cfg = _load_run_config(config, set_)
     _quiet_libraries()
     from semcon.report import print_summary
     from semcon.simulation import default_out
@@ -78,6 +73,20 @@ def run(
     summary = _run_one(cfg, out, overwrite=overwrite)
     print_summary(summary, console)
     console.print(f"run directory: [bold]{out}[/]")
+
+
+def _load_run_config(config: Path, set_: list[str] | None):
+    """The config, checked that its method can run on its clients; else one line and exit code 2."""
+    from semcon.algorithms import method_problem
+    from semcon.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, set_ or [])
+    except ConfigError as e:
+        fail(str(e))
+    if problem := method_problem(cfg):
+        fail(f"{config}: {problem}")
+    return cfg
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -98,8 +107,9 @@ def _claim(out: Path, overwrite: bool) -> None:
 def _run_one(cfg, out: Path, resume: bool = False, overwrite: bool = False) -> dict:
     """One federation with rich progress bars; bad data ends the command with exit code 2, a federation
     that cannot go on (too few clients) with exit code 1 and its state kept for `semcon resume`."""
-    from semcon.algorithms import FederationError
+    from semcon.config import ConfigError
     from semcon.data import DataError
+    from semcon.federation import FederationError
     from semcon.rundir import RunDirError
     from semcon.simulation import resume as resume_federation
     from semcon.simulation import run as run_federation
@@ -108,7 +118,7 @@ def _run_one(cfg, out: Path, resume: bool = False, overwrite: bool = False) -> d
     try:
         with Progress(*columns, console=err, transient=True) as progress:
             return resume_federation(out, progress) if resume else run_federation(cfg, out, progress, overwrite)
-    except (DataError, RunDirError, FileNotFoundError) as e:
+    except (ConfigError, DataError, RunDirError, FileNotFoundError) as e:
         fail(str(e))
     except FederationError as e:
         err.print(f"[bold red]stopped:[/] {e}", highlight=False, soft_wrap=True)
@@ -185,14 +195,9 @@ def compare(
     from semcon.config import ConfigError, load_config
 
     _setup_logging(verbose)
-    pooled = ("fedavg", "fedprox", "centralized")  # need one base model: validated as local, then reported
     try:
         wanted = parse_methods(methods)
-        cfgs = {m: load_config(config, [*(set_ or []), f"method={m}"]) for m in wanted if m not in pooled}
-        for m in pooled:
-            if m in wanted:
-                cfgs[m] = load_config(config, [*(set_ or []), "method=local"]).model_copy(update={"method": m})
-        cfgs = {m: cfgs[m] for m in wanted}
+        cfgs = {m: load_config(config, [*(set_ or []), f"method={m}"]) for m in wanted}
         runnable, skipped = plan(cfgs)
         seed_lists = seed_plan(cfgs[wanted[0]], runnable, seeds)
     except (ConfigError, ValueError) as e:
@@ -282,12 +287,7 @@ def _flower_outcome(summary_fn) -> dict:
 
 
 def _flower_config(config: Path, set_: list[str] | None):
-    from semcon.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(config, set_ or [])
-    except ConfigError as e:
-        fail(str(e))
+    cfg = _load_run_config(config, set_)
     if cfg.method not in ("semantic_consensus", "fedavg", "fedprox", "local"):
         fail(f"method {cfg.method!r} has no Flower deployment (it pools the data in one place)")
     return cfg

@@ -12,7 +12,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_tensors
 
-from semcon.config import RunConfig
+from semcon.config import ClientSettings
 from semcon.data import Example, Prompt
 from semcon.evaluate import evaluate_client, reference_scores
 from semcon.generate import generate
@@ -36,30 +36,25 @@ class Client:
     ``adapter_seed`` makes adapters start identical (parameter averaging needs a common start).
     """
 
-    def __init__(self, cid: int, name: str, backbone: Backbone, private: list[Example], cfg: RunConfig,
-                 adapter_seed: int | None = None, steps: int | None = None):
-        self.cid, self.name, self.backbone, self.cfg = cid, name, backbone, cfg
+    def __init__(self, cid: int, name: str, backbone: Backbone, private: list[Example], settings: ClientSettings,
+                 adapter_seed: int | None = None):
+        self.cid, self.name, self.backbone, self.settings = cid, name, backbone, settings
         self.private = private
-        self.steps = cfg.train.steps if steps is None else steps
-        own = next((c for c in cfg.clients if c.name == name), None)  # None for the centralized model
-        self.lora = own.lora if own and own.lora else cfg.train.lora
-        self.lr = own.lr if own and own.lr else cfg.train.lr
-        self.batch_size = own.batch_size if own and own.batch_size else cfg.train.batch_size
-        self.max_new_tokens = own.max_new_tokens if own and own.max_new_tokens else cfg.generate.max_new_tokens
+        self.steps = settings.steps
         self.fmt = backbone.fmt
         self.pseudo: Download | None = None
         self._private_tok, self.dropped_private = self._tokenize([(e.instruction, e.response, 1.0) for e in private])
         if self.dropped_private:
             log.warning("client %s: dropped %d of %d private examples longer than train.max_length=%d",
-                        name, self.dropped_private, len(private), cfg.train.max_length)
+                        name, self.dropped_private, len(private), settings.train.max_length)
         if name not in backbone.adapters:
-            backbone.add_adapter(name, self.lora, seed=self.seed(0) if adapter_seed is None else adapter_seed)
+            backbone.add_adapter(name, settings.lora, seed=self.seed(0) if adapter_seed is None else adapter_seed)
 
     def seed(self, round: int) -> int:
-        return self.cfg.seed * 1_000_003 + round * 1_009 + self.cid
+        return self.settings.seed * 1_000_003 + round * 1_009 + self.cid
 
     def _tokenize(self, triples: list[tuple[str, str, float]], end: bool = True) -> tuple[list[TokenizedExample], int]:
-        t = self.cfg.train
+        t = self.settings.train
         return tokenize(self.fmt, triples, t.max_length, truncate=t.truncate, end=end)
 
     def train(self, round: int, prompts: list[Prompt], prox_mu: float = 0.0, on_step=None) -> TrainStats:
@@ -68,7 +63,8 @@ class Client:
         import torch
 
         examples, dropped = list(self._private_tok), self.dropped_private
-        lam = self.cfg.train.pseudo_label_weight
+        s = self.settings
+        lam = s.train.pseudo_label_weight
         if self.pseudo is not None and lam > 0:
             by_id = {p.id: p.instruction for p in prompts}
             for end in (True, False):
@@ -77,20 +73,19 @@ class Client:
                 tokenized, lost = self._tokenize(rows, end=end)
                 examples, dropped = examples + tokenized, dropped + lost
         torch.manual_seed(self.seed(round))
-        t = self.cfg.train
         with self.backbone.active(self.name) as model:
-            stats = train_lora(model, self.fmt, examples, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+            stats = train_lora(model, self.fmt, examples, steps=self.steps, batch_size=s.batch_size, lr=s.lr,
                                seed=self.seed(round), device=self.backbone.device, dtype=self.backbone.dtype,
-                               micro_batch_tokens=t.micro_batch_tokens, prox_mu=prox_mu, on_step=on_step)
+                               micro_batch_tokens=s.train.micro_batch_tokens, prox_mu=prox_mu, on_step=on_step)
         return replace(stats, dropped_too_long=dropped)
 
     def answer(self, round: int, prompts: list[Prompt], on_batch=None) -> Upload:
         """Greedy answers to every public prompt, as text. An answer longer than the server accepts
         (``consensus.max_answer_chars``) is cut to it and flagged as cut, so the upload stays valid."""
-        g, limit = self.cfg.generate, self.cfg.consensus.max_answer_chars
+        s, limit = self.settings, self.settings.max_answer_chars
         with self.backbone.active(self.name) as model:
-            outs = generate(model, self.fmt, [p.instruction for p in prompts], max_new_tokens=self.max_new_tokens,
-                            batch_size=g.batch_size, device=self.backbone.device, dtype=self.backbone.dtype,
+            outs = generate(model, self.fmt, [p.instruction for p in prompts], max_new_tokens=s.max_new_tokens,
+                            batch_size=s.gen_batch_size, device=self.backbone.device, dtype=self.backbone.dtype,
                             on_batch=on_batch)
         return Upload(round=round, client=self.name, answers={p.id: o.text[:limit] for p, o in zip(prompts, outs)},
                       finished={p.id: o.finished and len(o.text) <= limit for p, o in zip(prompts, outs)},
@@ -119,14 +114,14 @@ class Client:
         """Held-out reference NLL and bits per byte per domain (teacher forced): cheap, every round."""
         with self.backbone.active(self.name) as model:
             return {d: {k: round(v, 5) for k, v in reference_scores(
-                        model, self.fmt, rows, batch_size=self.cfg.eval.batch_size, device=self.backbone.device,
+                        model, self.fmt, rows, batch_size=self.settings.eval.batch_size, device=self.backbone.device,
                         dtype=self.backbone.dtype).items()} for d, rows in eval_sets.items()}
 
     def evaluate(self, eval_sets: dict[str, list[Example]], base: bool = False, embed=None) -> dict:
         """Every held-out metric per domain (see ``evaluate.py``); ``base``: the model without adapter."""
         with self.backbone.active(None if base else self.name) as model:
-            return evaluate_client(model, self.fmt, eval_sets, self.cfg.eval, embed=embed,
-                                   gen_batch_size=self.cfg.generate.batch_size, device=self.backbone.device,
+            return evaluate_client(model, self.fmt, eval_sets, self.settings.eval, embed=embed,
+                                   gen_batch_size=self.settings.gen_batch_size, device=self.backbone.device,
                                    dtype=self.backbone.dtype)
 
     def save_state(self, directory: Path, round: int, keep: int = 2) -> Path:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from semcon.algorithms import method_problem
 from semcon.comm import ARCHS, arch_from_config, human_bytes, lora_parameters
-from semcon.config import METHODS, RunConfig, method_problem
+from semcon.config import METHODS, RunConfig
 from semcon.stats import paired_bootstrap, t_interval
 
 log = logging.getLogger(__name__)

@@ -5,6 +5,8 @@ A run is fully described by its resolved config: ``semcon run RUN_DIR/config.yam
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -216,22 +218,37 @@ class RunConfig(Strict):
             raise ValueError("no client names a data selection, so there is nothing to partition")
         if self.min_clients is not None and self.min_clients > len(self.clients):
             raise ValueError(f"min_clients={self.min_clients} exceeds the {len(self.clients)} clients")
-        if problem := method_problem(self):
-            raise ValueError(problem)
         return self
 
     def dump(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
+    def client_settings(self, name: str | None = None, steps: int | None = None) -> ClientSettings:
+        """The settings of client ``name``: its own where it sets them, else the run's (None: the pooled model)."""
+        own = next((c for c in self.clients if c.name == name), None)
+        return ClientSettings(
+            seed=self.seed, steps=self.train.steps if steps is None else steps,
+            lora=(own and own.lora) or self.train.lora, lr=(own and own.lr) or self.train.lr,
+            batch_size=(own and own.batch_size) or self.train.batch_size,
+            max_new_tokens=(own and own.max_new_tokens) or self.generate.max_new_tokens,
+            gen_batch_size=self.generate.batch_size, max_answer_chars=self.consensus.max_answer_chars,
+            train=self.train, eval=self.eval)
 
-def method_problem(cfg: RunConfig) -> str | None:
-    """Why this method cannot run on this federation, or None when it can: parameter averaging
-    (fedavg/fedprox) and centralized training (one model on the pooled data) need one base model."""
-    if cfg.method not in ("fedavg", "fedprox", "centralized") or len({c.model for c in cfg.clients}) == 1:
-        return None
-    models = ", ".join(f"{c.name}={c.model}" for c in cfg.clients)
-    why = "averages adapter weights" if cfg.method != "centralized" else "trains one model on the pooled data"
-    return f"{cfg.method} {why} and needs one base model for all clients; got {models}"
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Everything a client needs from the config, resolved once (per-client values over run-wide ones)."""
+
+    seed: int
+    steps: int
+    lora: LoraConfig
+    lr: float
+    batch_size: int
+    max_new_tokens: int
+    gen_batch_size: int
+    max_answer_chars: int  # the server's limit: a longer answer is cut and flagged as cut
+    train: TrainConfig  # max_length, truncate, micro_batch_tokens, pseudo_label_weight
+    eval: EvalConfig
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
@@ -323,7 +340,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping of keys")
-    tree = apply_overrides(dict(tree or {}), overrides or [])
+    tree = apply_overrides(copy.deepcopy(tree or {}), overrides or [])
     try:
         cfg = RunConfig.model_validate(tree)
     except ValidationError as e:

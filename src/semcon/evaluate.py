@@ -18,8 +18,8 @@ import torch
 from semcon.config import EvalConfig
 from semcon.data import DEFAULT_CATEGORY, LETTERS, Example, final_number
 from semcon.generate import generate
-from semcon.models import ChatFormat
-from semcon.train import TokenizedExample, autocast, collate, nll_sums, response_nll, tokenize
+from semcon.models import ChatFormat, autocast, causal_lm
+from semcon.train import TokenizedExample, collate, nll_sums, response_nll, tokenize
 
 MIN_NUMERIC_TOKENS = 256  # worked solutions: the default generation cap of a domain with numeric rows
 MAX_EVAL_TOKENS = 1024  # the default generation cap never exceeds this
@@ -100,7 +100,7 @@ def last_logits(model, fmt: ChatFormat, contexts: list[list[int]], device, dtype
     mask = torch.zeros((len(contexts), width), dtype=torch.long)
     for row, c in enumerate(contexts):
         ids[row, width - len(c):], mask[row, width - len(c):] = torch.tensor(c), 1
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = causal_lm(model)
     ids, mask = ids.to(device), mask.to(device)
     with autocast(device, dtype):
         hidden = lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),

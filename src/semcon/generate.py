@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from semcon.models import ChatFormat
+from semcon.models import ChatFormat, autocast, causal_lm
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple
 def _next_tokens(model: torch.nn.Module, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy next token per row and its log-probability. The vocabulary projection runs on the last
     position only, as a 2-D matmul (a sliced 3-D input makes ``nn.Linear`` copy the head weight per row)."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = causal_lm(model)
     hidden = lm.get_decoder()(**inputs, use_cache=True).last_hidden_state[:, -1].contiguous()
     logits = lm.get_output_embeddings()(hidden).float()
     if softcap := getattr(lm.config, "final_logit_softcapping", None):
@@ -54,7 +54,7 @@ def _prefill(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, devi
     firsts, logps, layers = [], [], []
     for start in range(0, len(prompts), group):
         ids, mask = _left_pad(prompts[start:start + group], pad_id, device)
-        cache = DynamicCache(config=_causal_config(model))
+        cache = DynamicCache(config=causal_lm(model).config)
         first, logp = _next_tokens(model, input_ids=ids, attention_mask=mask,
                                    position_ids=(mask.cumsum(-1) - 1).clamp_min(0), past_key_values=cache)
         firsts.append(first)
@@ -62,15 +62,11 @@ def _prefill(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, devi
         pad = width - ids.shape[1]
         layers.append([(F.pad(layer.keys, (0, 0, pad, 0)), F.pad(layer.values, (0, 0, pad, 0)))
                        for layer in cache.layers])
-    merged = DynamicCache(config=_causal_config(model))
+    merged = DynamicCache(config=causal_lm(model).config)
     for i in range(len(layers[0])):
         merged.update(torch.cat([g[i][0] for g in layers]), torch.cat([g[i][1] for g in layers]), i)
     _, mask = _left_pad(prompts, pad_id, device)
     return torch.cat(firsts), torch.cat(logps), mask, merged
-
-
-def _causal_config(model: torch.nn.Module):
-    return (model.get_base_model() if hasattr(model, "get_base_model") else model).config
 
 
 @torch.inference_mode()
@@ -83,7 +79,7 @@ def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_new_to
     outputs: list[list[int]] = [[] for _ in prompts]
     logprob = [0.0] * len(prompts)
     eos = torch.tensor(sorted(eos_ids), device=device)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with autocast(device, dtype):
         next_ids, logps, mask, cache = _prefill(model, prompts, pad_id, device, prefill_group)
         positions = mask.sum(-1, keepdim=True) - 1
         for step in range(max_new_tokens):

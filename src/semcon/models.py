@@ -24,6 +24,16 @@ PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 
 @cache
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers CausalLM inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast when the base weights are bf16, so fp32 LoRA matmuls also run in bf16."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
     try:
@@ -196,12 +206,17 @@ class Backbone:
             self.model.add_adapter(name, config)
         else:
             self._model = get_peft_model(self.model, config, adapter_name=name, autocast_adapter_dtype=False)
-        for n, p in self.model.named_parameters():
-            if f".{name}." in n:
-                p.data = p.data.float()
-        # Every forward runs under autocast in the base dtype, so peft's cast of each layer input to the
-        # fp32 adapter dtype would only add a copy per layer.
+        from peft.tuners.lora import LoraLayer
+
         for module in self.model.modules():
+            if isinstance(module, LoraLayer):  # the adapter's own weights, found by structure, stay fp32
+                for part in (module.lora_A, module.lora_B, module.lora_embedding_A, module.lora_embedding_B):
+                    if name in part:
+                        item = part[name]  # a Linear (or an embedding's Parameter)
+                        for p in item.parameters() if isinstance(item, torch.nn.Module) else [item]:
+                            p.data = p.data.float()
+            # Every forward runs under autocast in the base dtype, so peft's cast of each layer input to the
+            # fp32 adapter dtype would only add a copy per layer.
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False
         self.model.to(self.device)

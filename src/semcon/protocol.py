@@ -60,13 +60,25 @@ class AdapterUpdate:
     kind: str = field(default="adapter", init=False)
 
 
-Message = Upload | Download | AdapterUpdate
+@dataclass(frozen=True)
+class RunSetup:
+    """What a client needs once per run before its first round, sent once rather than with every message:
+    the resolved config (kind ``config``) or the public prompts (kind ``public``)."""
+
+    kind: str  # "config" or "public"
+    config: str = ""  # the resolved config YAML
+    prompts: dict[str, str] = field(default_factory=dict)  # prompt id -> instruction
+
+
+Message = Upload | Download | AdapterUpdate | RunSetup
 
 
 def raw_bytes(msg: Message) -> int:
     """UTF-8 bytes of the message's texts (or its tensor bytes): the payload before framing and compression."""
     if isinstance(msg, AdapterUpdate):
         return len(msg.tensors)
+    if isinstance(msg, RunSetup):
+        return len(msg.config.encode("utf-8")) + sum(len(t.encode("utf-8")) for t in msg.prompts.values())
     texts = msg.answers.values() if isinstance(msg, Upload) else msg.labels.values()
     return sum(len(t.encode("utf-8")) for t in texts)
 
@@ -81,6 +93,9 @@ def encode(msg: Message) -> bytes:
     elif isinstance(msg, AdapterUpdate):
         body = {"v": CODEC_VERSION, "kind": "adapter", "round": msg.round, "client": msg.client,
                 "tensors": msg.tensors, "num_examples": msg.num_examples}
+    elif isinstance(msg, RunSetup) and msg.kind in ("config", "public"):
+        body = {"v": CODEC_VERSION, "kind": msg.kind, **({"config": msg.config} if msg.kind == "config"
+                                                        else {"prompts": msg.prompts})}
     else:
         raise TypeError(f"not a message: {type(msg).__name__}")
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(msgpack.packb(body, use_bin_type=True))
@@ -107,6 +122,9 @@ def text_limits(num_prompts: int, max_answer_chars: int) -> Limits:
     (4 bytes per character: UTF-8's worst case)."""
     per_text = 4 * max_answer_chars + PROMPT_ID_BYTES
     return Limits(max_bytes=num_prompts * per_text + FRAMING, max_items=num_prompts + 16, max_str=per_text)
+
+
+SETUP_LIMITS = Limits(max_bytes=64 << 20, max_items=1 << 20, max_str=16 << 20)  # a config, or prompts
 
 
 def adapter_limits(max_bytes: int) -> Limits:
@@ -154,6 +172,8 @@ def decode(data: bytes, limits: Limits) -> Message:
         if not check(body[name]):
             raise ProtocolError(f"{kind} message: field {name!r} has the wrong type ({type(body[name]).__name__})")
     args = {name: body[name] for name in fields}
+    if kind in ("config", "public"):
+        return RunSetup(kind, **args)
     return {"upload": Upload, "download": Download, "adapter": AdapterUpdate}[kind](**args)
 
 
@@ -178,6 +198,8 @@ FIELDS: dict[str, dict[str, Callable[[object], bool]]] = {  # each kind's fields
                  "finished": map_of(lambda v: isinstance(v, bool))},
     "adapter": {"round": is_int, "client": lambda x: isinstance(x, str), "tensors": lambda x: isinstance(x, bytes),
                 "num_examples": is_int},
+    "config": {"config": lambda x: isinstance(x, str)},
+    "public": {"prompts": map_of(lambda v: isinstance(v, str))},
 }
 
 
@@ -227,6 +249,27 @@ def validate_upload(msg: Message, *, client: str, round: int, prompt_ids: set[st
     if not problems and msg.answers and all(is_blank(text) for text in msg.answers.values()):
         problems.append("every answer is empty")
     return problems
+
+
+def check_adapter(msg: Message, client: str, round: int, reference: dict | None) -> dict:
+    """The tensors of a valid adapter upload from ``client`` for ``round``, with the keys and shapes of
+    ``reference`` (the federation's first accepted upload; None: this is the first); else ValueError."""
+    import torch
+    from safetensors.torch import load as load_tensors
+
+    if not isinstance(msg, AdapterUpdate) or msg.client != client or msg.round != round:
+        raise ValueError(f"expected the round-{round} adapter of {client!r}, got {msg.kind} for "
+                         f"{getattr(msg, 'client', '?')!r}, round {getattr(msg, 'round', '?')}")
+    try:
+        state = load_tensors(msg.tensors)
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types on corrupt bytes
+        raise ValueError(f"adapter tensors do not parse ({type(e).__name__})") from None
+    reference = state if reference is None else reference
+    if set(state) != set(reference) or any(state[k].shape != v.shape for k, v in reference.items()):
+        raise ValueError("adapter keys or shapes differ from the federation's")
+    if not all(torch.isfinite(v).all() for v in state.values()) or msg.num_examples <= 0:
+        raise ValueError("adapter has non-finite values or no examples")
+    return state
 
 
 def accept_uploads(round: int, clients: list[str], messages: dict[str, Message],

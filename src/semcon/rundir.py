@@ -7,23 +7,26 @@ old or the new version, or an appended row cut short, which ``resume`` drops.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import shutil
 import uuid
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from semcon.config import METHODS, RunConfig
+from semcon.data import Prompt
 from semcon.protocol import Message, raw_bytes
 
 log = logging.getLogger(__name__)
 
 # What semcon writes into a run directory and into a compare directory; --overwrite removes these only.
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "ledger.jsonl", "pseudo_labels", "checkpoints", "summary.json",
-               "adapters", "run_id", "flower.json", "flower", "nodes", "stopped.txt")
+               "adapters", "run_id", "flower.json", "flower", "nodes", "stopped.txt", "public.jsonl")
 COMPARE_ENTRIES = ("report.md", "compare.json", "quality_per_round.png", "pseudo_label_quality.png",
                    "bytes_per_round.png", "seconds_per_phase.png")
 
@@ -185,6 +188,16 @@ class RunDir:
         write_atomic(path, jsonl([asdict(lab) for lab in labels]))
         return path
 
+    def public_prompts(self, draw: Callable[[], list[Prompt]]) -> list[Prompt]:
+        """The run's public prompts: ``public.jsonl`` when a session wrote it, else ``draw()``, written there
+        (the prompts a run answers never change on resume, even if the data files do)."""
+        path = self.path / "public.jsonl"
+        if path.is_file():
+            return [Prompt(r["id"], r["instruction"], r["domain"], r.get("reference")) for r in read_rows(path)]
+        prompts = draw()
+        write_atomic(path, jsonl([asdict(p) for p in prompts]))
+        return prompts
+
     @property
     def adapters(self) -> Path:
         return self.path / "adapters"
@@ -230,3 +243,39 @@ class RunDir:
         if problems:
             raise RunDirError(f"{'; '.join(problems)}: no checkpoint to resume from")
         return None
+
+
+@dataclass
+class RunState:
+    """What a resumed run needs besides the files it appends to: the next round, the per-round rows,
+    the base-model evaluation and the RNG. Written atomically after every completed round."""
+
+    next_round: int = 0
+    rounds: list[dict] = field(default_factory=list)
+    before: dict = field(default_factory=dict)
+    seconds: float = 0.0  # wall time of the completed rounds, over every session
+    torch_rng: str = ""
+
+    def save(self, run_dir: RunDir) -> None:
+        import torch
+
+        self.torch_rng = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+        run_dir.save_state(asdict(self))
+
+    @classmethod
+    def load(cls, run_dir: RunDir) -> RunState | None:
+        """The state after the last completed round (restoring the RNG), or None before the first."""
+        import numpy as np
+        import torch
+
+        saved = run_dir.load_state()
+        if saved is None:
+            return None
+        try:
+            state = cls(**saved)
+            if state.torch_rng:
+                rng = np.frombuffer(base64.b64decode(state.torch_rng), dtype=np.uint8).copy()
+                torch.set_rng_state(torch.from_numpy(rng))
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise RunDirError(f"{run_dir.state_path}: not a semcon checkpoint state ({e})") from None
+        return state

@@ -1,4 +1,5 @@
-"""The server: validates uploads, embeds the candidate answers, picks one consensus answer per prompt.
+"""Semantic consensus: the server validates uploads, embeds the candidate answers and picks one consensus
+answer per prompt; clients answer the public prompts and train on the pseudo-labels they get back.
 
 A candidate is an answer a client would want to learn from: not blank, and by default neither cut at the
 length cap nor degenerate (one phrase repeated). Where a prompt has a held-back reference, the server also
@@ -10,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,7 +20,17 @@ from semcon.consensus import semantic_medoid
 from semcon.data import Prompt
 from semcon.embed import Embedder
 from semcon.evaluate import rouge_l
-from semcon.protocol import Download, Message, ProtocolError, Upload, accept_uploads, is_blank, validate_upload
+from semcon.federation import RoundResult, Schedule
+from semcon.protocol import (
+    Download,
+    Message,
+    ProtocolError,
+    Upload,
+    accept_uploads,
+    is_blank,
+    text_limits,
+    validate_upload,
+)
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -38,26 +49,6 @@ class PseudoLabel:
     confidence: float | None  # the chosen answer's mean token log-probability, as uploaded
 
 
-@dataclass
-class RoundResult:
-    download: Download
-    labels: list[PseudoLabel]
-    accepted: list[str]
-    rejected: dict[str, str] = field(default_factory=dict)  # client -> reason
-    unlabelled: list[str] = field(default_factory=list)  # prompt ids without a pseudo-label
-    cut_share: dict[str, float] = field(default_factory=dict)  # client -> share of its answers cut at the cap
-    cut_share_by_domain: dict[str, dict[str, float]] = field(default_factory=dict)  # client -> prompt domain -> share
-    degenerate_share: dict[str, float] = field(default_factory=dict)  # client -> share of degenerate answers
-    answer_quality: dict | None = None  # see ``answer_quality``
-    seconds_embed: float = 0.0
-    seconds_consensus: float = 0.0
-
-    @property
-    def mean_agreement(self) -> float:
-        scores = [lab.agreement for lab in self.labels if lab.answers > 1]
-        return float(np.mean(scores)) if scores else float("nan")
-
-
 def is_degenerate(text: str, min_words: int = 12, coverage: float = 0.5, max_n: int = 8) -> bool:
     """One repeated n-gram (n <= ``max_n`` words or punctuation marks) covers at least ``coverage`` of the
     text, as in "I'm sorry, I'm sorry, I'm sorry...": a loop, not an answer."""
@@ -72,17 +63,35 @@ def is_degenerate(text: str, min_words: int = 12, coverage: float = 0.5, max_n: 
     return False
 
 
-class Server:
-    """Holds the embedder and the consensus rule; keeps no model of its own."""
+class SemanticConsensus:
+    """Round 0 private only; round t: answers up, semantic medoid, pseudo-labels down, train on the union.
+    The server side holds the embedder and the consensus rule, and no model of its own."""
 
-    def __init__(self, cfg: ConsensusConfig, clients: list[str], embedder: Embedder | None = None, seed: int = 0):
-        self.cfg, self.seed = cfg, seed
+    name, upload_phase = "semantic_consensus", "generate"
+
+    def __init__(self, cfg: ConsensusConfig, clients: list[str], prompts: list[Prompt], rounds: int,
+                 embedder: Embedder | None = None, seed: int = 0):
+        self.cfg, self.seed, self.prompts = cfg, seed, prompts
         self.clients = clients  # client id = position; identical texts go to the lowest id
         self.embedder = embedder or Embedder(cfg.embedder, batch_size=cfg.embed_batch_size)
+        self.schedule = Schedule(rounds)
+        self.limits = text_limits(len(prompts), cfg.max_answer_chars)
 
-    def accept(self, round: int, prompts: list[Prompt], messages: dict[str, Message]) -> tuple[dict[str, Upload], dict[str, str]]:
+    # the client side
+    def upload(self, client, t, on_progress=None):
+        return client.answer(t, self.prompts, on_batch=on_progress)
+
+    def receive(self, client, msg):
+        client.pseudo = msg
+
+    def train(self, client, t, on_step=None):
+        return client.train(t, self.prompts, on_step=on_step)
+
+    # the server side
+
+    def accept(self, round: int, messages: dict[str, Message]) -> tuple[dict[str, Upload], dict[str, str]]:
         """Validate every decoded upload; an invalid one is rejected for this round with its reason."""
-        ids = {p.id for p in prompts}
+        ids = {p.id for p in self.prompts}
 
         def valid(msg, name: str) -> Upload:
             if problems := validate_upload(msg, client=name, round=round, prompt_ids=ids,
@@ -92,10 +101,11 @@ class Server:
 
         return accept_uploads(round, self.clients, messages, valid)
 
-    def aggregate(self, round: int, prompts: list[Prompt], messages: dict[str, Message]) -> RoundResult:
+    def aggregate(self, round: int, messages: dict[str, Message]) -> RoundResult:
         """One consensus step: validate, embed all answers in one batch, medoid over the candidates of all
         prompts at once."""
-        uploads, rejected = self.accept(round, prompts, messages)
+        prompts = self.prompts
+        uploads, rejected = self.accept(round, messages)
         names = list(uploads)  # in client-id order
         shape = (len(prompts), len(names))
         texts = [[uploads[n].answers[p.id] for n in names] for p in prompts]
@@ -119,10 +129,8 @@ class Server:
         emb[candidate] = vectors[text_ids[candidate]]
         seconds_embed = time.perf_counter() - start
 
-        start = time.perf_counter()
         result = semantic_medoid(emb, candidate, threshold=self.cfg.threshold, text_ids=text_ids,
                                  confidence=confidence, tie_seed=(self.seed % 2**32, round))
-        seconds_consensus = time.perf_counter() - start
 
         labels, unlabelled = [], []
         for pi, p in enumerate(prompts):
@@ -136,12 +144,16 @@ class Server:
                                       round_float(conf) if np.isfinite(conf) else None))
         download = Download(round=round, labels={lab.prompt_id: lab.text for lab in labels},
                             finished={lab.prompt_id: lab.finished for lab in labels})
-        quality = answer_quality(prompts, names, texts, result.choice, vectors, text_ids, self.embedder)
-        return RoundResult(download, labels, names, rejected, unlabelled,
-                           cut_share={n: round_float(1 - finished[:, i].mean()) for i, n in enumerate(names)},
-                           cut_share_by_domain=share_by_domain(prompts, names, ~finished),
-                           degenerate_share={n: round_float(degenerate[:, i].mean()) for i, n in enumerate(names)},
-                           answer_quality=quality, seconds_embed=seconds_embed, seconds_consensus=seconds_consensus)
+        agreement = [lab.agreement for lab in labels if lab.answers > 1]
+        metrics = {
+            "mean_agreement": round_float(np.mean(agreement), 4) if agreement else None,
+            "pseudo_labels": len(labels), "unlabelled": len(unlabelled), "prompts": len(prompts),
+            "cut_share": {n: round_float(1 - finished[:, i].mean()) for i, n in enumerate(names)},
+            "cut_share_by_domain": share_by_domain(prompts, names, ~finished),
+            "degenerate_share": {n: round_float(degenerate[:, i].mean()) for i, n in enumerate(names)},
+            "answer_quality": answer_quality(prompts, names, texts, result.choice, vectors, text_ids, self.embedder),
+        }
+        return RoundResult(download, names, rejected, labels, metrics, seconds={"embed": seconds_embed})
 
 
 def share_by_domain(prompts: list[Prompt], names: list[str], flags: np.ndarray) -> dict[str, dict[str, float]]:

@@ -1,68 +1,24 @@
-"""The in-process federation: every client and the server in one process, moving encoded bytes.
+"""The in-process transport: every client and the server in one process, moving encoded bytes.
 
-``setup`` builds the clients and the method from a config; ``LocalGroup`` is the in-process transport
-for the round loop in ``federation.py``; ``run`` and ``resume`` drive a run directory.
+``LocalGroup`` runs the clients' side of each phase for the round loop in ``federation.py``; ``run`` and
+``resume`` drive a run directory (``assembly.assemble`` builds the federation).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
-from semcon.algorithms import Algorithm, make_algorithm
-from semcon.client import Client
+from semcon.assembly import Federation, assemble, client_round
 from semcon.config import RunConfig, load_config
-from semcon.data import Example, Prompt, build_splits
-from semcon.embed import Embedder
+from semcon.data import public_prompts
 from semcon.energy import EnergyMeter
-from semcon.federation import RunState, federate
-from semcon.models import BackbonePool, pick_device, pick_dtype
-from semcon.protocol import decode, encode
-from semcon.rundir import RunDir
+from semcon.federation import federate
+from semcon.protocol import encode
+from semcon.rundir import RunDir, RunState
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Federation:
-    """Everything a run holds: clients (adapters on shared backbones), the method, prompts, eval sets."""
-
-    clients: list[Client]
-    algorithm: Algorithm
-    prompts: list[Prompt]
-    eval_sets: dict[str, list[Example]]
-    embedder: Embedder
-
-
-def setup(cfg: RunConfig, only: list[str] | None = None, prompts: list[Prompt] | None = None) -> Federation:
-    """Build the splits, load each distinct base model once, create the clients and the method.
-
-    ``only`` builds just those clients (a Flower node holds one; ids and seeds stay those of the config);
-    ``prompts`` replaces the public prompts (a Flower node gets them from the server).
-    """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    splits = build_splits(cfg)
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.precision, device)
-    members = [(i, c) for i, c in enumerate(cfg.clients) if only is None or c.name in only]
-    backbones = BackbonePool([c.model for _, c in members], dtype, device, cfg.resident_models, cfg.memory_budget_gb)
-    embedder = Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size)
-    if cfg.method == "centralized":  # one model on the pooled private data, the same total training budget
-        pooled = [e for c in cfg.clients for e in splits.private[c.name]]
-        clients = [Client(0, "centralized", backbones[cfg.clients[0].model], pooled, cfg,
-                          steps=cfg.train.steps * len(cfg.clients))]
-    else:
-        common_init = cfg.seed if cfg.method in ("fedavg", "fedprox") else None
-        clients = [Client(i, c.name, backbones[c.model], splits.private[c.name], cfg, adapter_seed=common_init)
-                   for i, c in members]
-    public = splits.public if prompts is None else prompts
-    return Federation(clients, make_algorithm(cfg, public, embedder), public, splits.eval, embedder)
 
 
 class LocalGroup:
@@ -71,14 +27,18 @@ class LocalGroup:
     Clients run their heavy phases one after another (two trainings at once do not fit in 24 GiB).
     """
 
-    def __init__(self, fed: Federation, cfg: RunConfig, checkpoints: Path):
-        self.fed, self.cfg, self.checkpoints = fed, cfg, checkpoints
+    def __init__(self, fed: Federation, checkpoints: Path):
+        self.fed, self.checkpoints = fed, checkpoints
         self.clients = fed.clients
         self.names = [c.name for c in fed.clients]
         self.train_units = sum(c.steps for c in fed.clients)
 
     def recipients(self) -> list[str]:
         return self.names
+
+    def setup(self, t: int, payloads: dict[str, bytes]) -> list[str]:
+        """In one process every client shares the config and prompts: they count as sent at a run's start."""
+        return self.names if t == 0 else []
 
     def evaluate(self, base: bool) -> dict[str, dict]:
         """Metrics per client per domain. One model is evaluated once: the base model once per shared
@@ -92,15 +52,24 @@ class LocalGroup:
         return out
 
     def upload(self, t, tick):
-        payloads = {}
-        for c in self.clients:
-            payloads[c.name] = encode(self.fed.algorithm.upload(c, t))
-            tick()
-        return payloads, {}
+        return self._each(lambda c: encode(self.fed.algorithm.upload(c, t)), tick)
 
     def train(self, t, download, tick):
-        return {c.name: client_phase(c, self.fed.algorithm, self.cfg, t, download, self.fed.eval_sets,
-                                     on_step=lambda *_: tick()) for c in self.clients}, {}
+        return self._each(lambda c: client_round(c, self.fed.algorithm, t, download, self.fed.eval_sets,
+                                                 on_step=lambda *_: tick()))
+
+    def _each(self, work, tick=None) -> tuple[dict, dict[str, str]]:
+        """``work`` for every client; one that raises is reported as failed with its reason, the rest go on."""
+        done, failed = {}, {}
+        for c in self.clients:
+            try:
+                done[c.name] = work(c)
+            except Exception as e:  # a client's failure is reported, as behind Flower
+                failed[c.name] = f"{type(e).__name__}: {e}"
+                log.warning("client %s failed: %s", c.name, failed[c.name], exc_info=log.isEnabledFor(logging.DEBUG))
+            if tick:
+                tick()
+        return done, failed
 
     def checkpoint(self, t: int) -> None:
         for c in self.clients:
@@ -114,18 +83,6 @@ class LocalGroup:
     def save_adapters(self, directory: Path) -> None:
         for c in self.clients:
             c.backbone.save_adapter(c.name, directory)
-
-
-def client_phase(client: Client, algo: Algorithm, cfg: RunConfig, t: int, download: bytes | None,
-                 eval_sets: dict[str, list[Example]], on_step=None) -> dict:
-    """A client's part of round ``t`` after the upload: take the download, train (rounds 0..R), and
-    measure its held-out NLL. Returns a small JSON-able report; the same code runs behind Flower."""
-    if download is not None:
-        algo.receive(client, decode(download, algo.limits))
-    report = asdict(algo.train(client, t, on_step=on_step)) if t <= cfg.rounds else {}
-    if cfg.eval.every_round:
-        report["reference"] = client.reference(eval_sets)
-    return report
 
 
 def run(cfg: RunConfig, out: Path, progress=None, overwrite: bool = False) -> dict:
@@ -146,8 +103,8 @@ def resume(out: Path, progress=None) -> dict:
 
 def _session(cfg: RunConfig, run_dir: RunDir, progress, resuming: bool = False) -> dict:
     with EnergyMeter(cfg.eval.energy) as meter:
-        fed = setup(cfg)
-        group = LocalGroup(fed, cfg, run_dir.path / "checkpoints" / "clients")
+        fed = assemble(cfg, prompts=run_dir.public_prompts(lambda: public_prompts(cfg)))
+        group = LocalGroup(fed, run_dir.path / "checkpoints" / "clients")
         state = None
         if resuming:
             state = RunState.load(run_dir)  # after setup, which seeds: this restores the RNG

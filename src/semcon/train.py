@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from semcon.models import ChatFormat, trainable_parameters
+from semcon.models import ChatFormat, autocast, causal_lm, trainable_parameters
 
 IGNORE = -100
 LOSS_CHUNK = 1024  # response positions per vocabulary-projection chunk
@@ -87,11 +87,6 @@ def collate(examples: list[TokenizedExample], pad_id: int, device: torch.device)
             dict(input_ids=ids, attention_mask=mask, labels=labels, weights=weights).items()}
 
 
-def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers CausalLM inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _chunk_nll(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None):
     logits = head(hidden).float()
     if softcap:
@@ -105,7 +100,7 @@ def response_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tupl
     Runs the decoder once, then projects to the vocabulary only where a label exists, in chunks that
     are recomputed in backward instead of stored.
     """
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     hidden = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                               use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
@@ -123,11 +118,6 @@ def response_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tupl
             parts.append(_chunk_nll(hc, yc, head, softcap))
     nll = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
     return nll, rows
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    """bf16 autocast when the base weights are bf16, so fp32 LoRA matmuls also run in bf16."""
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def train_lora(model: torch.nn.Module, fmt: ChatFormat, examples: list[TokenizedExample], *, steps: int,

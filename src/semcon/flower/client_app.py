@@ -1,13 +1,13 @@
 """The Flower ClientApp: one node is one semcon client, chosen by its ``partition-id``.
 
-Flower starts a new process for every message, so the client is rebuilt per message from the run
-config the server sends and from the node's state directory, where its adapter is saved after every
-round (``STATE_DIR/RUN_ID/CLIENT/round_NN.safetensors``). A base model loads from semcon's
-safetensors cache in about a second.
+Flower starts a new process for every message, so the client is rebuilt per message from the node's state
+directory: the run's setup (config and public prompts, sent once per run) and its adapter, saved after every
+round (``STATE_DIR/RUN_ID/CLIENT/round_NN.safetensors``). A base model loads from semcon's safetensors cache
+in about a second.
 
-Node config (``flower-supernode --node-config``): ``partition-id`` (index into the config's
-``clients``, required), ``state-dir`` (default ``./semcon-state``), and optionally ``model`` and
-``data-path`` (a local JSONL file) to replace that client's model and private data on this machine.
+Node config (``flower-supernode --node-config``): ``partition-id`` (index into the config's ``clients``,
+required), ``state-dir`` (default ``./semcon-state``), and optionally ``model`` and ``data-path`` (a local
+JSONL file) to replace that client's model and private data on this machine.
 """
 
 from __future__ import annotations
@@ -22,30 +22,62 @@ from flwr.clientapp import ClientApp
 
 from semcon.config import RunConfig, load_config
 from semcon.data import Prompt
-from semcon.names import child
-from semcon.protocol import encode
+from semcon.names import check_name, child
+from semcon.protocol import SETUP_LIMITS, RunSetup, decode, encode
+from semcon.rundir import write_atomic
 
 app = ClientApp()
 
 
-def node_client(msg: Message, context: Context) -> tuple[RunConfig, str, Path]:
-    """The run config as this node sees it, its client name, and its state directory for this run."""
+def node_client(msg: Message, context: Context) -> tuple[str, Path]:
+    """This node's client name (from the run's client list, sent with every hello) and its state directory."""
     rec = msg.content["semcon"]
-    tree = yaml.safe_load(str(rec["config"]))
     node = context.node_config
     if "partition-id" not in node:
         raise ValueError("node config lacks partition-id (flower-supernode --node-config 'partition-id=N ...')")
     pid = int(node["partition-id"])
-    if not 0 <= pid < len(tree["clients"]):
-        raise ValueError(f"partition-id={pid} but the run has {len(tree['clients'])} clients")
+    state = child(Path(str(node.get("state-dir", "semcon-state"))).expanduser(), rec["run-id"], "run id")
+    names_file = state / "clients.json"
+    names = list(rec["clients"]) if "clients" in rec else json.loads(names_file.read_text(encoding="utf-8"))
+    if not 0 <= pid < len(names):
+        raise ValueError(f"partition-id={pid} but the run has {len(names)} clients")
+    if "clients" in rec:
+        state.mkdir(parents=True, exist_ok=True)
+        write_atomic(names_file, json.dumps(names))
+    return check_name(names[pid], "client name"), state
+
+
+def has_setup(state: Path) -> bool:
+    return (state / "config.yaml").is_file() and (state / "public.json").is_file()
+
+
+def save_setup(state: Path, rec) -> None:
+    """Keep the run's config and public prompts (each sent once per run) in the node's state directory."""
+    for kind in ("config", "public"):
+        if kind in rec:
+            msg = decode(bytes(rec[kind]), SETUP_LIMITS)
+            if not isinstance(msg, RunSetup) or msg.kind != kind:
+                raise ValueError(f"setup field {kind!r} holds a {msg.kind} message")
+            if kind == "config":
+                write_atomic(state / "config.yaml", msg.config)
+            else:
+                write_atomic(state / "public.json", json.dumps(msg.prompts, ensure_ascii=False))
+    if "public" not in rec:  # parameter averaging answers no prompts
+        write_atomic(state / "public.json", "{}")
+
+
+def load_setup(state: Path, pid: int, node: dict) -> tuple[RunConfig, list[Prompt]]:
+    """The run's config as this node sees it (its own model or data file where the node config names one)."""
+    if not has_setup(state):
+        raise RuntimeError(f"no setup of this run in {state}: the server sends it after the node's hello")
+    tree = yaml.safe_load((state / "config.yaml").read_text(encoding="utf-8"))
     client = tree["clients"][pid]
     if "model" in node:
         client["model"] = str(node["model"])
     if "data-path" in node:
         client["data"] = {"source": "jsonl", "path": str(node["data-path"])}
-    cfg = load_config(tree=tree)  # checks every client name
-    state = child(Path(str(node.get("state-dir", "semcon-state"))).expanduser(), rec["run-id"], "run id")
-    return cfg, cfg.clients[pid].name, state
+    prompts = json.loads((state / "public.json").read_text(encoding="utf-8"))
+    return load_config(tree=tree), [Prompt(pid_, text, "public") for pid_, text in prompts.items()]
 
 
 def _fault(phase: str, t: int) -> None:
@@ -65,17 +97,21 @@ def restore(client, state: Path, rec) -> None:
 
 
 def _handle(msg: Message, context: Context, phase: str) -> Message:
-    from semcon.simulation import client_phase, setup
+    from semcon.assembly import assemble, client_round
 
-    cfg, name, state = node_client(msg, context)
+    name, state = node_client(msg, context)
     rec = msg.content["semcon"]
     t = int(rec["round"])
     reply = {"client": name}
     if phase == "hello":
+        reply["has-setup"] = has_setup(state)
+        return Message(RecordDict({"semcon": ConfigRecord(reply)}), reply_to=msg)
+    if phase == "setup":
+        save_setup(state, rec)
         return Message(RecordDict({"semcon": ConfigRecord(reply)}), reply_to=msg)
     _fault(phase, t)
-    prompts = [Prompt(pid, text, "public") for pid, text in zip(rec["prompt-ids"], rec["prompts"])]
-    fed = setup(cfg, only=[name], prompts=prompts)
+    cfg, prompts = load_setup(state, int(context.node_config["partition-id"]), context.node_config)
+    fed = assemble(cfg, only=[name], prompts=prompts)
     client, algo = fed.clients[0], fed.algorithm
     if phase == "upload":
         restore(client, state, rec)
@@ -83,7 +119,7 @@ def _handle(msg: Message, context: Context, phase: str) -> Message:
     elif phase == "train":
         restore(client, state, rec)
         download = bytes(rec["payload"]) if "payload" in rec else None
-        reply["report"] = json.dumps(client_phase(client, algo, cfg, t, download, fed.eval_sets))
+        reply["report"] = json.dumps(client_round(client, algo, t, download, fed.eval_sets))
         client.save_state(state, t)
     else:  # evaluate
         base = bool(rec["base"])
@@ -98,6 +134,11 @@ def _handle(msg: Message, context: Context, phase: str) -> Message:
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
     return _handle(msg, context, "hello")
+
+
+@app.query("setup")
+def setup(msg: Message, context: Context) -> Message:
+    return _handle(msg, context, "setup")
 
 
 @app.query("upload")

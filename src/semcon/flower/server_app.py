@@ -19,16 +19,16 @@ from typing import TypeVar
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from semcon.algorithms import FederationError, make_algorithm
+from semcon.algorithms import make_algorithm
 from semcon.config import RunConfig, load_config
-from semcon.data import Prompt, build_splits
+from semcon.data import public_prompts
 from semcon.embed import Embedder
-from semcon.federation import RunState, Tick, federate
+from semcon.federation import FederationError, Tick, federate
 from semcon.flower.launch import run_config_overrides
 from semcon.flower.secure import load_members
 from semcon.names import check_name
 from semcon.protocol import ProtocolError, check_eval_report, check_train_report
-from semcon.rundir import RunDir
+from semcon.rundir import RunDir, RunState
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -45,29 +45,35 @@ class FlowerGroup:
     ``saved`` is the round of each client's last saved adapter: a node must load exactly that one.
     """
 
-    def __init__(self, grid: Grid, cfg: RunConfig, run_id: str, config_text: str, prompts: list[Prompt],
+    def __init__(self, grid: Grid, cfg: RunConfig, run_id: str, last_round: int,
                  pins: dict[str, int] | None = None, saved: dict[str, int] | None = None):
-        self.grid, self.cfg = grid, cfg
+        self.grid, self.cfg, self.last_round = grid, cfg, last_round
         self.names = [c.name for c in cfg.clients]
         self.train_units = len(self.names)
         self.pins = pins or {}
         self.saved = dict(saved or {})
         self.node_of: dict[str, int] = {}  # client name -> Flower node id, refreshed every phase
         self.refused: dict[int, str] = {}  # node id -> why it may not take part (while it stays connected)
-        self.common = {"config": config_text, "run-id": run_id,
-                       "prompt-ids": [p.id for p in prompts], "prompts": [p.instruction for p in prompts]}
+        self.common = {"run-id": run_id}  # every message; the config and prompts go once, in the setup
+        self.has_setup: set[str] = set()  # clients whose node holds this run's config and prompts
+        self.payloads: dict[str, bytes] = {}  # the setup: kind -> encoded message
+        self.delivered: list[str] = []  # clients sent the setup since the loop last asked
 
-    def discover(self) -> None:
-        """Ask nodes not seen yet which client they hold; forget vanished nodes."""
+    def discover(self, timeout: float | None = None) -> None:
+        """Ask nodes not seen yet which client they hold (waiting ``timeout``, else ``flower.hello_timeout_s``,
+        for their replies); forget vanished nodes."""
         live = set(self.grid.get_node_ids())
         self.node_of = {name: node for name, node in self.node_of.items() if node in live}
         self.refused = {node: why for node, why in self.refused.items() if node in live}
         new = sorted(set(live) - set(self.node_of.values()) - set(self.refused))
         if not new:
             return
-        replies, _ = self._exchange("query.hello", 0, {f"node {n}": n for n in new}, parse_hello,
-                                    timeout=self.cfg.flower.hello_timeout_s)
-        for key, name in replies.items():
+        replies, failures = self._exchange("query.hello", 0, {f"node {n}": n for n in new}, parse_hello,
+                                           timeout=timeout or self.cfg.flower.hello_timeout_s, clients=self.names)
+        for key, why in failures.items():
+            if not why.startswith("no reply"):  # a node that answered with an error keeps its reason; silence is asked again
+                self.refused[int(key.removeprefix("node "))] = f"hello failed: {why}"
+        for key, (name, has_setup) in replies.items():
             node = int(key.removeprefix("node "))
             if why := self._refusal(node, name):
                 self.refused[node] = why
@@ -76,6 +82,10 @@ class FlowerGroup:
                 if name in self.node_of:
                     log.info("client %r rejoined as node %s", name, node)
                 self.node_of[name] = node
+                if has_setup:
+                    self.has_setup.add(name)
+                else:
+                    self.has_setup.discard(name)
 
     def _refusal(self, node: int, name: str) -> str | None:
         """Why ``node`` may not act as client ``name`` (None: it may)."""
@@ -91,16 +101,35 @@ class FlowerGroup:
         """Wait until every client's node is connected (or the connect timeout, then settle for a quorum)."""
         deadline = time.monotonic() + self.cfg.flower.connect_timeout_s
         while len(self.node_of) < len(self.names) and time.monotonic() < deadline:
-            self.discover()
+            self.discover(timeout=max(min(self.cfg.flower.hello_timeout_s, deadline - time.monotonic()), POLL_S))
             if len(self.node_of) < len(self.names):
                 time.sleep(POLL_S)
         if len(self.node_of) < self.cfg.needed_clients:
+            refused = "".join(f"; node {n}: {why}" for n, why in self.refused.items())
             raise FederationError(f"only {len(self.node_of)} of {len(self.names)} clients connected within "
-                                  f"{self.cfg.flower.connect_timeout_s:.0f} s (min_clients={self.cfg.needed_clients})")
+                                  f"{self.cfg.flower.connect_timeout_s:.0f} s (min_clients={self.cfg.needed_clients})"
+                                  f"{refused}")
         log.info("nodes: %s", ", ".join(f"{n}={i}" for n, i in self.node_of.items()))
 
     def recipients(self) -> list[str]:
         return [n for n in self.names if n in self.node_of]
+
+    def setup(self, t: int, payloads: dict[str, bytes]) -> list[str]:
+        """Send the run's setup to every connected client's node that lacks it; the clients sent it since
+        the last call (a node that joins later gets it before its first phase)."""
+        self.payloads = payloads
+        self._deliver(t)
+        sent, self.delivered = self.delivered, []
+        return sent
+
+    def _deliver(self, t: int) -> None:
+        targets = {n: self.node_of[n] for n in self.recipients() if n not in self.has_setup}
+        if not targets or not self.payloads:
+            return
+        replies, _ = self._exchange("query.setup", t, targets, lambda rec: True, self.cfg.flower.phase_timeout_s,
+                                    **self.payloads)
+        self.has_setup |= set(replies)
+        self.delivered += [n for n in self.names if n in replies]
 
     def _exchange(self, kind: str, t: int, targets: dict[str, int], parse: Callable[[ConfigRecord], T],
                   timeout: float, tick: Tick | None = None, **extra) -> tuple[dict[str, T], dict[str, str]]:
@@ -137,7 +166,8 @@ class FlowerGroup:
     def _phase(self, kind: str, t: int, parse: Callable[[ConfigRecord], T], tick: Tick | None = None,
                **extra) -> tuple[dict[str, T], dict[str, str]]:
         self.discover()
-        targets = {n: self.node_of[n] for n in self.recipients()}
+        self._deliver(t)
+        targets = {n: self.node_of[n] for n in self.recipients() if n in self.has_setup}
         replies, failures = self._exchange(kind, t, targets, parse, self.cfg.flower.phase_timeout_s, tick, **extra)
         for name in self.names:
             if name not in targets:
@@ -147,7 +177,7 @@ class FlowerGroup:
         return replies, failures
 
     def evaluate(self, base: bool) -> dict[str, dict]:
-        replies, _ = self._phase("evaluate", self.cfg.rounds + 1, parse_eval, base=base)
+        replies, _ = self._phase("evaluate", self.last_round + 1, parse_eval, base=base)
         return {n: replies[n] for n in self.names if n in replies}
 
     def upload(self, t, tick):
@@ -177,8 +207,11 @@ def semcon_record(reply: Message, client: str | None) -> ConfigRecord:
     return rec
 
 
-def parse_hello(rec: ConfigRecord) -> str:
-    return check_name(rec["client"], "claimed client name")
+def parse_hello(rec: ConfigRecord) -> tuple[str, bool]:
+    """The client a node claims, and whether it holds this run's setup already."""
+    if not isinstance(rec["has-setup"], bool):
+        raise ProtocolError("has-setup is not a boolean")
+    return check_name(rec["client"], "claimed client name"), rec["has-setup"]
 
 
 def parse_upload(rec: ConfigRecord) -> bytes:
@@ -208,12 +241,14 @@ def serve(grid: Grid, run_dir: RunDir, run_config: dict | None = None) -> dict:
         cfg = load_config(run_dir.path / "config.yaml")
     if cfg.method == "centralized":
         raise FederationError("centralized training pools data in one place: it has no Flower deployment")
-    prompts = build_splits(cfg).public
-    algo = make_algorithm(cfg, prompts, Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size))
+    if cfg.public.path is None and (own := [c.name for c in cfg.clients if c.data and c.data.source == "jsonl"]):
+        raise FederationError(f"clients {', '.join(own)} bring their own JSONL data: give public.path, since the "
+                              "server never reads a client's data to draw the public prompts")
+    algo = make_algorithm(cfg, run_dir.public_prompts(lambda: public_prompts(cfg)),
+                          Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size))
     pins = load_members(cfg.flower.members, [c.name for c in cfg.clients]) if cfg.flower.members else None
     saved = {n: r["round"] for r in (state.rounds if state else []) for n in r.get("completed", [])}
-    group = FlowerGroup(grid, cfg, run_dir.run_id, (run_dir.path / "config.yaml").read_text(encoding="utf-8"), prompts,
-                        pins, saved)
+    group = FlowerGroup(grid, cfg, run_dir.run_id, algo.schedule.last, pins, saved)
     if state is not None:
         run_dir.rewind(state.next_round)
         log.info("resuming %s at round %d", run_dir.path, state.next_round)

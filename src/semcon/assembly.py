@@ -1,0 +1,67 @@
+"""Building a federation from a config, for either transport: the splits, the base models loaded once,
+the clients with their resolved settings, and the method; and a client's part of a round after the upload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from semcon.algorithms import make_algorithm
+from semcon.client import Client
+from semcon.config import RunConfig
+from semcon.data import Example, Prompt, build_splits
+from semcon.embed import Embedder
+from semcon.models import BackbonePool, pick_device, pick_dtype
+from semcon.protocol import decode
+
+
+@dataclass
+class Federation:
+    """Everything a run holds: clients (adapters on shared backbones), the method, prompts, eval sets."""
+
+    clients: list[Client]
+    algorithm: object  # SemanticConsensus | FedAvg | LocalOnly
+    prompts: list[Prompt]
+    eval_sets: dict[str, list[Example]]
+    embedder: Embedder
+
+
+def assemble(cfg: RunConfig, only: list[str] | None = None, prompts: list[Prompt] | None = None) -> Federation:
+    """Build the splits, load each distinct base model once, create the clients and the method.
+
+    ``only`` builds just those clients (a Flower node holds one; ids and seeds stay those of the config);
+    ``prompts`` replaces the public prompts (a Flower node gets them from the server).
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    splits = build_splits(cfg)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.precision, device)
+    members = [(i, c) for i, c in enumerate(cfg.clients) if only is None or c.name in only]
+    backbones = BackbonePool([c.model for _, c in members], dtype, device, cfg.resident_models, cfg.memory_budget_gb)
+    embedder = Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size)
+    if cfg.method == "centralized":  # one model on the pooled private data, the same total training budget
+        pooled = [e for c in cfg.clients for e in splits.private[c.name]]
+        clients = [Client(0, "centralized", backbones[cfg.clients[0].model], pooled,
+                          cfg.client_settings(None, steps=cfg.train.steps * len(cfg.clients)))]
+    else:
+        common_init = cfg.seed if cfg.method in ("fedavg", "fedprox") else None
+        clients = [Client(i, c.name, backbones[c.model], splits.private[c.name], cfg.client_settings(c.name),
+                          adapter_seed=common_init) for i, c in members]
+    public = splits.public if prompts is None else prompts
+    return Federation(clients, make_algorithm(cfg, public, embedder), public, splits.eval, embedder)
+
+
+def client_round(client: Client, algo, t: int, download: bytes | None, eval_sets: dict[str, list[Example]],
+                 on_step=None) -> dict:
+    """A client's part of round ``t`` after the upload: take the download, train where the schedule says
+    so, and measure its held-out reference scores. A small JSON-able report; the same code runs behind Flower."""
+    if download is not None:
+        algo.receive(client, decode(download, algo.limits))
+    report = asdict(algo.train(client, t, on_step=on_step)) if algo.schedule.trains(t) else {}
+    if client.settings.eval.every_round:
+        report["reference"] = client.reference(eval_sets)
+    return report

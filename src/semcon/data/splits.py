@@ -1,0 +1,246 @@
+"""A run's data split: each domain's rows carved into evaluation, public prompts and private sets."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from semcon.config import ClientConfig, DataSelection, RunConfig
+from semcon.data.examples import DataError, Example, Prompt
+from semcon.data.jsonl import read_prompts
+from semcon.data.sources import load_selection
+
+log = logging.getLogger(__name__)
+
+MIXED = "mixed"  # client_domain of every client under partition=iid/dirichlet
+
+
+@dataclass
+class Splits:
+    """The disjoint data of a run: private sets per client, public prompts, evaluation sets per domain."""
+
+    private: dict[str, list[Example]]
+    public: list[Prompt]
+    eval: dict[str, list[Example]]
+    client_domain: dict[str, str]
+
+
+def _selection_key(sel: DataSelection) -> tuple:
+    """What makes two selections the same data (the label aside)."""
+    return sel.source, tuple(sel.categories or ()), str(sel.path) if sel.path else None
+
+
+def _domain_selections(cfg: RunConfig) -> dict[str, DataSelection]:
+    """Distinct domains of the run, sorted by label; DataError if one label names two different selections."""
+    domains: dict[str, tuple[str, DataSelection]] = {}
+    for c in cfg.clients:
+        if c.data is None:
+            continue
+        label = c.data.domain
+        if label in domains and _selection_key(domains[label][1]) != _selection_key(c.data):
+            raise DataError(f"clients {domains[label][0]!r} and {c.name!r} use the domain label {label!r} "
+                            "for different data; give them distinct data.name")
+        domains.setdefault(label, (c.name, c.data))
+    return {label: domains[label][1] for label in sorted(domains)}
+
+
+def _drop_collisions(rows: dict[str, list[Example]], taken: set[str]) -> dict[str, list[Example]]:
+    """Keep each instruction in one domain only (the first in sorted order) and out of ``taken``."""
+    seen = set(taken)
+    out: dict[str, list[Example]] = {}
+    for domain, examples in rows.items():
+        kept = []
+        for ex in examples:
+            key = ex.instruction.strip()
+            if key not in seen:
+                seen.add(key)
+                kept.append(ex)
+        if dropped := len(examples) - len(kept):
+            log.warning("domain %s: dropped %d rows whose instruction is already in another domain "
+                        "or in the public prompt file", domain, dropped)
+        out[domain] = kept
+    return out
+
+
+def _shuffled(items: list, seed: str) -> list:
+    """A copy of ``items`` shuffled by ``random.Random(seed)``."""
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    return items
+
+
+def _public_quotas(available: dict[str, int], num: int) -> dict[str, int]:
+    """Rows to draw per domain, round-robin in domain order, at most ceil(num / domains) each."""
+    quota = dict.fromkeys(available, 0)
+    total = 0
+    for _ in range(math.ceil(num / len(available))):
+        for domain, n in available.items():
+            if total < num and quota[domain] < n:
+                quota[domain] += 1
+                total += 1
+    return quota
+
+
+def _round_robin(slices: dict[str, list[Example]]) -> list[Prompt]:
+    """Interleave the domains' public slices, each response kept only as the server's reference; ids
+    ``p0000``... in order."""
+    longest = max((len(s) for s in slices.values()), default=0)
+    picked = [s[i] for i in range(longest) for s in slices.values() if i < len(s)]
+    return [Prompt(f"p{i:04d}", ex.instruction, ex.domain, ex.response) for i, ex in enumerate(picked)]
+
+
+def _wanted(cfg: RunConfig, client: ClientConfig) -> int:
+    """The number of private examples a client asks for."""
+    return client.num_examples or cfg.data.examples_per_client
+
+
+def _take(pool: list[Example], start: int, need: int, client: str, domain: str) -> list[Example]:
+    """``pool[start:start + need]``, or DataError naming the client and what the domain has left."""
+    if start + need > len(pool):
+        raise DataError(f"client {client!r}: domain {domain!r} has {len(pool) - start} private rows left "
+                        f"({len(pool)} after eval and public, {start} given to other clients), {need} needed")
+    return pool[start:start + need]
+
+
+def _partition_category(cfg: RunConfig, pools: dict[str, list[Example]]) -> dict[str, list[Example]]:
+    """Each client takes its domain's next rows; clients sharing a domain get disjoint slices."""
+    out: dict[str, list[Example]] = {}
+    start: dict[str, int] = defaultdict(int)
+    for c in cfg.clients:
+        domain, need = c.data.domain, _wanted(cfg, c)
+        out[c.name] = _take(pools[domain], start[domain], need, c.name, domain)
+        start[domain] += need
+    return out
+
+
+def _pooled(pools: dict[str, list[Example]], seed: str) -> list[Example]:
+    """All private rows of all domains, shuffled."""
+    return _shuffled([ex for domain in pools for ex in pools[domain]], seed)
+
+
+def _partition_iid(cfg: RunConfig, pools: dict[str, list[Example]]) -> dict[str, list[Example]]:
+    """Pool every domain's private rows, shuffle, and deal disjoint consecutive slices."""
+    pool, domain = _pooled(pools, f"{cfg.seed}:iid"), f"{MIXED} ({', '.join(pools)})"
+    out: dict[str, list[Example]] = {}
+    start = 0
+    for c in cfg.clients:
+        need = _wanted(cfg, c)
+        out[c.name] = _take(pool, start, need, c.name, domain)
+        start += need
+    return out
+
+
+def _dirichlet_shares(groups: list[list[Example]], n_clients: int, alpha: float,
+                      seed: int) -> list[list[Example]]:
+    """Split each group among the clients in proportions drawn from Dirichlet(alpha)."""
+    rng = np.random.default_rng(seed)
+    shares: list[list[Example]] = [[] for _ in range(n_clients)]
+    for group in groups:
+        p = rng.dirichlet(np.full(n_clients, alpha))
+        bounds = [0, *(int(b) for b in np.round(np.cumsum(p)[:-1] * len(group))), len(group)]
+        for i in range(n_clients):
+            shares[i].extend(group[bounds[i]:bounds[i + 1]])
+    return shares
+
+
+def _partition_dirichlet(cfg: RunConfig, pools: dict[str, list[Example]]) -> dict[str, list[Example]]:
+    """Per category of the pooled rows, Dirichlet(alpha) shares over clients, each capped at its count."""
+    pool = _pooled(pools, f"{cfg.seed}:dirichlet")
+    need = {c.name: _wanted(cfg, c) for c in cfg.clients}
+    if len(pool) < sum(need.values()):
+        raise DataError(f"clients {', '.join(need)}: domain {MIXED} ({', '.join(pools)}) has {len(pool)} "
+                        f"private rows after eval and public, {sum(need.values())} needed")
+    groups: dict[tuple[str, str], list[Example]] = defaultdict(list)
+    for ex in pool:
+        groups[ex.domain, ex.category].append(ex)
+    groups_sorted = [groups[k] for k in sorted(groups)]
+    shares = _dirichlet_shares(groups_sorted, len(cfg.clients), cfg.data.alpha, cfg.seed)
+    out: dict[str, list[Example]] = {}
+    for c, share in zip(cfg.clients, shares, strict=True):
+        # shuffle before capping so the cap keeps the client's category mix
+        rows = _shuffled(share, f"{cfg.seed}:dirichlet:{c.name}")[:need[c.name]]
+        if not rows:
+            raise DataError(f"client {c.name!r}: its Dirichlet(alpha={cfg.data.alpha}) share of domain "
+                            f"{MIXED} is empty; raise data.alpha or add data")
+        if len(rows) < need[c.name]:
+            log.warning("client %s: Dirichlet share has %d rows, fewer than the %d asked for",
+                        c.name, len(rows), need[c.name])
+        out[c.name] = rows
+    return out
+
+
+PARTITIONS = {"category": _partition_category, "iid": _partition_iid, "dirichlet": _partition_dirichlet}
+
+
+def _check_unique_ids(splits: Splits) -> None:
+    """DataError if two examples share an id (e.g. two JSONL domains whose labels look alike)."""
+    seen: set[str] = set()
+    for examples in [*splits.private.values(), *splits.eval.values()]:
+        for ex in examples:
+            if ex.id in seen:
+                raise DataError(f"example id {ex.id!r} occurs twice; give the domains distinct data.name")
+            seen.add(ex.id)
+
+
+def _carve(cfg: RunConfig) -> tuple[dict[str, list[Example]], list[Prompt], dict[str, list[Example]]]:
+    """Each domain's rows, shuffled by ``data.split_seed``, carved into eval sets, public prompts and the rest."""
+    selections = _domain_selections(cfg)
+    num, n_eval = cfg.public.num_prompts, cfg.data.eval_per_domain
+    public_file = read_prompts(cfg.public.path)[:num] if cfg.public.path is not None else None
+    taken = {p.instruction.strip() for p in public_file or []}
+    rows = _drop_collisions({d: load_selection(s, cfg.data.max_chars) for d, s in selections.items()}, taken)
+    rows = {d: _shuffled(examples, f"{cfg.data.split_seed}:{d}") for d, examples in rows.items()}
+
+    eval_sets = {d: examples[:n_eval] for d, examples in rows.items()}
+    for d, examples in eval_sets.items():
+        if len(examples) < n_eval:
+            log.warning("domain %s: only %d eval examples (eval_per_domain=%d)", d, len(examples), n_eval)
+    rest = {d: examples[n_eval:] for d, examples in rows.items()}
+
+    if public_file is not None:
+        public = public_file
+    else:
+        quota = _public_quotas({d: len(r) for d, r in rest.items()}, num)
+        public = _round_robin({d: rest[d][:quota[d]] for d in rest})
+        rest = {d: rest[d][quota[d]:] for d in rest}
+    if len(public) < num:
+        log.warning("public prompt set has %d prompts, fewer than public.num_prompts=%d", len(public), num)
+    return eval_sets, public, rest
+
+
+def public_prompts(cfg: RunConfig) -> list[Prompt]:
+    """The run's public prompts alone, as ``build_splits`` draws them, without partitioning private data:
+    the ``public.path`` file when given (then no data set is read), else held out from the domains' rows."""
+    if cfg.public.path is not None:
+        return read_prompts(cfg.public.path)[:cfg.public.num_prompts]
+    return _carve(cfg)[1]
+
+
+def build_splits(cfg: RunConfig) -> Splits:
+    """Split the run's data into private sets per client, the public prompt set and eval sets per domain.
+
+    Each domain's rows are shuffled with ``random.Random(f"{data.split_seed}:{domain}")`` and carved in order
+    into eval, public candidates (only without ``public.path``) and the private pool, which the run's
+    ``seed`` shuffles again (``f"{seed}:{domain}:private"``): runs with different seeds are evaluated on
+    the same items and answer the same public prompts. No row is in two places and no instruction is in
+    two domains or equals a public prompt.
+
+    Raises:
+        DataError: bad data, or a client asking for more private rows than its domain has left.
+    """
+    eval_sets, public, rest = _carve(cfg)
+    rest = {d: _shuffled(examples, f"{cfg.seed}:{d}:private") for d, examples in rest.items()}
+    private = PARTITIONS[cfg.data.partition](cfg, rest)
+    by_category = cfg.data.partition == "category"
+    client_domain = {c.name: c.data.domain if by_category else MIXED for c in cfg.clients}
+    splits = Splits(private, public, eval_sets, client_domain)
+    _check_unique_ids(splits)
+    log.info("splits: %d public prompts; eval %s; private %s", len(public),
+             ", ".join(f"{d}={len(e)}" for d, e in eval_sets.items()),
+             ", ".join(f"{c}={len(e)}" for c, e in private.items()))
+    return splits
