@@ -39,8 +39,9 @@ def test_two_clients_one_round_on_embedded_models(tmp_path):
     assert set(round_1["cut_share"]) == {"geo", "math"} and all(0 <= v <= 1 for v in round_1["cut_share"].values())
     assert round_1["answer_quality"]["prompts"] == len(labels)  # every public prompt here has a held-back reference
     ledger = rows(out / "ledger.jsonl")
-    assert sorted((r["client"], r["direction"]) for r in ledger) == [
-        ("geo", "down"), ("geo", "up"), ("math", "down"), ("math", "up")]
+    assert sorted((r["round"], r["client"], r["direction"], r["kind"]) for r in ledger) == [
+        (0, c, "down", k) for c in ("geo", "math") for k in ("config", "public")] + [
+        (1, c, d, k) for c in ("geo", "math") for d, k in (("down", "download"), ("up", "upload"))]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["eval_after"]) == {"geo", "math"}
     assert set(summary["eval_after"]["geo"]) == {"wiki:Geography", "gsm8k"}

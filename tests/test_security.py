@@ -138,10 +138,10 @@ def honest(name: str, **overrides):
     def handle(msg):
         rec = msg.content["semcon"]
         t = int(rec["round"])
-        if msg.metadata.message_type == "query.setup":
+        if "public" in rec:  # the run's setup comes with the first phase message
             held.update(decode(bytes(rec["public"]), SETUP_LIMITS).prompts)
         answers = {pid: f"{name} says {text}" for pid, text in held.items()}
-        default = {"query.hello": {"client": name, "has-setup": bool(held)}, "query.setup": {"client": name},
+        default = {"query.hello": {"client": name, "has-setup": bool(held)},
                    "query.upload": {"client": name, "payload": encode(Upload(t, name, answers, dict.fromkeys(answers, True)))},
                    "train": {"client": name, "report": json.dumps({"steps": 1, "tokens": 9, "loss_first": 2.0,
                                                                   "loss_last": 1.0, "seconds": 0.1,
@@ -166,9 +166,8 @@ def flower_group(tmp_path, grid, **flower):
     tree["clients"].append({"name": "chat", "data": {"source": "chatterbot"}})
     cfg = load_config(tree=tree)
     prompts = [Prompt("p0000", "What is the capital of France?", "x"), Prompt("p0001", "Name a fruit.", "x")]
-    group = FlowerGroup(grid, cfg, "abc123", cfg.rounds, **flower)
-    group.payloads = {m.kind: encode(m) for m in setup_messages(cfg, prompts)}
-    return group, cfg, prompts
+    setup = {m.kind: encode(m) for m in setup_messages(cfg, prompts)}
+    return FlowerGroup(grid, cfg, "abc123", cfg.rounds, setup, **flower), cfg, prompts
 
 
 MALFORMED = {  # message type -> (reply, what the failure says)
@@ -217,8 +216,8 @@ def test_errors_and_silence_are_failures_and_a_round_goes_on(tmp_path, flower_id
     assert group.saved == {"geo": 1, "chat": 1}  # math never completed a train phase
     setup = [(r["client"], r["kind"]) for r in rows(run_dir.path / "ledger.jsonl") if r["round"] == 0]
     assert sorted(setup) == sorted((c, k) for c in ("geo", "math", "chat") for k in ("config", "public"))
-    assert [kind for kind, fields in group.grid.sent if fields & {"config", "public"}] == ["query.setup"] * 3
-    assert [kind for kind, _ in group.grid.sent].count("query.setup") == 3  # once per run
+    with_setup = [kind for kind, fields in group.grid.sent if fields & {"config", "public"}]
+    assert with_setup == ["evaluate"] * 3  # with each node's first phase message (the base model's), once per run
 
 
 def test_a_failed_hello_is_reported_with_the_nodes_reason(tmp_path, flower_identity):

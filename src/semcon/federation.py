@@ -81,7 +81,7 @@ class ClientGroup(Protocol):
     train_units: int  # progress ticks of a training phase
 
     def recipients(self) -> list[str]: ...  # clients a broadcast reaches now
-    def setup(self, t: int, payloads: dict[str, bytes]) -> list[str]: ...  # clients that got these now
+    def setup(self, t: int, payloads: dict[str, bytes]) -> list[str]: ...  # clients these reached this round
     def evaluate(self, base: bool) -> dict[str, dict]: ...
     def upload(self, t: int, tick: Tick) -> tuple[dict[str, bytes], dict[str, str]]: ...
     def train(self, t: int, download: bytes | None, tick: Tick) -> tuple[dict[str, dict], dict[str, str]]: ...
@@ -100,11 +100,11 @@ def federate(cfg: RunConfig, run_dir: RunDir, algo: Algorithm, group: ClientGrou
     setup = setup_messages(cfg, algo.prompts)
     for t in range(state.next_round, algo.schedule.last + 1):
         r, result, download = Round(t, run_dir, group, cfg.needed_clients, progress), None, None
-        r.setup(setup, counted=algo.schedule.communicating)  # the config and public prompts, once per client
         if algo.schedule.communicates(t):
             result = r.aggregate(algo, r.upload(algo.upload_phase))  # answers (or adapters) up, consensus
             download = r.broadcast(result)  # pseudo-labels (or the average) down
         reports = r.train(download, required=algo.schedule.trains(t))  # private data ∪ pseudo-labels
+        r.setup(setup, counted=algo.schedule.communicating)  # the config and prompts this round delivered
         state.rounds.append(round_row(t, r.phases, r.ledger, reports, r.failures, result, cfg.network))
         run_dir.metric("round", **state.rounds[-1])
         log.info(round_line(state.rounds[-1]))
@@ -145,8 +145,9 @@ class Round:
                                   f"to round {self.t - 1}: `semcon resume {self.run_dir.path}` continues from there")
 
     def setup(self, messages: list[RunSetup], counted: bool = True) -> None:
-        """Deliver the run's setup to the clients that lack it, each message counted in the ledger as its kind
-        (not for a method that never communicates: distributing its config is deployment, not its traffic)."""
+        """Hand the group the run's setup and record the clients it reached this round (a transport sends it
+        with a client's first message), each message counted in the ledger as its kind (not for a method that
+        never communicates: distributing its config is deployment, not its traffic)."""
         encoded = [(m, encode(m)) for m in messages]
         for name in self.group.setup(self.t, {m.kind: data for m, data in encoded}):
             if counted:

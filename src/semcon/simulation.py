@@ -37,7 +37,7 @@ class LocalGroup:
         return self.names
 
     def setup(self, t: int, payloads: dict[str, bytes]) -> list[str]:
-        """In one process every client shares the config and prompts: they count as sent at a run's start."""
+        """In one process every client shares the config and prompts: they count as sent in a run's round 0."""
         return self.names if t == 0 else []
 
     def evaluate(self, base: bool) -> dict[str, dict]:

@@ -52,7 +52,8 @@ def has_setup(state: Path) -> bool:
 
 
 def save_setup(state: Path, rec) -> None:
-    """Keep the run's config and public prompts (each sent once per run) in the node's state directory."""
+    """Keep the run's config and public prompts (sent once per run, with the first phase message this node
+    gets) in the node's state directory."""
     for kind in ("config", "public"):
         if kind in rec:
             msg = decode(bytes(rec[kind]), SETUP_LIMITS)
@@ -106,9 +107,8 @@ def _handle(msg: Message, context: Context, phase: str) -> Message:
     if phase == "hello":
         reply["has-setup"] = has_setup(state)
         return Message(RecordDict({"semcon": ConfigRecord(reply)}), reply_to=msg)
-    if phase == "setup":
+    if "config" in rec:  # the run's setup, with this node's first phase message
         save_setup(state, rec)
-        return Message(RecordDict({"semcon": ConfigRecord(reply)}), reply_to=msg)
     _fault(phase, t)
     cfg, prompts = load_setup(state, int(context.node_config["partition-id"]), context.node_config)
     fed = assemble(cfg, only=[name], prompts=prompts)
@@ -134,11 +134,6 @@ def _handle(msg: Message, context: Context, phase: str) -> Message:
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
     return _handle(msg, context, "hello")
-
-
-@app.query("setup")
-def setup(msg: Message, context: Context) -> Message:
-    return _handle(msg, context, "setup")
 
 
 @app.query("upload")

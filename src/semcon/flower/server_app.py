@@ -23,11 +23,11 @@ from semcon.algorithms import make_algorithm
 from semcon.config import RunConfig, load_config
 from semcon.data import public_prompts
 from semcon.embed import Embedder
-from semcon.federation import FederationError, Tick, federate
+from semcon.federation import FederationError, Tick, federate, setup_messages
 from semcon.flower.launch import run_config_overrides
 from semcon.flower.secure import load_members
 from semcon.names import check_name
-from semcon.protocol import ProtocolError, check_eval_report, check_train_report
+from semcon.protocol import ProtocolError, check_eval_report, check_train_report, encode
 from semcon.rundir import RunDir, RunState
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,10 @@ class FlowerGroup:
     client and, where ``pins`` are given, it is the registered node pinned to that client (Flower's node
     authentication binds a node id to its registered key).
     ``saved`` is the round of each client's last saved adapter: a node must load exactly that one.
+    ``setup`` (the encoded config and public prompts) goes with the first phase message to a node that lacks it.
     """
 
-    def __init__(self, grid: Grid, cfg: RunConfig, run_id: str, last_round: int,
+    def __init__(self, grid: Grid, cfg: RunConfig, run_id: str, last_round: int, setup: dict[str, bytes],
                  pins: dict[str, int] | None = None, saved: dict[str, int] | None = None):
         self.grid, self.cfg, self.last_round = grid, cfg, last_round
         self.names = [c.name for c in cfg.clients]
@@ -56,7 +57,7 @@ class FlowerGroup:
         self.refused: dict[int, str] = {}  # node id -> why it may not take part (while it stays connected)
         self.common = {"run-id": run_id}  # every message; the config and prompts go once, in the setup
         self.has_setup: set[str] = set()  # clients whose node holds this run's config and prompts
-        self.payloads: dict[str, bytes] = {}  # the setup: kind -> encoded message
+        self.payloads = setup  # the run's setup (kind -> encoded message), sent once to each client's node
         self.delivered: list[str] = []  # clients sent the setup since the loop last asked
 
     def discover(self, timeout: float | None = None) -> None:
@@ -115,27 +116,18 @@ class FlowerGroup:
         return [n for n in self.names if n in self.node_of]
 
     def setup(self, t: int, payloads: dict[str, bytes]) -> list[str]:
-        """Send the run's setup to every connected client's node that lacks it; the clients sent it since
-        the last call (a node that joins later gets it before its first phase)."""
-        self.payloads = payloads
-        self._deliver(t)
+        """The clients whose node got the run's setup since the last call. It travels with the first phase
+        message a node gets that lacks it (no message of its own: each costs a ClientApp process)."""
         sent, self.delivered = self.delivered, []
         return sent
 
-    def _deliver(self, t: int) -> None:
-        targets = {n: self.node_of[n] for n in self.recipients() if n not in self.has_setup}
-        if not targets or not self.payloads:
-            return
-        replies, _ = self._exchange("query.setup", t, targets, lambda rec: True, self.cfg.flower.phase_timeout_s,
-                                    **self.payloads)
-        self.has_setup |= set(replies)
-        self.delivered += [n for n in self.names if n in replies]
-
     def _exchange(self, kind: str, t: int, targets: dict[str, int], parse: Callable[[ConfigRecord], T],
-                  timeout: float, tick: Tick | None = None, **extra) -> tuple[dict[str, T], dict[str, str]]:
-        """Send one message per target and collect the parsed replies until ``timeout``; errors, silence and
-        replies that do not parse are failures with a reason, never exceptions."""
-        messages = [Message(RecordDict({"semcon": ConfigRecord({**self.common, "round": t, **extra,
+                  timeout: float, tick: Tick | None = None, own: dict[str, dict] | None = None,
+                  **extra) -> tuple[dict[str, T], dict[str, str]]:
+        """Send one message per target (with ``own[target]`` added) and collect the parsed replies until
+        ``timeout``; errors, silence and replies that do not parse are failures with a reason, never exceptions."""
+        own = own or {}
+        messages = [Message(RecordDict({"semcon": ConfigRecord({**self.common, "round": t, **extra, **own.get(key, {}),
                                                                 "saved-round": self.saved.get(key, -1)})}),
                             dst_node_id=node, message_type=kind, group_id=str(t)) for key, node in targets.items()]
         pending = dict(zip(self.grid.push_messages(messages), targets))
@@ -166,9 +158,13 @@ class FlowerGroup:
     def _phase(self, kind: str, t: int, parse: Callable[[ConfigRecord], T], tick: Tick | None = None,
                **extra) -> tuple[dict[str, T], dict[str, str]]:
         self.discover()
-        self._deliver(t)
-        targets = {n: self.node_of[n] for n in self.recipients() if n in self.has_setup}
-        replies, failures = self._exchange(kind, t, targets, parse, self.cfg.flower.phase_timeout_s, tick, **extra)
+        targets = {n: self.node_of[n] for n in self.recipients()}
+        setup = {n: self.payloads for n in targets if n not in self.has_setup}
+        replies, failures = self._exchange(kind, t, targets, parse, self.cfg.flower.phase_timeout_s, tick, setup,
+                                           **extra)
+        got = [n for n in setup if n in replies]  # a node replies only after keeping the setup
+        self.has_setup |= set(got)
+        self.delivered += got
         for name in self.names:
             if name not in targets:
                 failures[name] = "not connected"
@@ -248,7 +244,8 @@ def serve(grid: Grid, run_dir: RunDir, run_config: dict | None = None) -> dict:
                           Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size))
     pins = load_members(cfg.flower.members, [c.name for c in cfg.clients]) if cfg.flower.members else None
     saved = {n: r["round"] for r in (state.rounds if state else []) for n in r.get("completed", [])}
-    group = FlowerGroup(grid, cfg, run_dir.run_id, algo.schedule.last, pins, saved)
+    setup = {m.kind: encode(m) for m in setup_messages(cfg, algo.prompts)}
+    group = FlowerGroup(grid, cfg, run_dir.run_id, algo.schedule.last, setup, pins, saved)
     if state is not None:
         run_dir.rewind(state.next_round)
         log.info("resuming %s at round %d", run_dir.path, state.next_round)
