@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from semcon.config import DataSelection, load_config
-from semcon.data import DataError, Example, Prompt, build_splits, load_selection, read_jsonl, read_prompts
+from semcon.data import (DataError, Example, Prompt, build_splits, load_selection, public_prompts, read_jsonl,
+                         read_prompts)
 
 BIG = 10**9  # max_chars that keeps every row
 
@@ -277,6 +278,13 @@ def test_seeds_share_eval_sets_and_public_prompts(partition):
     assert {e.id for es in a.private.values() for e in es} != {e.id for es in b.private.values() for e in es}
     c = build_splits(config(clients, partition, seed=3, data={"split_seed": 8}))
     assert fingerprint(c)[2] != fingerprint(a)[2]
+
+
+@pytest.mark.parametrize("partition", list(CLIENTS))
+def test_the_public_prompts_alone_are_those_of_the_whole_split(partition):
+    """What a Flower server draws without partitioning anyone's private data."""
+    cfg = config(CLIENTS[partition], partition)
+    assert public_prompts(cfg) == build_splits(cfg).public
 
 
 def test_public_prompts_keep_their_reference_on_the_server():

@@ -3,8 +3,7 @@
 import pytest
 
 from semcon.config import NetworkConfig
-from semcon.federation import RoundResult
-from semcon.metrics import Phases, modelled_transfer_s, round_row
+from semcon.metrics import Phases, RoundResult, modelled_transfer_s, round_row
 
 
 def test_modelled_transfer_time_by_hand():

@@ -15,7 +15,8 @@ from safetensors.torch import save as save_tensors
 from semcon.config import ConfigError, RunConfig
 from semcon.data import Prompt
 from semcon.embed import Embedder
-from semcon.federation import RoundResult, Schedule
+from semcon.federation import Schedule
+from semcon.metrics import RoundResult
 from semcon.protocol import AdapterUpdate, accept_uploads, adapter_limits, check_adapter
 from semcon.server import SemanticConsensus
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from semcon.config import RunConfig
-from semcon.metrics import Phases, round_line, round_row, summarize
 from semcon.data import Prompt
+from semcon.metrics import Phases, RoundResult, round_line, round_row, summarize
 from semcon.protocol import Limits, Message, RunSetup, decode_all, encode
 from semcon.rundir import RunDir, RunState
 
@@ -27,18 +27,6 @@ Tick = Callable[..., None]
 
 class FederationError(RuntimeError):
     """The run cannot go on (too few clients answered); its state up to the last round is intact."""
-
-
-@dataclass
-class RoundResult:
-    """What the server side of a round produced: the download, and the method's own account of it."""
-
-    download: Message | None  # None only when no upload was valid (the quorum check stops the run)
-    accepted: list[str]
-    rejected: dict[str, str] = field(default_factory=dict)  # client -> reason
-    labels: list = field(default_factory=list)  # pseudo-labels to write for this round
-    metrics: dict = field(default_factory=dict)  # method-specific fields of the round's metrics row
-    seconds: dict[str, float] = field(default_factory=dict)  # parts of the aggregate phase timed apart
 
 
 @dataclass(frozen=True)

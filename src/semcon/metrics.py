@@ -10,16 +10,29 @@ import signal
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from semcon.config import NetworkConfig, RunConfig
+from semcon.protocol import Message
 
 if TYPE_CHECKING:
-    from semcon.federation import RoundResult
     from semcon.rundir import RunState
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundResult:
+    """What the server side of a round produced: the download, and the method's own account of it."""
+
+    download: Message | None  # None only when no upload was valid (the quorum check stops the run)
+    accepted: list[str]
+    rejected: dict[str, str] = field(default_factory=dict)  # client -> reason
+    labels: list = field(default_factory=list)  # pseudo-labels to write for this round
+    metrics: dict = field(default_factory=dict)  # method-specific fields of the round's metrics row
+    seconds: dict[str, float] = field(default_factory=dict)  # parts of the aggregate phase timed apart
 
 
 class Phases:

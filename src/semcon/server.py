@@ -20,7 +20,8 @@ from semcon.consensus import semantic_medoid
 from semcon.data import Prompt
 from semcon.embed import Embedder
 from semcon.evaluate import rouge_l
-from semcon.federation import RoundResult, Schedule
+from semcon.federation import Schedule
+from semcon.metrics import RoundResult
 from semcon.protocol import (
     Download,
     Message,
