@@ -5,7 +5,7 @@ import torch
 
 from semcon.config import LoraConfig
 from semcon.models import Backbone
-from semcon.train import collate, mean_nll, micro_batches, response_nll, tokenize, train_lora
+from semcon.train import collate, micro_batches, nll_sums, response_nll, tokenize, train_lora
 
 PAIRS = [("What is the capital of France?", "Paris is the capital of France.", 1.0),
          ("Add 2 and 3.", "2 + 3 = 5. The answer is 5.", 1.0),
@@ -19,6 +19,12 @@ def bb(tiny_llama_dir):
     b.add_adapter("alice", LoraConfig(r=4), seed=0)
     b.add_adapter("bob", LoraConfig(r=4), seed=1)
     return b
+
+
+def mean_nll(model, fmt, examples, **kw) -> float:
+    """Teacher-forced mean NLL per response token."""
+    sums, counts = nll_sums(model, fmt, examples, **kw)
+    return sum(sums) / max(sum(counts), 1)
 
 
 def test_response_nll_equals_hf_loss_with_masked_labels(bb):

@@ -185,10 +185,3 @@ def nll_sums(model: torch.nn.Module, fmt: ChatFormat, examples: list[TokenizedEx
         for k, i in enumerate(rows):
             sums[i], counts[i] = float(per_row[k]), int(per_count[k])
     return sums, counts
-
-
-def mean_nll(model: torch.nn.Module, fmt: ChatFormat, examples: list[TokenizedExample], *, batch_size: int,
-             device: torch.device, dtype: torch.dtype) -> float:
-    """Teacher-forced mean NLL per response token (exp of it is the perplexity)."""
-    sums, counts = nll_sums(model, fmt, examples, batch_size=batch_size, device=device, dtype=dtype)
-    return sum(sums) / max(sum(counts), 1)
