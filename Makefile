@@ -25,7 +25,7 @@ demo: setup
 	$(VENV)/bin/semcon run configs/demo.yaml --out runs/demo --overwrite
 
 test: setup
-	$(PY) -m pytest -q -n auto --dist loadgroup
+	$(PY) -m pytest -q -n auto
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

@@ -14,9 +14,7 @@ from semcon.protocol import AdapterUpdate
 from semcon.rundir import RunDir, RunState
 
 
-pytestmark = pytest.mark.xdist_group("algorithms")  # its run fixture is built once, on one worker
-
-@pytest.fixture(scope="session")  # interleaved modules on a worker would rebuild a module one
+@pytest.fixture(scope="session")  # workers interleave modules: built once per worker
 def runs(tiny_llama_dir, tmp_path_factory):
     """One tiny run per method on the same setting."""
     out = {}

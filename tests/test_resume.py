@@ -58,9 +58,7 @@ def test_resume_of_a_finished_run_changes_nothing_it_recorded(tiny_llama_dir, tm
 
 # --- Torn writes: a crash can cut an appended row or (on some filesystems) a state file ----------------------
 
-pytestmark = pytest.mark.xdist_group("resume")  # its run fixture is built once, on one worker
-
-@pytest.fixture(scope="session")  # interleaved modules on a worker would rebuild a module one
+@pytest.fixture(scope="session")  # workers interleave modules: built once per worker
 def finished(tiny_llama_dir, tmp_path_factory):
     """An uninterrupted 1-round run: state.json after round 1 (the last), state.prev.json after round 0."""
     out = tmp_path_factory.mktemp("finished")

@@ -12,9 +12,7 @@ from semcon.config import load_config
 from semcon.protocol import Upload
 
 
-pytestmark = pytest.mark.xdist_group("simulation")  # its run fixture is built once, on one worker
-
-@pytest.fixture(scope="session")  # interleaved modules on a worker would rebuild a module one
+@pytest.fixture(scope="session")  # workers interleave modules: built once per worker
 def tiny_run(tiny_llama_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     cfg = load_config(tree=tiny_tree(str(tiny_llama_dir)))
