@@ -194,6 +194,17 @@ def test_per_round_plots_have_integer_round_ticks(runs):
     assert "geo own" in labels and "math own" in labels
 
 
+def compare_command(monkeypatch, tmp_path, fake_run) -> list[str]:
+    """``semcon compare`` arguments for semantic_consensus (1 seed) and local (2 seeds), each federation
+    replaced by ``fake_run``."""
+    monkeypatch.setattr(cli, "_run_one", fake_run)
+    monkeypatch.setattr(cli, "_quiet_libraries", lambda: None)
+    monkeypatch.setattr(cli, "_setup_logging", lambda verbose: None)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_tree("smollm2-135m", seed=3, seeds={"local": 2})))
+    return ["compare", str(config), "--methods", "semantic_consensus,local", "--out", str(tmp_path / "cmp")]
+
+
 def test_seeds_run_into_their_own_directories(monkeypatch, tmp_path):
     """The command's loop over methods and seeds, with each federation replaced by a hand-made summary."""
     started = []
@@ -203,12 +214,7 @@ def test_seeds_run_into_their_own_directories(monkeypatch, tmp_path):
         RunDir.create(out, cfg)
         return local_run(cfg.seed - 3)
 
-    monkeypatch.setattr(cli, "_run_one", fake_run)
-    monkeypatch.setattr(cli, "_quiet_libraries", lambda: None)
-    monkeypatch.setattr(cli, "_setup_logging", lambda verbose: None)
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_tree("smollm2-135m", seed=3, seeds={"local": 2})))
-    args = ["compare", str(config), "--methods", "semantic_consensus,local", "--out", str(tmp_path / "cmp")]
+    args = compare_command(monkeypatch, tmp_path, fake_run)
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 0, result.output
     assert started == [("semantic_consensus", 3, "semantic_consensus/seed-3"), ("local", 3, "local/seed-3"),
@@ -259,12 +265,7 @@ def test_resume_keeps_finished_runs_and_continues_the_interrupted_one(monkeypatc
         RunDir(out).summary(summary)
         return summary
 
-    monkeypatch.setattr(cli, "_run_one", fake_run)
-    monkeypatch.setattr(cli, "_quiet_libraries", lambda: None)
-    monkeypatch.setattr(cli, "_setup_logging", lambda verbose: None)
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_tree("smollm2-135m", seed=3, seeds={"local": 2})))
-    args = ["compare", str(config), "--methods", "semantic_consensus,local", "--out", str(tmp_path / "cmp")]
+    args = compare_command(monkeypatch, tmp_path, fake_run)
     assert CliRunner().invoke(cli.app, args).exit_code == 1
     assert not (tmp_path / "cmp" / "report.md").exists()
     started.clear()

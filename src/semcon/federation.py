@@ -69,7 +69,7 @@ class ClientGroup(Protocol):
     train_units: int  # progress ticks of a training phase
 
     def recipients(self) -> list[str]: ...  # clients a broadcast reaches now
-    def setup(self, t: int, payloads: dict[str, bytes]) -> list[str]: ...  # clients these reached this round
+    def setup(self, t: int) -> list[str]: ...  # clients the run's setup reached this round
     def evaluate(self, base: bool) -> dict[str, dict]: ...
     def upload(self, t: int, tick: Tick) -> tuple[dict[str, bytes], dict[str, str]]: ...
     def train(self, t: int, download: bytes | None, tick: Tick) -> tuple[dict[str, dict], dict[str, str]]: ...
@@ -85,7 +85,7 @@ def federate(cfg: RunConfig, run_dir: RunDir, algo: Algorithm, group: ClientGrou
     if state.next_round == 0 and cfg.eval.before:
         with Phases(progress)("evaluate", label="base models"):
             state.before = group.evaluate(base=True)
-    setup = setup_messages(cfg, algo.prompts)
+    setup = [(m, encode(m)) for m in setup_messages(cfg, algo.prompts)]  # encoded once, as a transport sends it
     for t in range(state.next_round, algo.schedule.last + 1):
         r, result, download = Round(t, run_dir, group, cfg.needed_clients, progress), None, None
         if algo.schedule.communicates(t):
@@ -132,12 +132,11 @@ class Round:
                                   f"({', '.join(ok) or 'none'}), min_clients={self.needed} ({why}); state kept up "
                                   f"to round {self.t - 1}: `semcon resume {self.run_dir.path}` continues from there")
 
-    def setup(self, messages: list[RunSetup], counted: bool = True) -> None:
-        """Hand the group the run's setup and record the clients it reached this round (a transport sends it
-        with a client's first message), each message counted in the ledger as its kind (not for a method that
-        never communicates: distributing its config is deployment, not its traffic)."""
-        encoded = [(m, encode(m)) for m in messages]
-        for name in self.group.setup(self.t, {m.kind: data for m, data in encoded}):
+    def setup(self, encoded: list[tuple[RunSetup, bytes]], counted: bool = True) -> None:
+        """Record the clients the run's setup reached this round (a transport sends it with a client's first
+        message), each message counted in the ledger as its kind (not for a method that never communicates:
+        distributing its config is deployment, not its traffic)."""
+        for name in self.group.setup(self.t):
             if counted:
                 self.ledger += [self.run_dir.ledger(self.t, name, "down", m, data) for m, data in encoded]
 

@@ -36,7 +36,7 @@ class LocalGroup:
     def recipients(self) -> list[str]:
         return self.names
 
-    def setup(self, t: int, payloads: dict[str, bytes]) -> list[str]:
+    def setup(self, t: int) -> list[str]:
         """In one process every client shares the config and prompts: they count as sent in a run's round 0."""
         return self.names if t == 0 else []
 

@@ -115,7 +115,7 @@ class FlowerGroup:
     def recipients(self) -> list[str]:
         return [n for n in self.names if n in self.node_of]
 
-    def setup(self, t: int, payloads: dict[str, bytes]) -> list[str]:
+    def setup(self, t: int) -> list[str]:
         """The clients whose node got the run's setup since the last call. It travels with the first phase
         message a node gets that lacks it (no message of its own: each costs a ClientApp process)."""
         sent, self.delivered = self.delivered, []
