@@ -10,7 +10,6 @@ import io
 import json
 import subprocess
 import sys
-import time
 
 import msgpack
 import pytest
@@ -76,15 +75,14 @@ def test_decompression_and_object_bombs_are_refused_cheaply(bomb, tmp_path):
     done = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, timeout=120)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["outcome"].startswith("ProtocolError"), result
-    assert result["rss_growth_mb"] < 100 and result["seconds"] < 1.0, result
+    # generous: a guard against a decoder that hangs, not a speed target (that is benchmarks' job)
+    assert result["rss_growth_mb"] < 100 and result["seconds"] < 10.0, result
 
 
 def test_a_real_round_of_long_answers_still_decodes():
     answers = {f"p{i:04d}": "ü" * 4000 for i in range(32)}  # every answer at the cap, 2 bytes a character
     msg = Upload(round=1, client="a", answers=answers, finished=dict.fromkeys(answers, False))
-    start = time.perf_counter()
     assert decode(encode(msg), LIMITS) == msg
-    assert time.perf_counter() - start < 1.0
 
 
 @pytest.mark.parametrize("field, value", [("round", True), ("round", 1.0), ("v", 1.0), ("v", True)])
@@ -352,15 +350,17 @@ def test_unsafe_client_names_exit_2_naming_them(name):
     one_line_error(cli("run", "configs/demo.yaml", "--set", f"clients.0.name={json.dumps(name)}"), "is not a safe name")
 
 
-def test_names_equal_ignoring_case_are_refused_and_10000_clients_validate_fast():
+def test_names_equal_ignoring_case_are_refused_among_10000_clients():
+    """Correctness at scale; the speed of the check is measured by benchmarks/bench_config.py."""
     from semcon.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="unique ignoring case, repeated: geo"):
         load_config("configs/demo.yaml", ["clients.1.name=geo", "clients.0.name=Geo"])
     tree = {"clients": [{"name": f"c{i:05d}", "data": {"source": "gsm8k"}} for i in range(10_000)]}
-    start = time.perf_counter()
-    load_config(tree=tree, overrides=["data.partition=iid"])
-    assert time.perf_counter() - start < 1.0
+    assert len(load_config(tree=tree, overrides=["data.partition=iid"]).clients) == 10_000
+    tree["clients"][-1]["name"] = "C00007"
+    with pytest.raises(ConfigError, match="(?i)repeated: c00007"):
+        load_config(tree=tree, overrides=["data.partition=iid"])
 
 
 def test_paths_built_from_names_stay_inside(tmp_path):
