@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from semcon.config import DataSelection, load_config
+from semcon.config import ConfigError, DataSelection, load_config
 from semcon.data import (DataError, Example, Prompt, build_splits, load_selection, public_prompts, read_jsonl,
                          read_prompts)
 
@@ -30,12 +30,12 @@ def qa_rows(n: int, tag: str, category: str | None = None) -> list[dict]:
     return rows
 
 
-def config(clients: list[dict], partition: str = "category", seed: int = 0, **sections):
+def config(clients: list[dict], partition: str = "category", seed: int = 0, check_files: bool = True, **sections):
     """A RunConfig from a dict, as a user's YAML would give it."""
     tree = {"seed": seed, "clients": clients, "data": {"partition": partition, "examples_per_client": 20,
                                                         "eval_per_domain": 8, **sections.pop("data", {})},
             "public": {"num_prompts": 12, **sections.pop("public", {})}, **sections}
-    return load_config(tree=tree)
+    return load_config(tree=tree, check_files=check_files)
 
 
 def instructions(examples) -> list[str]:
@@ -351,3 +351,42 @@ def test_overlapping_selections_stay_disjoint():
     splits = build_splits(config(clients))
     assert_disjoint(splits)
     assert isinstance(splits.private["maths"][0], Example)
+
+
+def test_a_node_needs_only_its_own_data_file(tmp_path):
+    """A Flower node rebuilds its client's split from its own file and the server's public prompts: the same
+    private rows as the whole split, eval sets for what it can read, and no need for the others' files."""
+    clinic = write_jsonl(tmp_path / "clinic.jsonl", qa_rows(60, "clinic"))
+    bank = write_jsonl(tmp_path / "bank.jsonl", qa_rows(60, "bank"))
+    clients = [{"name": "clinic", "data": {"source": "jsonl", "path": str(clinic)}},
+               {"name": "bank", "data": {"source": "jsonl", "path": str(bank)}},
+               {"name": "math", "data": {"source": "gsm8k"}}]
+    whole = build_splits(config(clients))
+    sent = [Prompt(p.id, p.instruction, "public") for p in whole.public]  # what the server sends: no references
+    bank.rename(tmp_path / "elsewhere.jsonl")  # the bank's file lives on another machine
+    cfg = config(clients, check_files=False)
+    for name, readable in (("clinic", {"clinic", "gsm8k"}), ("math", {"clinic", "gsm8k"})):
+        node = build_splits(cfg, sent, node=name)
+        assert list(node.private) == [c["name"] for c in clients if c["name"] != "bank"]
+        assert node.private[name] == whole.private[name]
+        assert set(node.eval) == readable and all(node.eval[d] == whole.eval[d] for d in readable)
+    with pytest.raises(DataError, match="bank.jsonl: file not found"):
+        build_splits(cfg, sent, node="bank")
+    with pytest.raises(ConfigError, match="clients.1.data.path: file not found"):
+        config(clients)
+
+
+def test_a_node_of_a_pooled_partition_needs_every_file(tmp_path):
+    mine, theirs = write_jsonl(tmp_path / "mine.jsonl", qa_rows(80, "mine")), tmp_path / "theirs.jsonl"
+    clients = [{"name": "a", "data": {"source": "jsonl", "path": str(mine)}},
+               {"name": "b", "data": {"source": "jsonl", "path": str(theirs)}}]
+    with pytest.raises(DataError, match="partition=iid pools every client's data"):
+        build_splits(config(clients, "iid", check_files=False, public={"num_prompts": 4}), node="a")
+
+
+def test_given_public_prompts_leave_the_same_split_as_drawing_them():
+    """A resumed run reads its prompts back from the run directory instead of drawing them again."""
+    for partition, clients in CLIENTS.items():
+        cfg = config(clients, partition)
+        drawn = build_splits(cfg)
+        assert fingerprint(build_splits(cfg, drawn.public)) == fingerprint(drawn)

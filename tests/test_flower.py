@@ -1,9 +1,11 @@
 """semcon on a real Flower deployment on 127.0.0.1: a SuperLink and SuperNodes as separate processes.
 
-Each phase costs Flower about 6 s of polling, so these runs are short: 2 tiny clients, 1 round.
+Each phase starts a ClientApp process per node (imports alone take seconds), so these runs are short:
+2 tiny clients, 1 round, and one deployment covers the failure, the resume and the results.
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,8 +13,6 @@ import pytest
 import yaml
 from conftest import flower_processes, rows, same_results
 
-from semcon.config import load_config
-from semcon.flower.launch import Processes, flwr_run, mark, write_connection
 from semcon.rundir import RunDir, RunState
 
 pytestmark = pytest.mark.flower
@@ -45,45 +45,27 @@ def test_flower_run_config_maps_onto_the_config(tree, tmp_path):
     assert (cfg.train.steps, cfg.public.num_prompts, cfg.rounds) == (5, 3, tree["rounds"])
 
 
-def test_flower_local_gives_the_in_process_results(tree, in_process, tmp_path):
+def test_flower_local_stops_below_quorum_and_resume_finishes_with_the_in_process_results(tree, in_process,
+                                                                                          tmp_path):
+    """`semcon flower local` on a real deployment: math's process dies mid-round, so with min_clients=2 the
+    run stops and keeps round 0; `semcon resume` starts a new deployment (new Flower node ids) and finishes
+    it with the in-process results."""
     config, out = tmp_path / "tiny.yaml", tmp_path / "run"
-    config.write_text(yaml.safe_dump(tree))
-    done = subprocess.run([sys.executable, "-m", "semcon", "flower", "local", str(config), "--out", str(out)],
-                          capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    same_results(out, in_process)
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["transport"] == "flower" and set(summary["eval_after"]) == {"geo", "math"}
-    for i, name in enumerate(["geo", "math"]):  # each node kept its own adapter, keyed by the run id
-        assert (out / "nodes" / f"node{i}" / RunDir(out).run_id / name / "round_01.safetensors").is_file()
-    assert flower_processes(out / "flower") == []  # every process it started was stopped
-
-
-@pytest.fixture
-def deployment(tmp_path):
-    procs = Processes(tmp_path / "flower", tmp_path / "flower" / "logs")
-    procs.start_superlink()
-    yield procs
-    procs.stop_all()
-    assert flower_processes(procs.home) == []
-
-
-def test_a_dead_client_below_quorum_stops_the_run_and_resume_finishes_it(tree, in_process, deployment, tmp_path):
-    out = tmp_path / "run"
-    RunDir.create(out, load_config(tree={**tree, "min_clients": 2}))
-    deployment.start_node(0, tmp_path / "n0")
-    deployment.start_node(1, tmp_path / "n1", {"SEMCON_CLIENT_FAIL": "upload:1"})  # its process dies mid-round
-    connection = write_connection(deployment.home, deployment.address)
-    with pytest.raises(RuntimeError, match="min_clients=2"):
-        flwr_run(out, deployment.home, connection)
+    config.write_text(yaml.safe_dump({**tree, "min_clients": 2}))
+    semcon = [sys.executable, "-m", "semcon"]
+    died = subprocess.run([*semcon, "flower", "local", str(config), "--out", str(out)], capture_output=True,
+                          text=True, timeout=400, env={**os.environ, "SEMCON_CLIENT_FAIL": "math:upload:1"})
+    assert died.returncode != 0 and "min_clients=2" in died.stdout + died.stderr, died.stdout[-2000:]
     assert RunState.load(RunDir(out)).next_round == 1  # round 0 is kept
     assert not (out / "pseudo_labels" / "round_01.jsonl").exists()
+    assert flower_processes(out / "flower") == []  # every process it started was stopped
 
-    deployment.stop_node(1)  # the node comes back healthy, with a new Flower node id
-    deployment.start_node(1, tmp_path / "n1")
-    mark(out, deployment.address)
-    done = subprocess.run([sys.executable, "-m", "semcon", "resume", str(out)], capture_output=True, text=True,
-                          timeout=400)
+    done = subprocess.run([*semcon, "resume", str(out)], capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     same_results(out, in_process, same_config=False)  # this run sets min_clients
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["transport"] == "flower" and set(summary["eval_after"]) == {"geo", "math"}
     assert [r["round"] for r in rows(out / "metrics.jsonl") if r["event"] == "round"] == [0, 1]
+    for i, name in enumerate(["geo", "math"]):  # each node kept its own adapter, keyed by the run id
+        assert (out / "nodes" / f"node{i}" / RunDir(out).run_id / name / "round_01.safetensors").is_file()
+    assert flower_processes(out / "flower") == []

@@ -13,7 +13,7 @@ from semcon.models import Backbone, load_tokenizer
 @pytest.fixture(scope="module")
 def hetero_tree(tiny_llama_dir, tiny_gemma3_dir, tiny_qwen2_dir):
     return {
-        "name": "hetero-tiny", "seed": 0, "rounds": 2, "precision": "fp32", "threads": THREADS,
+        "name": "hetero-tiny", "seed": 0, "rounds": 1, "precision": "fp32", "threads": THREADS,
         "clients": [
             {"name": "llama", "model": str(tiny_llama_dir), "data": {"source": "wiki", "categories": ["Geography"]}},
             {"name": "gemma", "model": str(tiny_gemma3_dir), "data": {"source": "gsm8k"},
@@ -30,13 +30,18 @@ def hetero_tree(tiny_llama_dir, tiny_gemma3_dir, tiny_qwen2_dir):
     }
 
 
+@pytest.fixture(scope="module")
+def resident(hetero_tree, tmp_path_factory):
+    """One round of the three families, every base model resident."""
+    out = tmp_path_factory.mktemp("resident")
+    return out, simulation.run(load_config(tree=hetero_tree), out)
 
-def test_three_families_federate_on_text(hetero_tree, tmp_path):
-    summary = simulation.run(load_config(tree=hetero_tree), tmp_path)
+
+def test_three_families_federate_on_text(hetero_tree, resident):
+    path, summary = resident
     assert summary["clients"] == ["llama", "gemma", "qwen"]
-    for t in (1, 2):
-        labels = rows(tmp_path / "pseudo_labels" / f"round_{t:02d}.jsonl")
-        assert labels and all(isinstance(r["text"], str) for r in labels)
+    labels = rows(path / "pseudo_labels" / "round_01.jsonl")
+    assert labels and all(isinstance(r["text"], str) for r in labels)
     # every client tokenizes the same pseudo-label text with its own tokenizer
     text = labels[0]["text"] or "plain text"
     vocab = {}
@@ -46,22 +51,20 @@ def test_three_families_federate_on_text(hetero_tree, tmp_path):
         assert ids and max(ids) < len(tok)
         vocab[client["name"]] = len(tok)
     assert len(set(vocab.values())) == 3  # three different tokenizers
-    ledger = rows(tmp_path / "ledger.jsonl")
+    ledger = rows(path / "ledger.jsonl")
     assert {r["kind"] for r in ledger} == {"config", "public", "upload", "download"}
     per_round = summary["per_round"]
     assert all("train" in r["phase_peak_rss_gb"] for r in per_round)
     # per-client settings took effect: gemma's adapter is rank 4 on q,v only
-    config = json.loads((tmp_path / "adapters" / "gemma" / "adapter_config.json").read_text())
+    config = json.loads((path / "adapters" / "gemma" / "adapter_config.json").read_text())
     assert config["r"] == 4 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
 
 
-def test_one_model_at_a_time_gives_the_same_run(hetero_tree, tmp_path):
-    resident = simulation.run(load_config(tree={**hetero_tree, "rounds": 1}), tmp_path / "all")
-    swapped = simulation.run(load_config(tree={**hetero_tree, "rounds": 1, "resident_models": "one"}),
-                             tmp_path / "one")
-    assert (tmp_path / "all/pseudo_labels/round_01.jsonl").read_text() == \
-        (tmp_path / "one/pseudo_labels/round_01.jsonl").read_text()
-    assert resident["eval_after"] == swapped["eval_after"]
+def test_one_model_at_a_time_gives_the_same_run(hetero_tree, resident, tmp_path):
+    path, summary = resident
+    swapped = simulation.run(load_config(tree={**hetero_tree, "resident_models": "one"}), tmp_path)
+    assert (path / "pseudo_labels/round_01.jsonl").read_text() == (tmp_path / "pseudo_labels/round_01.jsonl").read_text()
+    assert summary["eval_after"] == swapped["eval_after"]
 
 
 def test_gemma_base_model_gets_plain_prompts_with_bos(tiny_gemma3_dir):

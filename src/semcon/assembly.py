@@ -28,19 +28,19 @@ class Federation:
     embedder: Embedder
 
 
-def assemble(cfg: RunConfig, only: list[str] | None = None, prompts: list[Prompt] | None = None) -> Federation:
+def assemble(cfg: RunConfig, prompts: list[Prompt] | None = None, node: str | None = None) -> Federation:
     """Build the splits, load each distinct base model once, create the clients and the method.
 
-    ``only`` builds just those clients (a Flower node holds one; ids and seeds stay those of the config);
-    ``prompts`` replaces the public prompts (a Flower node gets them from the server).
+    ``prompts``: the public prompts already drawn (kept in the run directory, or sent by the server).
+    ``node``: build only that client, from its own data (a Flower node; ids and seeds stay the config's).
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    splits = build_splits(cfg)
+    splits = build_splits(cfg, prompts, node)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
-    members = [(i, c) for i, c in enumerate(cfg.clients) if only is None or c.name in only]
+    members = [(i, c) for i, c in enumerate(cfg.clients) if node is None or c.name == node]
     backbones = BackbonePool([c.model for _, c in members], dtype, device, cfg.resident_models, cfg.memory_budget_gb)
     embedder = Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size)
     if cfg.method == "centralized":  # one model on the pooled private data, the same total training budget
@@ -51,8 +51,7 @@ def assemble(cfg: RunConfig, only: list[str] | None = None, prompts: list[Prompt
         common_init = cfg.seed if cfg.method in ("fedavg", "fedprox") else None
         clients = [Client(i, c.name, backbones[c.model], splits.private[c.name], cfg.client_settings(c.name),
                           adapter_seed=common_init) for i, c in members]
-    public = splits.public if prompts is None else prompts
-    return Federation(clients, make_algorithm(cfg, public, embedder), public, splits.eval, embedder)
+    return Federation(clients, make_algorithm(cfg, splits.public, embedder), splits.public, splits.eval, embedder)
 
 
 def client_round(client: Client, algo, t: int, download: bytes | None, eval_sets: dict[str, list[Example]],

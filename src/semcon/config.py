@@ -298,30 +298,30 @@ def _one_line(err: ValidationError, origin: str) -> str:
     return f"{origin}: {loc}: {msg}{more}"
 
 
-def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
-    """Make relative data paths absolute against ``base`` and check that the files exist."""
-    selections = [(f"clients.{i}.data.path", c.data) for i, c in enumerate(cfg.clients) if c.data]
-    for key, sel in selections:
-        if sel.path is not None:
-            sel.path = (base / sel.path).resolve() if not sel.path.is_absolute() else sel.path
-            if not sel.path.is_file():
-                raise ConfigError(f"{key}: file not found: {sel.path}")
+def resolve_paths(cfg: RunConfig, base: Path, check_files: bool = True) -> RunConfig:
+    """Make relative data paths absolute against ``base`` and (``check_files``) check that the files exist."""
+    def resolved(key: str, path: Path) -> Path:
+        path = path if path.is_absolute() else (base / path).resolve()
+        if check_files and not path.is_file():
+            raise ConfigError(f"{key}: file not found: {path}")
+        return path
+
+    for i, c in enumerate(cfg.clients):
+        if c.data is not None and c.data.path is not None:
+            c.data.path = resolved(f"clients.{i}.data.path", c.data.path)
     if cfg.flower.members is not None:
-        m = cfg.flower.members if cfg.flower.members.is_absolute() else (base / cfg.flower.members).resolve()
-        if not m.is_file():
-            raise ConfigError(f"flower.members: file not found: {m}")
-        cfg.flower.members = m
+        cfg.flower.members = resolved("flower.members", cfg.flower.members)
     if cfg.public.path is not None:
-        p = cfg.public.path if cfg.public.path.is_absolute() else (base / cfg.public.path).resolve()
-        if not p.is_file():
-            raise ConfigError(f"public.path: file not found: {p}")
-        cfg.public.path = p
+        cfg.public.path = resolved("public.path", cfg.public.path)
     return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                tree: dict | None = None) -> RunConfig:
-    """Load YAML (or a dict), apply overrides, validate. Raises ConfigError with one line."""
+                tree: dict | None = None, check_files: bool = True) -> RunConfig:
+    """Load YAML (or a dict), apply overrides, validate. Raises ConfigError with one line.
+
+    ``check_files=False``: files named in the config need not exist here (a Flower node has only its own data).
+    """
     origin = "config"
     if path is not None:
         path = Path(path)
@@ -345,4 +345,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = RunConfig.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_one_line(e, origin)) from None
-    return resolve_paths(cfg, path.parent if path is not None else Path.cwd())
+    return resolve_paths(cfg, path.parent if path is not None else Path.cwd(), check_files)

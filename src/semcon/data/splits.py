@@ -7,6 +7,7 @@ import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -107,11 +108,12 @@ def _take(pool: list[Example], start: int, need: int, client: str, domain: str) 
     return pool[start:start + need]
 
 
-def _partition_category(cfg: RunConfig, pools: dict[str, list[Example]]) -> dict[str, list[Example]]:
+def _partition_category(cfg: RunConfig, pools: dict[str, list[Example]], clients: list[ClientConfig]
+                        ) -> dict[str, list[Example]]:
     """Each client takes its domain's next rows; clients sharing a domain get disjoint slices."""
     out: dict[str, list[Example]] = {}
     start: dict[str, int] = defaultdict(int)
-    for c in cfg.clients:
+    for c in clients:
         domain, need = c.data.domain, _wanted(cfg, c)
         out[c.name] = _take(pools[domain], start[domain], need, c.name, domain)
         start[domain] += need
@@ -123,12 +125,13 @@ def _pooled(pools: dict[str, list[Example]], seed: str) -> list[Example]:
     return _shuffled([ex for domain in pools for ex in pools[domain]], seed)
 
 
-def _partition_iid(cfg: RunConfig, pools: dict[str, list[Example]]) -> dict[str, list[Example]]:
+def _partition_iid(cfg: RunConfig, pools: dict[str, list[Example]], clients: list[ClientConfig]
+                   ) -> dict[str, list[Example]]:
     """Pool every domain's private rows, shuffle, and deal disjoint consecutive slices."""
     pool, domain = _pooled(pools, f"{cfg.seed}:iid"), f"{MIXED} ({', '.join(pools)})"
     out: dict[str, list[Example]] = {}
     start = 0
-    for c in cfg.clients:
+    for c in clients:
         need = _wanted(cfg, c)
         out[c.name] = _take(pool, start, need, c.name, domain)
         start += need
@@ -148,10 +151,11 @@ def _dirichlet_shares(groups: list[list[Example]], n_clients: int, alpha: float,
     return shares
 
 
-def _partition_dirichlet(cfg: RunConfig, pools: dict[str, list[Example]]) -> dict[str, list[Example]]:
+def _partition_dirichlet(cfg: RunConfig, pools: dict[str, list[Example]], clients: list[ClientConfig]
+                         ) -> dict[str, list[Example]]:
     """Per category of the pooled rows, Dirichlet(alpha) shares over clients, each capped at its count."""
     pool = _pooled(pools, f"{cfg.seed}:dirichlet")
-    need = {c.name: _wanted(cfg, c) for c in cfg.clients}
+    need = {c.name: _wanted(cfg, c) for c in clients}
     if len(pool) < sum(need.values()):
         raise DataError(f"clients {', '.join(need)}: domain {MIXED} ({', '.join(pools)}) has {len(pool)} "
                         f"private rows after eval and public, {sum(need.values())} needed")
@@ -159,9 +163,9 @@ def _partition_dirichlet(cfg: RunConfig, pools: dict[str, list[Example]]) -> dic
     for ex in pool:
         groups[ex.domain, ex.category].append(ex)
     groups_sorted = [groups[k] for k in sorted(groups)]
-    shares = _dirichlet_shares(groups_sorted, len(cfg.clients), cfg.data.alpha, cfg.seed)
+    shares = _dirichlet_shares(groups_sorted, len(clients), cfg.data.alpha, cfg.seed)
     out: dict[str, list[Example]] = {}
-    for c, share in zip(cfg.clients, shares, strict=True):
+    for c, share in zip(clients, shares, strict=True):
         # shuffle before capping so the cap keeps the client's category mix
         rows = _shuffled(share, f"{cfg.seed}:dirichlet:{c.name}")[:need[c.name]]
         if not rows:
@@ -187,12 +191,28 @@ def _check_unique_ids(splits: Splits) -> None:
             seen.add(ex.id)
 
 
-def _carve(cfg: RunConfig) -> tuple[dict[str, list[Example]], list[Prompt], dict[str, list[Example]]]:
-    """Each domain's rows, shuffled by ``data.split_seed``, carved into eval sets, public prompts and the rest."""
+def _readable(sel: DataSelection) -> bool:
+    """Whether this machine can read a selection: embedded sources always, a JSONL file where it exists."""
+    return sel.source != "jsonl" or Path(sel.path).is_file()
+
+
+def _carve(cfg: RunConfig, public: list[Prompt] | None = None, node: str | None = None,
+           ) -> tuple[dict[str, list[Example]], list[Prompt], dict[str, list[Example]]]:
+    """Each domain's rows, shuffled by ``data.split_seed``, carved into eval sets, public prompts and the rest.
+
+    ``public``: the prompts already drawn (a resumed run, or a node given them by the server); their rows
+    leave the domains as drawing them would have. ``node``: only the domains this machine can read, and
+    always that client's own.
+    """
     selections = _domain_selections(cfg)
+    if node is not None:
+        own = next((c.data.domain for c in cfg.clients if c.name == node and c.data is not None), None)
+        selections = {d: s for d, s in selections.items() if d == own or _readable(s)}
     num, n_eval = cfg.public.num_prompts, cfg.data.eval_per_domain
-    public_file = read_prompts(cfg.public.path)[:num] if cfg.public.path is not None else None
-    taken = {p.instruction.strip() for p in public_file or []}
+    drawn = public is not None and cfg.public.path is None  # drawn from the domains' rows, after the eval sets
+    if public is None and cfg.public.path is not None:
+        public = read_prompts(cfg.public.path)[:num]
+    taken = {p.instruction.strip() for p in public} if public is not None and not drawn else set()
     rows = _drop_collisions({d: load_selection(s, cfg.data.max_chars) for d, s in selections.items()}, taken)
     rows = {d: _shuffled(examples, f"{cfg.data.split_seed}:{d}") for d, examples in rows.items()}
 
@@ -202,9 +222,10 @@ def _carve(cfg: RunConfig) -> tuple[dict[str, list[Example]], list[Prompt], dict
             log.warning("domain %s: only %d eval examples (eval_per_domain=%d)", d, len(examples), n_eval)
     rest = {d: examples[n_eval:] for d, examples in rows.items()}
 
-    if public_file is not None:
-        public = public_file
-    else:
+    if drawn:
+        texts = {p.instruction for p in public}
+        rest = {d: [e for e in examples if e.instruction not in texts] for d, examples in rest.items()}
+    elif public is None:
         quota = _public_quotas({d: len(r) for d, r in rest.items()}, num)
         public = _round_robin({d: rest[d][:quota[d]] for d in rest})
         rest = {d: rest[d][quota[d]:] for d in rest}
@@ -221,7 +242,7 @@ def public_prompts(cfg: RunConfig) -> list[Prompt]:
     return _carve(cfg)[1]
 
 
-def build_splits(cfg: RunConfig) -> Splits:
+def build_splits(cfg: RunConfig, public: list[Prompt] | None = None, node: str | None = None) -> Splits:
     """Split the run's data into private sets per client, the public prompt set and eval sets per domain.
 
     Each domain's rows are shuffled with ``random.Random(f"{data.split_seed}:{domain}")`` and carved in order
@@ -230,14 +251,24 @@ def build_splits(cfg: RunConfig) -> Splits:
     the same items and answer the same public prompts. No row is in two places and no instruction is in
     two domains or equals a public prompt.
 
+    ``node`` (a Flower node holding that client): only its own data file is needed. Its private rows are
+    those of the whole split; eval sets exist for the domains it can read (embedded ones, and files present
+    here). Instructions shared with a domain it cannot read are not dropped, as it cannot see them.
+
     Raises:
         DataError: bad data, or a client asking for more private rows than its domain has left.
     """
-    eval_sets, public, rest = _carve(cfg)
+    eval_sets, public, rest = _carve(cfg, public, node)
     rest = {d: _shuffled(examples, f"{cfg.seed}:{d}:private") for d, examples in rest.items()}
-    private = PARTITIONS[cfg.data.partition](cfg, rest)
     by_category = cfg.data.partition == "category"
-    client_domain = {c.name: c.data.domain if by_category else MIXED for c in cfg.clients}
+    members = cfg.clients
+    if node is not None and len(rest) < len(_domain_selections(cfg)):
+        if not by_category:
+            raise DataError(f"partition={cfg.data.partition} pools every client's data, so node {node!r} needs "
+                            "all data files; use partition=category where each node holds only its own")
+        members = [c for c in cfg.clients if c.data.domain in rest]
+    private = PARTITIONS[cfg.data.partition](cfg, rest, members)
+    client_domain = {c.name: c.data.domain if by_category else MIXED for c in members}
     splits = Splits(private, public, eval_sets, client_domain)
     _check_unique_ids(splits)
     log.info("splits: %d public prompts; eval %s; private %s", len(public),

@@ -78,13 +78,13 @@ def load_setup(state: Path, pid: int, node: dict) -> tuple[RunConfig, list[Promp
     if "data-path" in node:
         client["data"] = {"source": "jsonl", "path": str(node["data-path"])}
     prompts = json.loads((state / "public.json").read_text(encoding="utf-8"))
-    return load_config(tree=tree), [Prompt(pid_, text, "public") for pid_, text in prompts.items()]
+    return load_config(tree=tree, check_files=False), [Prompt(pid_, text, "public") for pid_, text in prompts.items()]
 
 
-def _fault(phase: str, t: int) -> None:
-    """Fault injection for the tests: ``SEMCON_CLIENT_FAIL=PHASE:ROUND`` on a SuperNode makes its
-    ClientApp process die without a reply in that phase."""
-    if os.environ.get("SEMCON_CLIENT_FAIL", "") == f"{phase}:{t}":
+def _fault(client: str, phase: str, t: int) -> None:
+    """Fault injection for the tests: ``SEMCON_CLIENT_FAIL=CLIENT:PHASE:ROUND`` in a SuperNode's environment
+    makes that client's ClientApp process die without a reply in that phase."""
+    if os.environ.get("SEMCON_CLIENT_FAIL", "") == f"{client}:{phase}:{t}":
         os._exit(17)
 
 
@@ -98,20 +98,20 @@ def restore(client, state: Path, rec) -> None:
 
 
 def _handle(msg: Message, context: Context, phase: str) -> Message:
-    from semcon.assembly import assemble, client_round
-
     name, state = node_client(msg, context)
     rec = msg.content["semcon"]
     t = int(rec["round"])
     reply = {"client": name}
-    if phase == "hello":
+    if phase == "hello":  # answered before torch is imported: seconds less per node and run
         reply["has-setup"] = has_setup(state)
         return Message(RecordDict({"semcon": ConfigRecord(reply)}), reply_to=msg)
+    from semcon.assembly import assemble, client_round
+
     if "config" in rec:  # the run's setup, with this node's first phase message
         save_setup(state, rec)
-    _fault(phase, t)
+    _fault(name, phase, t)
     cfg, prompts = load_setup(state, int(context.node_config["partition-id"]), context.node_config)
-    fed = assemble(cfg, only=[name], prompts=prompts)
+    fed = assemble(cfg, prompts, node=name)
     client, algo = fed.clients[0], fed.algorithm
     if phase == "upload":
         restore(client, state, rec)

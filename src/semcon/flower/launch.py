@@ -54,8 +54,10 @@ RUN_CONFIG_KEYS = ("rounds", "seed", "public.num_prompts", "generate.max_new_tok
 
 
 def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for every Flower process: no telemetry or update checks, this venv first on PATH."""
+    """Environment for every Flower process: no telemetry or update checks, this venv first on PATH, and
+    app processes launched 0.25 s after their task arrives (Flower polls every 1 s by default)."""
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.25",
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     return {**env, **(extra or {})}

@@ -32,7 +32,7 @@ from semcon.rundir import RunDir, RunState
 
 log = logging.getLogger(__name__)
 app = ServerApp()
-POLL_S = 1.0
+POLL_S = 0.25  # a pull is one small HTTP request to the SuperLink
 T = TypeVar("T")
 
 
