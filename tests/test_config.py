@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,32 @@ def test_overrides_leave_the_callers_tree_as_it_was():
     cfg = load_config(tree=tree, overrides=["train.steps=1", "clients.0.data.source=gsm8k", "data.eval_per_domain=2"])
     assert cfg.train.steps == 1 and cfg.clients[0].data.source == "gsm8k"
     assert yaml.safe_dump(tree) == before  # nested sections untouched
+
+
+def test_a_client_template_declares_many_clients():
+    cfg = load_config(tree={
+        "clients": {"count": 100, "name": "org{i:03d}", "model": "smollm2-135m", "lr": 1e-3,
+                    "data": [{"source": "wiki", "categories": ["Geography"]}, {"source": "gsm8k"}]},
+        "data": {"partition": "dirichlet"}, "clients_per_round": 0.1})
+    assert [c.name for c in cfg.clients[:3]] == ["org000", "org001", "org002"] and len(cfg.clients) == 100
+    assert [c.data.source for c in cfg.clients[:4]] == ["wiki", "gsm8k", "wiki", "gsm8k"]  # the domains in turn
+    assert all(c.lr == 1e-3 and c.model == "smollm2-135m" for c in cfg.clients)
+    assert cfg.per_round == 10 and cfg.needed_clients == 6  # a majority of each round's cohort
+    again = load_config(tree=yaml.safe_load(cfg.dump()))  # the resolved config lists every client
+    assert [c.name for c in again.clients] == [c.name for c in cfg.clients] and again.per_round == 10
+
+
+@pytest.mark.parametrize("tree, needle", [
+    ({"clients": {"count": 3, "name": "same", "data": {"source": "gsm8k"}}}, "clients.name: must contain {i}"),
+    ({"clients": {"count": 0, "data": {"source": "gsm8k"}}}, "clients.count: Input should be greater than 0"),
+    ({"clients": {"count": 3, "data": {"source": "gsm8k"}, "colour": "red"}}, "clients.colour: unknown key"),
+    ({"clients": {"count": 3, "data": {"source": "gsm8k"}}, "clients_per_round": 4},
+     "clients_per_round=4 exceeds the 3 clients"),
+    ({"clients": {"count": 3, "data": {"source": "gsm8k"}}, "clients_per_round": 1.5},
+     "clients_per_round: a fraction must be in (0, 1]"),
+    ({"clients": {"count": 3, "data": {"source": "gsm8k"}}, "clients_per_round": 2, "min_clients": 3},
+     "min_clients=3 exceeds the 2 clients of a round"),
+])
+def test_bad_templates_and_cohorts_are_one_line(tree, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(tree={"data": {"partition": "iid"}, **tree})

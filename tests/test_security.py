@@ -186,9 +186,9 @@ def test_a_malformed_reply_is_that_clients_failure(kind, reply, needle, tmp_path
     group, _, _ = flower_group(tmp_path, FakeGrid(nodes))
     group.discover()
     if kind == "query.upload":
-        ok, failed = group.upload(1, None)
+        ok, failed = group.upload(1, group.names, None)
     elif kind == "train":
-        ok, failed = group.train(1, None, None)
+        ok, failed = group.train(1, None, group.names, None)
     else:
         ok, failed = group.evaluate(base=False), {}
     assert "math" not in ok and set(ok) == {"geo", "chat"}
@@ -225,7 +225,7 @@ def test_a_failed_hello_is_reported_with_the_nodes_reason(tmp_path, flower_ident
     group, _, _ = flower_group(tmp_path, FakeGrid(nodes))
     group.discover()
     assert "lacks partition-id" in group.refused[12] and group.node_of == {"geo": 11}
-    _, failed = group.upload(1, None)
+    _, failed = group.upload(1, group.names, None)
     assert "hello failed" in failed["node 12"] and "lacks partition-id" in failed["node 12"]
 
 
@@ -235,7 +235,7 @@ def test_two_nodes_claiming_one_client_never_both_take_part(tmp_path, flower_ide
     group, _, _ = flower_group(tmp_path, FakeGrid(nodes))
     group.discover()
     assert group.node_of == {"geo": 11, "math": 12}
-    _, failed = group.upload(1, None)
+    _, failed = group.upload(1, group.names, None)
     assert "held by node 12" in failed["node 13"] and "not connected" in failed["chat"]
     assert 14 not in group.node_of.values() and "hello failed" in group.refused[14]  # its hello did not parse
     group.grid.nodes.pop(12)  # the holder leaves: the other claimant may now rejoin as math
@@ -249,7 +249,7 @@ def test_pinned_clients_go_only_to_their_registered_nodes(tmp_path, flower_ident
     group, _, _ = flower_group(tmp_path, FakeGrid(nodes), pins={"geo": 11, "math": 99, "chat": 13})
     group.discover()
     assert group.node_of == {"geo": 11, "chat": 13}
-    _, failed = group.train(1, None, None)
+    _, failed = group.train(1, None, group.names, None)
     assert "pinned to node 99" in failed["node 12"] and failed["math"] == "not connected"
 
 

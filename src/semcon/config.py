@@ -8,10 +8,19 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from semcon.names import check_name, repeated_ignoring_case
 
@@ -76,6 +85,41 @@ class ClientConfig(Strict):
     max_new_tokens: int | None = Field(None, gt=0, description="default generate.max_new_tokens")
 
     _safe_name = field_validator("name")(lambda name: check_name(name, "client name"))
+
+
+class ClientTemplate(ClientConfig):
+    """Many clients declared once: ``count`` clients named by ``name`` (a pattern with ``{i}``), each with
+    the template's settings and the ``data`` selections in turn (a list spreads them over domains)."""
+
+    count: int = Field(gt=0, le=100_000, description="how many clients")
+    name: str = Field("c{i:03d}", description="name pattern, formatted with i = 0, 1, ... (e.g. org{i:03d})")
+    data: DataSelection | list[DataSelection] | None = Field(
+        None, description="one selection, or a list the clients take in turn (client i gets data[i % len])")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:  # replaces ClientConfig's check: here the name is a pattern
+        try:
+            if "{i" not in name or name.format(i=0) == name.format(i=1):
+                raise ValueError
+        except (ValueError, IndexError, KeyError):
+            raise ValueError(f"must contain {{i}}, as in c{{i:03d}}, not {name!r}") from None
+        check_name(name.format(i=0), "client name")
+        return name
+
+    def expand(self) -> list[ClientConfig]:
+        fields = self.model_dump(exclude={"count", "name", "data"}, exclude_unset=True)
+        data = self.data if isinstance(self.data, list) else [self.data]
+        return [ClientConfig(**fields, name=self.name.format(i=i),
+                             data=data[i % len(data)] and data[i % len(data)].model_copy())
+                for i in range(self.count)]
+
+
+def _clients_kind(value: Any) -> str:
+    return "template" if isinstance(value, dict | ClientTemplate) else "list"
+
+
+UNION_TAGS = ("list", "template")  # left out of error locations
 
 
 class DataConfig(Strict):
@@ -186,9 +230,15 @@ class RunConfig(Strict):
         "else load one at a time for its phase; all / one force either")
     memory_budget_gb: float | None = Field(None, gt=0, description="for base weights (default: half the RAM)")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: all cores)")
-    clients: list[ClientConfig] = Field(min_length=1)
+    clients: Annotated[Annotated[list[ClientConfig], Tag("list")] | Annotated[ClientTemplate, Tag("template")],
+                       Discriminator(_clients_kind)] = Field(
+        description="a list of clients, or one template: {count: 100, name: 'c{i:03d}', model: ..., data: [...]}")
+    clients_per_round: int | float | None = Field(
+        None, gt=0, description="clients sampled per round (a number, or a fraction of all), drawn from the seed, "
+        "the same for every method; default: all")
     min_clients: int | None = Field(None, gt=0, description="a round completes when at least this many clients "
-                                    "answered and trained; fewer stop the run (resumable). Default: a majority")
+                                    "answered and trained; fewer stop the run (resumable). Default: a majority "
+                                    "of a round's clients")
     data: DataConfig = DataConfig()
     public: PublicConfig = PublicConfig()
     train: TrainConfig = TrainConfig()
@@ -200,12 +250,29 @@ class RunConfig(Strict):
 
     _safe_name = field_validator("name")(lambda name: check_name(name, "run name"))
 
+    @field_validator("clients")
+    @classmethod
+    def _expand(cls, clients: list[ClientConfig] | ClientTemplate) -> list[ClientConfig]:
+        if isinstance(clients, ClientTemplate):
+            return clients.expand()
+        if not clients:
+            raise ValueError("at least one client is needed")
+        return clients
+
+    @property
+    def per_round(self) -> int | None:
+        """Clients sampled per round (None: every client, every round)."""
+        k = self.clients_per_round
+        if k is None or self.method == "centralized":
+            return None
+        return max(1, round(k * len(self.clients))) if isinstance(k, float) else k
+
     @property
     def needed_clients(self) -> int:
         """Clients that must complete each phase of a round (centralized has one model)."""
         if self.method == "centralized":
             return 1
-        return self.min_clients or len(self.clients) // 2 + 1
+        return self.min_clients or (self.per_round or len(self.clients)) // 2 + 1
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -216,8 +283,15 @@ class RunConfig(Strict):
                 raise ValueError(f"partition=category needs 'data' for every client; missing for: {', '.join(missing)}")
         elif all(c.data is None for c in self.clients):
             raise ValueError("no client names a data selection, so there is nothing to partition")
+        k = self.clients_per_round
+        if isinstance(k, float) and k > 1:
+            raise ValueError(f"clients_per_round: a fraction must be in (0, 1], not {k}")
+        if isinstance(k, int) and k > len(self.clients):
+            raise ValueError(f"clients_per_round={k} exceeds the {len(self.clients)} clients")
         if self.min_clients is not None and self.min_clients > len(self.clients):
             raise ValueError(f"min_clients={self.min_clients} exceeds the {len(self.clients)} clients")
+        if self.min_clients is not None and self.per_round and self.min_clients > self.per_round:
+            raise ValueError(f"min_clients={self.min_clients} exceeds the {self.per_round} clients of a round")
         return self
 
     def dump(self) -> str:
@@ -288,7 +362,7 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
 
 def _one_line(err: ValidationError, origin: str) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = ".".join(str(p) for p in first["loc"] if p not in UNION_TAGS) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"

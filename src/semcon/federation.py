@@ -9,6 +9,7 @@ rounds communicate and which train; ``metrics.py`` measures and writes what happ
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,18 +64,30 @@ class Algorithm(Protocol):
 
 
 class ClientGroup(Protocol):
-    """The clients' side of each phase, behind some transport. Failures are reported, not raised."""
+    """The clients' side of each phase, behind some transport. Each phase names the clients that take part;
+    failures are reported, not raised."""
 
     names: list[str]
-    train_units: int  # progress ticks of a training phase
 
-    def recipients(self) -> list[str]: ...  # clients a broadcast reaches now
+    def train_units(self, members: list[str]) -> int: ...  # progress ticks of a training phase
+    def recipients(self, members: list[str]) -> list[str]: ...  # those of ``members`` a broadcast reaches now
     def setup(self, t: int) -> list[str]: ...  # clients the run's setup reached this round
     def evaluate(self, base: bool) -> dict[str, dict]: ...
-    def upload(self, t: int, tick: Tick) -> tuple[dict[str, bytes], dict[str, str]]: ...
-    def train(self, t: int, download: bytes | None, tick: Tick) -> tuple[dict[str, dict], dict[str, str]]: ...
-    def checkpoint(self, t: int) -> None: ...
+    def upload(self, t: int, members: list[str], tick: Tick) -> tuple[dict[str, bytes], dict[str, str]]: ...
+    def train(self, t: int, download: bytes | None, members: list[str], tick: Tick
+              ) -> tuple[dict[str, dict], dict[str, str]]: ...
+    def checkpoint(self, t: int, members: list[str]) -> None: ...
     def save_adapters(self, directory: Path) -> None: ...
+
+
+def cohort(names: list[str], per_round: int | None, seed: int, t: int) -> list[str]:
+    """The clients that take part in round ``t`` (they take the download and train, and answer in round
+    t+1): all, or ``per_round`` of them drawn by ``random.Random(f"{seed}:cohort:{t}")``, the same draw for
+    every method; in config order."""
+    if per_round is None or per_round >= len(names):
+        return list(names)
+    drawn = set(random.Random(f"{seed}:cohort:{t}").sample(names, per_round))
+    return [n for n in names if n in drawn]
 
 
 def federate(cfg: RunConfig, run_dir: RunDir, algo: Algorithm, group: ClientGroup, progress=None,
@@ -86,17 +99,22 @@ def federate(cfg: RunConfig, run_dir: RunDir, algo: Algorithm, group: ClientGrou
         with Phases(progress)("evaluate", label="base models"):
             state.before = group.evaluate(base=True)
     setup = [(m, encode(m)) for m in setup_messages(cfg, algo.prompts)]  # encoded once, as a transport sends it
+    def sampled(t: int) -> list[str]:
+        return cohort(group.names, cfg.per_round, cfg.seed, t)
+
     for t in range(state.next_round, algo.schedule.last + 1):
         r, result, download = Round(t, run_dir, group, cfg.needed_clients, progress), None, None
+        members = sampled(t) if algo.schedule.trains(t) else group.names  # the final average reaches everyone
         if algo.schedule.communicates(t):
-            result = r.aggregate(algo, r.upload(algo.upload_phase))  # answers (or adapters) up, consensus
-            download = r.broadcast(result)  # pseudo-labels (or the average) down
-        reports = r.train(download, required=algo.schedule.trains(t))  # private data ∪ pseudo-labels
+            # answers (or adapters) up from last round's cohort, then consensus
+            result = r.aggregate(algo, r.upload(algo.upload_phase, sampled(t - 1)))
+            download = r.broadcast(result, members)  # pseudo-labels (or the average) down
+        reports = r.train(download, members, required=algo.schedule.trains(t))  # private data ∪ pseudo-labels
         r.setup(setup, counted=algo.schedule.communicating)  # the config and prompts this round delivered
-        state.rounds.append(round_row(t, r.phases, r.ledger, reports, r.failures, result, cfg.network))
+        state.rounds.append(round_row(t, r.phases, r.ledger, reports, r.failures, result, cfg.network, members))
         run_dir.metric("round", **state.rounds[-1])
         log.info(round_line(state.rounds[-1]))
-        group.checkpoint(t)
+        group.checkpoint(t, list(reports))
         state.next_round, state.seconds = t + 1, earlier + time.perf_counter() - started
         state.save(run_dir)
 
@@ -140,9 +158,9 @@ class Round:
             if counted:
                 self.ledger += [self.run_dir.ledger(self.t, name, "down", m, data) for m, data in encoded]
 
-    def upload(self, phase: str) -> dict[str, bytes]:
-        with self.phases(phase, total=len(self.group.names), label=f"round {self.t}") as tick:
-            payloads, self.failures = self.group.upload(self.t, tick)
+    def upload(self, phase: str, members: list[str]) -> dict[str, bytes]:
+        with self.phases(phase, total=len(members), label=f"round {self.t}") as tick:
+            payloads, self.failures = self.group.upload(self.t, members, tick)
         self.quorum("the upload", list(payloads))
         return payloads
 
@@ -166,22 +184,22 @@ class Round:
                 log.warning("round %d: rejected the upload of client %r: %s", self.t, name, undecodable[name])
         return messages, undecodable
 
-    def broadcast(self, result: RoundResult) -> bytes:
+    def broadcast(self, result: RoundResult, members: list[str]) -> bytes:
         """Encode the download once and record it for every client it reaches; keep the pseudo-labels."""
         with self.phases("transfer"):
             download = encode(result.download)
             self.ledger += [self.run_dir.ledger(self.t, name, "down", result.download, download)
-                            for name in self.group.recipients()]
+                            for name in self.group.recipients(members)]
         if result.labels:
             self.run_dir.pseudo_labels(self.t, result.labels)
         return download
 
-    def train(self, download: bytes | None, required: bool) -> dict[str, dict]:
+    def train(self, download: bytes | None, members: list[str], required: bool) -> dict[str, dict]:
         """The clients take the download and train (``required``: a round without training only delivers)."""
         if not required and download is None:
             return {}
-        with self.phases("train", total=self.group.train_units, label=f"round {self.t}") as tick:
-            reports, failures = self.group.train(self.t, download, tick)
+        with self.phases("train", total=self.group.train_units(members), label=f"round {self.t}") as tick:
+            reports, failures = self.group.train(self.t, download, members, tick)
         self.failures |= failures
         if required:
             self.quorum("training", list(reports))

@@ -101,12 +101,13 @@ def modelled_transfer_s(ledger: list[dict], net: NetworkConfig) -> float:
 
 
 def round_row(t: int, phases: Phases, ledger: list[dict], reports: dict[str, dict], failures: dict[str, str],
-              result: RoundResult | None, net: NetworkConfig) -> dict:
-    """One ``metrics.jsonl`` row per round (``ledger``: this round's rows): traffic, seconds per phase,
-    losses, memory, failures, and whatever the method's result reports of itself."""
+              result: RoundResult | None, net: NetworkConfig, cohort: list[str]) -> dict:
+    """One ``metrics.jsonl`` row per round (``ledger``: this round's rows; ``cohort``: the clients that took
+    part): traffic, seconds per phase, losses, memory, failures, and what the method's result reports."""
     trained = {n: r for n, r in reports.items() if r.get("steps") is not None}
     row = {
         "round": t,
+        "cohort": cohort,
         "bytes_up": sum(r["encoded_bytes"] for r in ledger if r["direction"] == "up"),
         "bytes_down": sum(r["encoded_bytes"] for r in ledger if r["direction"] == "down"),
         "raw_bytes_up": sum(r["raw_bytes"] for r in ledger if r["direction"] == "up"),

@@ -256,6 +256,10 @@ class RunState:
     seconds: float = 0.0  # wall time of the completed rounds, over every session
     torch_rng: str = ""
 
+    def saved_rounds(self) -> dict[str, int]:
+        """The round of each client's last saved adapter: the last round it completed (absent: none yet)."""
+        return {name: r["round"] for r in self.rounds for name in r.get("completed", [])}
+
     def save(self, run_dir: RunDir) -> None:
         import torch
 

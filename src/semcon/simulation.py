@@ -29,12 +29,14 @@ class LocalGroup:
 
     def __init__(self, fed: Federation, checkpoints: Path):
         self.fed, self.checkpoints = fed, checkpoints
-        self.clients = fed.clients
-        self.names = [c.name for c in fed.clients]
-        self.train_units = sum(c.steps for c in fed.clients)
+        self.clients = {c.name: c for c in fed.clients}
+        self.names = list(self.clients)
 
-    def recipients(self) -> list[str]:
-        return self.names
+    def train_units(self, members: list[str]) -> int:
+        return sum(self.clients[n].steps for n in members)
+
+    def recipients(self, members: list[str]) -> list[str]:
+        return members
 
     def setup(self, t: int) -> list[str]:
         """In one process every client shares the config and prompts: they count as sent in a run's round 0."""
@@ -44,44 +46,48 @@ class LocalGroup:
         """Metrics per client per domain. One model is evaluated once: the base model once per shared
         backbone, and clients whose adapters are equal (FedAvg's after its final averaging) once."""
         out, seen = {}, {}
-        for c in self.clients:
+        for c in self.clients.values():
             key = (id(c.backbone), None if base else c.adapter_digest())
             if key not in seen:
                 seen[key] = c.evaluate(self.fed.eval_sets, base=base, embed=self.fed.embedder)
             out[c.name] = seen[key]
         return out
 
-    def upload(self, t, tick):
-        return self._each(lambda c: encode(self.fed.algorithm.upload(c, t)), tick)
+    def upload(self, t, members, tick):
+        return self._each(members, lambda c: encode(self.fed.algorithm.upload(c, t)), tick)
 
-    def train(self, t, download, tick):
-        return self._each(lambda c: client_round(c, self.fed.algorithm, t, download, self.fed.eval_sets,
-                                                 on_step=lambda *_: tick()))
+    def train(self, t, download, members, tick):
+        return self._each(members, lambda c: client_round(c, self.fed.algorithm, t, download, self.fed.eval_sets,
+                                                          on_step=lambda *_: tick()))
 
-    def _each(self, work, tick=None) -> tuple[dict, dict[str, str]]:
-        """``work`` for every client; one that raises is reported as failed with its reason, the rest go on."""
+    def _each(self, members: list[str], work, tick=None) -> tuple[dict, dict[str, str]]:
+        """``work`` for each member; one that raises is reported as failed with its reason, the rest go on."""
         done, failed = {}, {}
-        for c in self.clients:
+        for name in members:
             try:
-                done[c.name] = work(c)
+                done[name] = work(self.clients[name])
             except Exception as e:  # a client's failure is reported, as behind Flower
-                failed[c.name] = f"{type(e).__name__}: {e}"
-                log.warning("client %s failed: %s", c.name, failed[c.name], exc_info=log.isEnabledFor(logging.DEBUG))
+                failed[name] = f"{type(e).__name__}: {e}"
+                log.warning("client %s failed: %s", name, failed[name], exc_info=log.isEnabledFor(logging.DEBUG))
             if tick:
                 tick()
         return done, failed
 
-    def checkpoint(self, t: int) -> None:
-        for c in self.clients:
-            c.save_state(self.checkpoints, t)
+    def checkpoint(self, t: int, members: list[str]) -> None:
+        """Save the adapters that changed this round (an unsampled client's stays as it was saved)."""
+        for name in members:
+            self.clients[name].save_state(self.checkpoints, t)
 
-    def restore(self, t: int) -> None:
-        for c in self.clients:
-            if c.restore_state(self.checkpoints, t) != t:
-                raise FileNotFoundError(f"{self.checkpoints}: no round-{t} adapter of client {c.name!r} to resume from")
+    def restore(self, saved: dict[str, int]) -> None:
+        """Load each client's adapter of the round it was last saved (``saved``; absent: never trained)."""
+        for c in self.clients.values():
+            want = saved.get(c.name)
+            if want is not None and c.restore_state(self.checkpoints, want) != want:
+                raise FileNotFoundError(f"{self.checkpoints}: no round-{want} adapter of client {c.name!r} to "
+                                        "resume from")
 
     def save_adapters(self, directory: Path) -> None:
-        for c in self.clients:
+        for c in self.clients.values():
             c.backbone.save_adapter(c.name, directory)
 
 
@@ -108,7 +114,7 @@ def _session(cfg: RunConfig, run_dir: RunDir, progress, resuming: bool = False) 
         state = None
         if resuming:
             state = RunState.load(run_dir)  # after setup, which seeds: this restores the RNG
-            group.restore(state.next_round - 1)  # everything needed is checked before rewind changes files
+            group.restore(state.saved_rounds())  # everything needed is checked before rewind changes files
             run_dir.rewind(state.next_round)
             log.info("resuming %s at round %d", run_dir.path, state.next_round)
         log.info("%s: %d clients, %d public prompts, eval domains: %s", fed.algorithm.name, len(fed.clients),

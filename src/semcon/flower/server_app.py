@@ -50,7 +50,6 @@ class FlowerGroup:
                  pins: dict[str, int] | None = None, saved: dict[str, int] | None = None):
         self.grid, self.cfg, self.last_round = grid, cfg, last_round
         self.names = [c.name for c in cfg.clients]
-        self.train_units = len(self.names)
         self.pins = pins or {}
         self.saved = dict(saved or {})
         self.node_of: dict[str, int] = {}  # client name -> Flower node id, refreshed every phase
@@ -112,8 +111,11 @@ class FlowerGroup:
                                   f"{refused}")
         log.info("nodes: %s", ", ".join(f"{n}={i}" for n, i in self.node_of.items()))
 
-    def recipients(self) -> list[str]:
-        return [n for n in self.names if n in self.node_of]
+    def train_units(self, members: list[str]) -> int:
+        return len(members)  # one tick per reply
+
+    def recipients(self, members: list[str]) -> list[str]:
+        return [n for n in members if n in self.node_of]
 
     def setup(self, t: int) -> list[str]:
         """The clients whose node got the run's setup since the last call. It travels with the first phase
@@ -155,17 +157,17 @@ class FlowerGroup:
             log.warning("round %d, %s: %s failed: %s", t, kind, key, why)
         return replies, failures
 
-    def _phase(self, kind: str, t: int, parse: Callable[[ConfigRecord], T], tick: Tick | None = None,
-               **extra) -> tuple[dict[str, T], dict[str, str]]:
+    def _phase(self, kind: str, t: int, members: list[str], parse: Callable[[ConfigRecord], T],
+               tick: Tick | None = None, **extra) -> tuple[dict[str, T], dict[str, str]]:
         self.discover()
-        targets = {n: self.node_of[n] for n in self.recipients()}
+        targets = {n: self.node_of[n] for n in self.recipients(members)}
         setup = {n: self.payloads for n in targets if n not in self.has_setup}
         replies, failures = self._exchange(kind, t, targets, parse, self.cfg.flower.phase_timeout_s, tick, setup,
                                            **extra)
         got = [n for n in setup if n in replies]  # a node replies only after keeping the setup
         self.has_setup |= set(got)
         self.delivered += got
-        for name in self.names:
+        for name in members:
             if name not in targets:
                 failures[name] = "not connected"
         for node, why in self.refused.items():
@@ -173,20 +175,20 @@ class FlowerGroup:
         return replies, failures
 
     def evaluate(self, base: bool) -> dict[str, dict]:
-        replies, _ = self._phase("evaluate", self.last_round + 1, parse_eval, base=base)
+        replies, _ = self._phase("evaluate", self.last_round + 1, self.names, parse_eval, base=base)
         return {n: replies[n] for n in self.names if n in replies}
 
-    def upload(self, t, tick):
-        replies, failures = self._phase("query.upload", t, parse_upload, tick)
-        return {n: replies[n] for n in self.names if n in replies}, failures
+    def upload(self, t, members, tick):
+        replies, failures = self._phase("query.upload", t, members, parse_upload, tick)
+        return {n: replies[n] for n in members if n in replies}, failures
 
-    def train(self, t, download, tick):
+    def train(self, t, download, members, tick):
         extra = {"payload": download} if download is not None else {}
-        replies, failures = self._phase("train", t, parse_train, tick, **extra)
+        replies, failures = self._phase("train", t, members, parse_train, tick, **extra)
         self.saved |= dict.fromkeys(replies, t)  # each node saved its adapter for round t before replying
-        return {n: replies[n] for n in self.names if n in replies}, failures
+        return {n: replies[n] for n in members if n in replies}, failures
 
-    def checkpoint(self, t: int) -> None:
+    def checkpoint(self, t: int, members: list[str]) -> None:
         """Nothing to do here: every node saved its adapter for round ``t`` before replying."""
 
     def save_adapters(self, directory: Path) -> None:
@@ -243,7 +245,7 @@ def serve(grid: Grid, run_dir: RunDir, run_config: dict | None = None) -> dict:
     algo = make_algorithm(cfg, run_dir.public_prompts(lambda: public_prompts(cfg)),
                           Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size))
     pins = load_members(cfg.flower.members, [c.name for c in cfg.clients]) if cfg.flower.members else None
-    saved = {n: r["round"] for r in (state.rounds if state else []) for n in r.get("completed", [])}
+    saved = state.saved_rounds() if state else {}
     setup = {m.kind: encode(m) for m in setup_messages(cfg, algo.prompts)}
     group = FlowerGroup(grid, cfg, run_dir.run_id, algo.schedule.last, setup, pins, saved)
     if state is not None:
