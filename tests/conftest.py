@@ -115,6 +115,24 @@ def tiny_qwen2_dir(tmp_path_factory):
     return _save_tiny(Qwen2ForCausalLM(cfg), tok, tmp_path_factory.mktemp("tiny-qwen2"))
 
 
+def built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """A directory that ``build(path)`` fills once per test session: under pytest-xdist the first worker
+    to ask builds it and the others wait for it and read it (session fixtures are otherwise per worker)."""
+    if worker_id == "master":
+        path = tmp_path_factory.mktemp(name)
+        build(path)
+        return path
+    from filelock import FileLock
+
+    path = tmp_path_factory.getbasetemp().parent / name  # the session's folder, shared by its workers
+    with FileLock(f"{path}.lock"):
+        if not (path / ".built").exists():
+            path.mkdir(exist_ok=True)
+            build(path)
+            (path / ".built").touch()
+    return path
+
+
 def rows(path) -> list[dict]:
     """The JSON rows of a run directory's file (metrics, ledger, pseudo-labels), read as semcon reads them."""
     return read_rows(Path(path))

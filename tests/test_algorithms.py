@@ -1,9 +1,10 @@
 """Every method through the same checks (conformance), plus what is specific to each."""
 
+import json
 
 import pytest
 import torch
-from conftest import rows, tiny_tree
+from conftest import built_once, rows, tiny_tree
 from safetensors.torch import save as save_tensors
 
 from semcon import simulation
@@ -14,15 +15,17 @@ from semcon.protocol import AdapterUpdate
 from semcon.rundir import RunDir, RunState
 
 
-@pytest.fixture(scope="session")  # workers interleave modules: built once per worker
-def runs(tiny_llama_dir, tmp_path_factory):
-    """One tiny run per method on the same setting."""
-    out = {}
-    for method in METHODS:
-        path = tmp_path_factory.mktemp(method)
-        cfg = load_config(tree=tiny_tree(str(tiny_llama_dir), method=method))
-        out[method] = (cfg, path, simulation.run(cfg, path))
-    return out
+@pytest.fixture(scope="session")
+def runs(tiny_llama_dir, tmp_path_factory, worker_id):
+    """One tiny run per method on the same setting, built once for all workers."""
+    configs = {m: load_config(tree=tiny_tree(str(tiny_llama_dir), method=m)) for m in METHODS}
+
+    def build(root):
+        for method, cfg in configs.items():
+            simulation.run(cfg, root / method)
+
+    root = built_once(tmp_path_factory, worker_id, "method-runs", build)
+    return {m: (cfg, root / m, json.loads((root / m / "summary.json").read_text())) for m, cfg in configs.items()}
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -45,7 +45,7 @@ def test_compare_writes_a_report_with_every_method(tiny_llama_dir, tmp_path):
     config.write_text(yaml.safe_dump(tiny_tree(str(tiny_llama_dir))))
     out = tmp_path / "cmp"
     proc = semcon("compare", str(config), "--methods", "semantic_consensus,fedavg,local", "--out", str(out),
-                  "--set", "public.num_prompts=4")
+                  "--set", "public.num_prompts=4", "--set", "eval.generate=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (out / "report.md").read_text()
     for method in ("semantic_consensus", "fedavg", "local"):

@@ -1,7 +1,9 @@
 """The round loop with client sampling: who trains, who is heard from, what is saved, on tiny models."""
 
+import json
+
 import pytest
-from conftest import rows, tiny_tree
+from conftest import built_once, rows, tiny_tree
 
 from semcon import simulation
 from semcon.config import load_config
@@ -28,9 +30,10 @@ def sampled_tree(tiny_llama_dir):
 
 
 @pytest.fixture(scope="module")
-def consensus_run(sampled_tree, tmp_path_factory):
-    path = tmp_path_factory.mktemp("sampled")
-    return path, simulation.run(load_config(tree=sampled_tree), path)
+def consensus_run(sampled_tree, tmp_path_factory, worker_id):
+    path = built_once(tmp_path_factory, worker_id, "sampled-run",
+                      lambda out: simulation.run(load_config(tree=sampled_tree), out))
+    return path, json.loads((path / "summary.json").read_text())
 
 
 @pytest.mark.parametrize("method", ["semantic_consensus", "fedavg"])

@@ -66,3 +66,43 @@ def test_confidence_is_the_mean_token_logprob_and_cut_answers_are_flagged(tiny_l
     finally:
         fmt.eos_ids = fmt_eos
     assert again[0].finished and again[0].tokens == out[0].tokens[:out[0].tokens.index(out[0].tokens[2])]
+
+
+def test_clients_on_one_base_answer_in_one_batch_as_they_would_alone(tiny_llama_dir):
+    """Three adapters (one with another rank and fewer target layers) in shared batches with finished rows
+    leaving: the same token ids as each adapter generating alone."""
+    from semcon.config import LoraConfig
+
+    bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
+    fmt = bb.fmt
+    for i, lora in enumerate([LoraConfig(), LoraConfig(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])]):
+        bb.add_adapter(f"c{i}", lora, seed=i)
+        state = bb.adapter_state(f"c{i}")
+        torch.manual_seed(10 + i)  # B = 0 would make every adapter the base model
+        bb.load_adapter_state(f"c{i}", {k: torch.randn_like(v) * 0.5 for k, v in state.items()})
+    names = ["c0", "c1", "c2"]
+    alone = {}
+    for name in names:
+        with bb.active(name) as model:
+            alone[name] = [g.tokens for g in generate(model, fmt, PROMPTS, max_new_tokens=10, batch_size=4,
+                                                      device=bb.device, dtype=bb.dtype)]
+    assert len({str(v) for v in alone.values()}) == 3  # the adapters answer differently
+    with bb.active("c0") as model:
+        together = generate(model, fmt, PROMPTS * 3, max_new_tokens=10, batch_size=8, device=bb.device,
+                            dtype=bb.dtype, adapters=[n for n in names for _ in PROMPTS])
+    for k, name in enumerate(names):
+        assert [g.tokens for g in together[k * len(PROMPTS):(k + 1) * len(PROMPTS)]] == alone[name]
+    # rows that end leave the batch, and the remaining rows keep their own adapters
+    prompts = [fmt.prompt_ids(t) for t in PROMPTS] * 3
+    rows = [n for n in names for _ in PROMPTS]
+    mixed = [t for k, name in enumerate(names) for t in alone[name]]
+    stop = {next(t for row in mixed for t in row if 0 < sum(t in r for r in mixed) < len(mixed) // 2)}
+    with bb.active("c0") as model:
+        out, _ = greedy_batch(model, prompts, max_new_tokens=10, eos_ids=stop, pad_id=fmt.tok.pad_token_id,
+                              device=bb.device, dtype=bb.dtype, prefill_group=4, adapters=rows)
+    for k, name in enumerate(names):
+        with bb.active(name) as model:
+            one, _ = greedy_batch(model, prompts[:len(PROMPTS)], max_new_tokens=10, eos_ids=stop,
+                                  pad_id=fmt.tok.pad_token_id, device=bb.device, dtype=bb.dtype, prefill_group=4)
+        assert out[k * len(PROMPTS):(k + 1) * len(PROMPTS)] == one
+    assert any(len(o) < 10 for o in out) and any(len(o) == 10 for o in out)

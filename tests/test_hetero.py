@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import THREADS, rows
+from conftest import THREADS, built_once, rows
 
 from semcon import simulation
 from semcon.config import load_config
@@ -31,10 +31,11 @@ def hetero_tree(tiny_llama_dir, tiny_gemma3_dir, tiny_qwen2_dir):
 
 
 @pytest.fixture(scope="module")
-def resident(hetero_tree, tmp_path_factory):
-    """One round of the three families, every base model resident."""
-    out = tmp_path_factory.mktemp("resident")
-    return out, simulation.run(load_config(tree=hetero_tree), out)
+def resident(hetero_tree, tmp_path_factory, worker_id):
+    """One round of the three families, every base model resident (built once for all workers)."""
+    out = built_once(tmp_path_factory, worker_id, "hetero-resident",
+                     lambda path: simulation.run(load_config(tree=hetero_tree), path))
+    return out, json.loads((out / "summary.json").read_text())
 
 
 def test_three_families_federate_on_text(hetero_tree, resident):

@@ -53,15 +53,15 @@ def test_same_seed_same_pseudo_labels(tiny_run, tmp_path):
 
 
 def test_a_client_uploading_garbage_is_rejected_and_the_run_goes_on(tiny_llama_dir, tmp_path, monkeypatch):
-    real = Client.answer
+    real = Client.upload_of
 
-    def tamper(self, round, prompts, on_batch=None):
-        msg = real(self, round, prompts, on_batch)
+    def tamper(self, round, prompts, outs):
+        msg = real(self, round, prompts, outs)
         if self.name == "math":  # a client whose upload is for the wrong round
             msg = Upload(round=msg.round + 5, client=msg.client, answers=msg.answers, finished=msg.finished)
         return msg
 
-    monkeypatch.setattr(Client, "answer", tamper)
+    monkeypatch.setattr(Client, "upload_of", tamper)
     tree = tiny_tree(str(tiny_llama_dir), rounds=1, min_clients=1)
     summary = simulation.run(load_config(tree=tree), tmp_path)
     last = summary["per_round"][-1]

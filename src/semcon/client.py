@@ -15,7 +15,7 @@ from safetensors.torch import save as save_tensors
 from semcon.config import ClientSettings
 from semcon.data import Example, Prompt
 from semcon.evaluate import evaluate_client, reference_scores
-from semcon.generate import generate
+from semcon.generate import Generation, generate
 from semcon.models import Backbone
 from semcon.names import child
 from semcon.protocol import AdapterUpdate, Download, Upload
@@ -80,13 +80,13 @@ class Client:
         return replace(stats, dropped_too_long=dropped)
 
     def answer(self, round: int, prompts: list[Prompt], on_batch=None) -> Upload:
-        """Greedy answers to every public prompt, as text. An answer longer than the server accepts
-        (``consensus.max_answer_chars``) is cut to it and flagged as cut, so the upload stays valid."""
-        s, limit = self.settings, self.settings.max_answer_chars
-        with self.backbone.active(self.name) as model:
-            outs = generate(model, self.fmt, [p.instruction for p in prompts], max_new_tokens=s.max_new_tokens,
-                            batch_size=s.gen_batch_size, device=self.backbone.device, dtype=self.backbone.dtype,
-                            on_batch=on_batch)
+        """Greedy answers to every public prompt, as text (see ``answer_together``)."""
+        return answer_together([self], round, prompts, on_batch)[self.name]
+
+    def upload_of(self, round: int, prompts: list[Prompt], outs: list[Generation]) -> Upload:
+        """The upload of these answers. An answer longer than the server accepts (``consensus.max_answer_chars``)
+        is cut to it and flagged as cut, so the upload stays valid."""
+        limit = self.settings.max_answer_chars
         return Upload(round=round, client=self.name, answers={p.id: o.text[:limit] for p, o in zip(prompts, outs)},
                       finished={p.id: o.finished and len(o.text) <= limit for p, o in zip(prompts, outs)},
                       confidence={p.id: round_to(o.confidence) for p, o in zip(prompts, outs)})
@@ -95,6 +95,10 @@ class Client:
         """This client's adapter tensors, for the parameter-averaging baselines."""
         return AdapterUpdate(round=round, client=self.name, tensors=save_tensors(self._adapter_tensors()),
                              num_examples=len(self.private))
+
+    def adds_nothing(self) -> bool:
+        """Whether the adapter is still the identity (every LoRA B is zero, as before any training)."""
+        return all(not v.any() for k, v in self.backbone.adapter_state(self.name).items() if "lora_B" in k)
 
     def adapter_digest(self) -> str:
         """A hash of the adapter's weights: equal digests, equal models."""
@@ -144,3 +148,24 @@ class Client:
             return None
         self.backbone.load_adapter_state(self.name, load_file(saved[max(rounds)]))
         return max(rounds)
+
+
+def answer_together(clients: list[Client], round: int, prompts: list[Prompt], on_batch=None) -> dict[str, Upload]:
+    """Each client's greedy answers to the public prompts. Clients on one base model (with the same generation
+    settings) answer in shared batches, each row through its own adapter: one forward pass per token for all
+    of them instead of one per client."""
+    groups: dict[tuple, list[Client]] = {}
+    for c in clients:
+        groups.setdefault((id(c.backbone), c.settings.max_new_tokens, c.settings.gen_batch_size), []).append(c)
+    uploads = {}
+    for members in groups.values():
+        first, s = members[0], members[0].settings
+        with first.backbone.active(first.name) as model:
+            outs = generate(model, first.fmt, [p.instruction for _ in members for p in prompts],
+                            max_new_tokens=s.max_new_tokens, batch_size=s.gen_batch_size,
+                            device=first.backbone.device, dtype=first.backbone.dtype, on_batch=on_batch,
+                            adapters=None if len(members) == 1 else [c.name for c in members for _ in prompts])
+        for k, c in enumerate(members):
+            uploads[c.name] = c.upload_of(round, prompts, outs[k * len(prompts):(k + 1) * len(prompts)])
+    return uploads
+

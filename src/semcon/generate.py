@@ -2,11 +2,13 @@
 
 ``model.generate`` keeps computing every row of a batch until the longest answer ends; here a row
 that emits end-of-turn leaves the batch (its KV cache rows are dropped), so short answers stop
-costing compute.
+costing compute. Rows may each name their own LoRA adapter (clients sharing a base model answer in
+one batch): peft's LoRA layers then add each row's adapter to the shared base output.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -47,12 +49,13 @@ def _next_tokens(model: torch.nn.Module, **inputs) -> tuple[torch.Tensor, torch.
 
 
 def _prefill(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, device: torch.device,
-             group: int) -> tuple[torch.Tensor, torch.Tensor, DynamicCache]:
+             group: int, rows: RowAdapters) -> tuple[torch.Tensor, torch.Tensor, DynamicCache]:
     """Run the prompts in groups of similar length (little padding), then merge the groups' KV caches
     into one left-padded cache. Returns first tokens, attention mask and the cache."""
     width = max(len(p) for p in prompts)
     firsts, logps, layers = [], [], []
     for start in range(0, len(prompts), group):
+        rows.select(list(range(start, min(start + group, len(prompts)))))
         ids, mask = _left_pad(prompts[start:start + group], pad_id, device)
         cache = DynamicCache(config=causal_lm(model).config)
         first, logp = _next_tokens(model, input_ids=ids, attention_mask=mask,
@@ -66,21 +69,54 @@ def _prefill(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, devi
     for i in range(len(layers[0])):
         merged.update(torch.cat([g[i][0] for g in layers]), torch.cat([g[i][1] for g in layers]), i)
     _, mask = _left_pad(prompts, pad_id, device)
+    rows.select(list(range(len(prompts))))
     return torch.cat(firsts), torch.cat(logps), mask, merged
+
+
+class RowAdapters:
+    """The LoRA adapter of each row of the batch being computed (None: whatever adapter is active)."""
+
+    def __init__(self, names: list[str] | None):
+        self.all, self.now = names, names
+
+    def select(self, rows: list[int]) -> None:
+        if self.all is not None:
+            self.now = [self.all[i] for i in rows]
+
+
+@contextmanager
+def per_row_adapters(model: torch.nn.Module, rows: RowAdapters):
+    """Give every LoRA layer the adapter of each row (peft's ``adapter_names`` keyword) while inside."""
+    if rows.all is None:
+        yield
+        return
+    from peft.tuners.lora import LoraLayer
+
+    def inject(_module, args, kwargs):
+        return args, {**kwargs, "adapter_names": rows.now}
+
+    hooks = [m.register_forward_pre_hook(inject, with_kwargs=True) for m in model.modules() if isinstance(m, LoraLayer)]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 @torch.inference_mode()
 def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set[int],
-                 pad_id: int, device: torch.device, dtype: torch.dtype, prefill_group: int = 16
-                 ) -> tuple[list[list[int]], list[float]]:
+                 pad_id: int, device: torch.device, dtype: torch.dtype, prefill_group: int = 16,
+                 adapters: list[str] | None = None) -> tuple[list[list[int]], list[float]]:
     """Greedy continuation of each prompt (token ids, longest first), stopping rows at EOS or the cap, and
-    the summed log-probability of each row's tokens (its end-of-turn token included)."""
+    the summed log-probability of each row's tokens (its end-of-turn token included). ``adapters``: the
+    LoRA adapter of each prompt."""
     alive = torch.arange(len(prompts), device=device)  # original row of each row still in the batch
     outputs: list[list[int]] = [[] for _ in prompts]
     logprob = [0.0] * len(prompts)
     eos = torch.tensor(sorted(eos_ids), device=device)
-    with autocast(device, dtype):
-        next_ids, logps, mask, cache = _prefill(model, prompts, pad_id, device, prefill_group)
+    rows = RowAdapters(adapters)
+    with autocast(device, dtype), per_row_adapters(model, rows):
+        next_ids, logps, mask, cache = _prefill(model, prompts, pad_id, device, prefill_group, rows)
         positions = mask.sum(-1, keepdim=True) - 1
         for step in range(max_new_tokens):
             done = torch.isin(next_ids, eos)
@@ -96,6 +132,7 @@ def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_new_to
                     break
                 cache.batch_select_indices(keep)
                 alive, next_ids, mask, positions = alive[keep], next_ids[keep], mask[keep], positions[keep]
+                rows.select(alive.tolist())
             mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
             positions = positions + 1
             next_ids, logps = _next_tokens(model, input_ids=next_ids[:, None], attention_mask=mask,
@@ -104,8 +141,10 @@ def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_new_to
 
 
 def generate(model: torch.nn.Module, fmt: ChatFormat, instructions: list[str], *, max_new_tokens: int,
-             batch_size: int, device: torch.device, dtype: torch.dtype, on_batch=None) -> list[Generation]:
-    """Greedy answers to ``instructions`` (in their order), each with the model's own chat template."""
+             batch_size: int, device: torch.device, dtype: torch.dtype, on_batch=None,
+             adapters: list[str] | None = None) -> list[Generation]:
+    """Greedy answers to ``instructions`` (in their order), each with the model's own chat template;
+    ``adapters``: the LoRA adapter that answers each instruction (default: the active one)."""
     prompts = [fmt.prompt_ids(text) for text in instructions]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     eos_ids = fmt.eos_ids()
@@ -113,7 +152,8 @@ def generate(model: torch.nn.Module, fmt: ChatFormat, instructions: list[str], *
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         outs, logprobs = greedy_batch(model, [prompts[i] for i in rows], max_new_tokens=max_new_tokens,
-                                      eos_ids=eos_ids, pad_id=fmt.tok.pad_token_id, device=device, dtype=dtype)
+                                      eos_ids=eos_ids, pad_id=fmt.tok.pad_token_id, device=device, dtype=dtype,
+                                      adapters=None if adapters is None else [adapters[i] for i in rows])
         for i, toks, lp in zip(rows, outs, logprobs):
             text = fmt.tok.decode(toks, skip_special_tokens=True).strip()
             finished = len(toks) < max_new_tokens

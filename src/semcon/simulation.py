@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from semcon.assembly import Federation, assemble, client_round
+from semcon.client import answer_together
 from semcon.config import RunConfig, load_config
 from semcon.data import public_prompts
 from semcon.energy import EnergyMeter
@@ -44,17 +45,27 @@ class LocalGroup:
 
     def evaluate(self, base: bool) -> dict[str, dict]:
         """Metrics per client per domain. One model is evaluated once: the base model once per shared
-        backbone, and clients whose adapters are equal (FedAvg's after its final averaging) once."""
+        backbone (with it, clients that never trained: their adapter adds exactly zero), and clients whose
+        adapters are equal (FedAvg's after its final averaging) once."""
         out, seen = {}, {}
         for c in self.clients.values():
-            key = (id(c.backbone), None if base else c.adapter_digest())
+            key = (id(c.backbone), None if base or c.adds_nothing() else c.adapter_digest())
             if key not in seen:
                 seen[key] = c.evaluate(self.fed.eval_sets, base=base, embed=self.fed.embedder)
             out[c.name] = seen[key]
         return out
 
     def upload(self, t, members, tick):
-        return self._each(members, lambda c: encode(self.fed.algorithm.upload(c, t)), tick)
+        algo = self.fed.algorithm
+        if algo.upload_phase == "generate":  # clients on one base model answer in shared batches
+            try:
+                uploads = answer_together([self.clients[n] for n in members], t, algo.prompts)
+            except Exception as e:  # reported for every client of the batch, as a failed phase behind Flower
+                return {}, {n: f"{type(e).__name__}: {e}" for n in members}
+            for _ in members:
+                tick()
+            return {n: encode(uploads[n]) for n in members}, {}
+        return self._each(members, lambda c: encode(algo.upload(c, t)), tick)
 
     def train(self, t, download, members, tick):
         return self._each(members, lambda c: client_round(c, self.fed.algorithm, t, download, self.fed.eval_sets,
