@@ -115,6 +115,24 @@ def tiny_qwen2_dir(tmp_path_factory):
     return _save_tiny(Qwen2ForCausalLM(cfg), tok, tmp_path_factory.mktemp("tiny-qwen2"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist worksteal`` hands each worker one contiguous share of the tests), put one
+    ``long`` test at the head of each worker's share, longest first, so that no worker runs two of them
+    one after the other while the others idle."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    long = sorted((i for i in items if i.get_closest_marker("long")), key=lambda i: -i.get_closest_marker("long").args[0])
+    if workers < 2 or not long:
+        return
+    rest = [i for i in items if not i.get_closest_marker("long")]
+    ordered, left = [], len(items)
+    for w in range(workers):  # the shares worksteal sends at the start: len(pending) // workers remaining
+        share = left // (workers - w)
+        head = long[w:w + 1] if w < workers - 1 else long[w:]
+        ordered += head + rest[:share - len(head)]
+        rest, left = rest[share - len(head):], left - share
+    items[:] = ordered + rest
+
+
 def built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
     """A directory that ``build(path)`` fills once per test session: under pytest-xdist the first worker
     to ask builds it and the others wait for it and read it (session fixtures are otherwise per worker)."""

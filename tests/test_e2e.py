@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.long(120)
 def test_two_clients_one_round_on_embedded_models(tmp_path):
     out = tmp_path / "run"
     overrides = [

@@ -45,6 +45,7 @@ def test_flower_run_config_maps_onto_the_config(tree, tmp_path):
     assert (cfg.train.steps, cfg.public.num_prompts, cfg.rounds) == (5, 3, tree["rounds"])
 
 
+@pytest.mark.long(250)
 def test_flower_local_stops_below_quorum_and_resume_finishes_with_the_in_process_results(tree, in_process,
                                                                                           tmp_path):
     """`semcon flower local` on a real deployment: math's process dies mid-round, so with min_clients=2 the

@@ -398,6 +398,7 @@ def flwr_cli(home, *args, timeout=120):
 
 
 @pytest.mark.flower
+@pytest.mark.long(220)
 def test_a_closed_deployment_keeps_outsiders_out_and_members_to_their_identities(flower_tree, tmp_path):
     """The README's multi-machine commands on loopback: `semcon flower certs`, `superlink`, `register`, `run`."""
     import signal
