@@ -99,6 +99,7 @@ def federate(cfg: RunConfig, run_dir: RunDir, algo: Algorithm, group: ClientGrou
         with Phases(progress)("evaluate", label="base models"):
             state.before = group.evaluate(base=True)
     setup = [(m, encode(m)) for m in setup_messages(cfg, algo.prompts)]  # encoded once, as a transport sends it
+
     def sampled(t: int) -> list[str]:
         return cohort(group.names, cfg.per_round, cfg.seed, t)
 
