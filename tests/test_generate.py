@@ -81,6 +81,7 @@ def test_clients_on_one_base_answer_in_one_batch_as_they_would_alone(tiny_llama_
         torch.manual_seed(10 + i)  # B = 0 would make every adapter the base model
         bb.load_adapter_state(f"c{i}", {k: torch.randn_like(v) * 0.5 for k, v in state.items()})
     names = ["c0", "c1", "c2"]
+    slots = dict(zip(names, bb.hold(names)))  # the peft adapters that hold them
     alone = {}
     for name in names:
         with bb.active(name) as model:
@@ -89,12 +90,12 @@ def test_clients_on_one_base_answer_in_one_batch_as_they_would_alone(tiny_llama_
     assert len({str(v) for v in alone.values()}) == 3  # the adapters answer differently
     with bb.active("c0") as model:
         together = generate(model, fmt, PROMPTS * 3, max_new_tokens=10, batch_size=8, device=bb.device,
-                            dtype=bb.dtype, adapters=[n for n in names for _ in PROMPTS])
+                            dtype=bb.dtype, adapters=[slots[n] for n in names for _ in PROMPTS])
     for k, name in enumerate(names):
         assert [g.tokens for g in together[k * len(PROMPTS):(k + 1) * len(PROMPTS)]] == alone[name]
     # rows that end leave the batch, and the remaining rows keep their own adapters
     prompts = [fmt.prompt_ids(t) for t in PROMPTS] * 3
-    rows = [n for n in names for _ in PROMPTS]
+    rows = [slots[n] for n in names for _ in PROMPTS]
     mixed = [t for k, name in enumerate(names) for t in alone[name]]
     stop = {next(t for row in mixed for t in row if 0 < sum(t in r for r in mixed) < len(mixed) // 2)}
     with bb.active("c0") as model:

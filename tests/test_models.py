@@ -84,6 +84,53 @@ def test_a_client_named_like_a_module_keeps_the_base_weights_in_their_dtype(tiny
     weight's name) gets fp32 adapters while the bf16 base stays bf16."""
     backbone = Backbone(str(tiny_llama_dir), torch.bfloat16, torch.device("cpu"))
     backbone.add_adapter("model", LoraConfig(r=2), seed=0)
+    backbone.hold(["model"])
     dtypes = {n: p.dtype for n, p in backbone.model.named_parameters()}
     assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
     assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
+
+
+def test_many_clients_share_a_few_slots_and_keep_their_own_weights(tiny_llama_dir, tmp_path):
+    """40 clients on one base: slots are built only for the largest request, every client keeps its own
+    weights across swaps, a fresh adapter is drawn from its seed, and a saved adapter loads with peft."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
+    names = [f"c{i:02d}" for i in range(40)]
+    for i, name in enumerate(names):
+        bb.add_adapter(name, LoraConfig(r=4), seed=7 if name in ("c00", "c01") else i)
+    assert bb.adapters == names and not bb.model.__dict__.get("peft_config")  # nothing built yet
+    assert all(bb.adds_nothing(n) for n in names)
+    mine = {}
+    for i, name in enumerate(names):  # one at a time, as training goes: one slot serves everyone
+        torch.manual_seed(100 + i)
+        mine[name] = {k: torch.randn_like(v) for k, v in bb.adapter_state(name).items()}
+        bb.load_adapter_state(name, mine[name])
+    assert list(bb.model.peft_config) == ["slot0"]
+    bb.hold(names[:3])
+    assert len(bb.model.peft_config) == 3
+    x = torch.tensor([[1, 2, 3, 4]])
+    for name in reversed(names):
+        assert all(torch.equal(mine[name][k], v) for k, v in bb.adapter_state(name).items())
+        assert not bb.adds_nothing(name)
+    with bb.active("c05") as m:
+        expected = m(input_ids=x).logits
+    with bb.active(None) as m:
+        assert not torch.allclose(m(input_ids=x).logits, expected)
+    with pytest.raises(ValueError, match="more than 16 adapters"):
+        bb.hold(names[:17])
+
+    fresh = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
+    for name in ("c00", "c01", "c02"):
+        fresh.add_adapter(name, LoraConfig(r=4), seed=7 if name != "c02" else 2)
+    a, b, c = (fresh.adapter_state(n) for n in ("c00", "c01", "c02"))
+    assert all(torch.equal(a[k], b[k]) for k in a) and any(not torch.equal(a[k], c[k]) for k in a)
+    assert all(fresh.adds_nothing(n) for n in ("c00", "c01", "c02"))  # B = 0
+    with pytest.raises(ValueError, match="adapter of client 'c00'.*missing"):
+        fresh.load_adapter_state("c00", {})
+
+    path = bb.save_adapter("c05", tmp_path)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
+    loaded = PeftModel.from_pretrained(base, str(path)).eval()
+    assert torch.allclose(loaded(input_ids=x).logits, expected, atol=1e-5)

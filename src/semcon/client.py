@@ -98,7 +98,7 @@ class Client:
 
     def adds_nothing(self) -> bool:
         """Whether the adapter is still the identity (every LoRA B is zero, as before any training)."""
-        return all(not v.any() for k, v in self.backbone.adapter_state(self.name).items() if "lora_B" in k)
+        return self.backbone.adds_nothing(self.name)
 
     def adapter_digest(self) -> str:
         """A hash of the adapter's weights: equal digests, equal models."""
@@ -158,14 +158,16 @@ def answer_together(clients: list[Client], round: int, prompts: list[Prompt], on
     for c in clients:
         groups.setdefault((id(c.backbone), c.settings.max_new_tokens, c.settings.gen_batch_size), []).append(c)
     uploads = {}
-    for members in groups.values():
-        first, s = members[0], members[0].settings
-        with first.backbone.active(first.name) as model:
-            outs = generate(model, first.fmt, [p.instruction for _ in members for p in prompts],
-                            max_new_tokens=s.max_new_tokens, batch_size=s.gen_batch_size,
-                            device=first.backbone.device, dtype=first.backbone.dtype, on_batch=on_batch,
-                            adapters=None if len(members) == 1 else [c.name for c in members for _ in prompts])
-        for k, c in enumerate(members):
-            uploads[c.name] = c.upload_of(round, prompts, outs[k * len(prompts):(k + 1) * len(prompts)])
+    for same in groups.values():
+        for at in range(0, len(same), Backbone.max_slots):
+            members = same[at:at + Backbone.max_slots]
+            first, s = members[0], members[0].settings
+            slots = first.backbone.hold([c.name for c in members])
+            with first.backbone.active(first.name) as model:
+                outs = generate(model, first.fmt, [p.instruction for _ in members for p in prompts],
+                                max_new_tokens=s.max_new_tokens, batch_size=s.gen_batch_size,
+                                device=first.backbone.device, dtype=first.backbone.dtype, on_batch=on_batch,
+                                adapters=None if len(members) == 1 else [a for a in slots for _ in prompts])
+            for k, c in enumerate(members):
+                uploads[c.name] = c.upload_of(round, prompts, outs[k * len(prompts):(k + 1) * len(prompts)])
     return uploads
-

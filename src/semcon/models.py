@@ -6,9 +6,11 @@ peft adapter on that copy, activated for its phase.
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -140,18 +142,27 @@ class ChatFormat:
 
 
 class Backbone:
-    """One base model shared by all clients that use it; each client owns a named LoRA adapter on it.
+    """One base model shared by all clients that use it; each client owns a LoRA adapter on it.
 
-    When the pool cannot keep every base model resident, the weights are loaded for a phase and
-    released after it; the adapters are kept as CPU tensors meanwhile and restored on the next load.
+    The peft model holds a few adapter *slots*, not one adapter per client: peft's ``add_adapter`` and
+    ``set_adapter`` walk every module, and every adapter adds modules, so one named adapter per client made
+    building a hundred clients take minutes (quadratic) and each switch take a second. A client's weights sit
+    in a slot while it works and as CPU tensors otherwise; a client that never trained has none (its seed
+    recreates them). When the pool cannot keep every base model resident, the weights are loaded for a
+    phase and released after it.
     """
+
+    max_slots = 16  # adapters held at once per LoRA config: the most clients in one mixed batch
 
     def __init__(self, spec: str, dtype: torch.dtype, device: torch.device, pool: BackbonePool | None = None):
         self.spec, self.dtype, self.device, self.pool = spec, dtype, device, pool
         self.tokenizer = load_tokenizer(spec)
-        self._model: torch.nn.Module | None = None  # a peft PeftModel once the first adapter exists
-        self._lora: dict[str, LoraConfig] = {}
-        self._parked: dict[str, dict[str, torch.Tensor]] = {}  # adapter states while the base is released
+        self._model: torch.nn.Module | None = None  # a peft PeftModel once the first slot exists
+        self._lora: dict[str, LoraConfig] = {}  # client -> its LoRA config
+        self._seed: dict[str, int] = {}  # client -> the seed of its fresh adapter
+        self._stored: dict[str, dict[str, torch.Tensor]] = {}  # weights of clients not in a slot (none: fresh)
+        self._slots: dict[str, _Slot] = {}  # peft adapter name -> slot
+        self._uses = 0
 
     @classmethod
     def load(cls, spec: str, dtype: torch.dtype, device: torch.device) -> Backbone:
@@ -169,17 +180,13 @@ class Backbone:
             if self.pool is not None:
                 self.pool.make_room(self)
             self._model = load_causal_lm(self.spec, self.dtype, self.device)
-            for name, lora in self._lora.items():
-                self._attach(name, lora)
-                self.load_adapter_state(name, self._parked.pop(name))
         return self._model
 
     def release(self) -> None:
-        """Free the base weights, parking the adapters on the CPU."""
-        if self._model is None:
-            return
-        self._parked = {n: {k: v.detach().cpu().clone() for k, v in self.adapter_state(n).items()} for n in self._lora}
-        self._model = None
+        """Free the base weights; the clients' adapters stay as CPU tensors."""
+        for slot in self._slots.values():
+            self._vacate(slot)
+        self._model, self._slots = None, {}
         gc.collect()
 
     @property
@@ -191,67 +198,149 @@ class Backbone:
         return list(self._lora)
 
     def add_adapter(self, name: str, lora: LoraConfig, seed: int) -> None:
-        """A fresh fp32 LoRA adapter named ``name`` (B=0, so it starts as the base model)."""
-        torch.manual_seed(seed)
-        self._attach(name, lora)
-        self._lora[name] = lora
+        """A fresh LoRA adapter named ``name`` (B=0, so it starts as the base model; A drawn from ``seed``).
+        Nothing is built until the client first works."""
+        self._lora[name], self._seed[name] = lora, seed
 
-    def _attach(self, name: str, lora: LoraConfig) -> None:
+    def hold(self, names: list[str]) -> list[str]:
+        """Put these clients' adapters in slots (the least recently used others leave theirs); their peft names."""
+        held = {s.client: s for s in self._slots.values() if s.client is not None}
+        for name in names:
+            if name not in held:
+                held[name] = self._place(name, keep=set(names))
+            self._uses += 1
+            held[name].used = self._uses
+        return [held[n].name for n in names]
+
+    def _place(self, name: str, keep: set[str]) -> _Slot:
+        lora = self._lora[name]
+        free = [s for s in self._slots.values() if s.lora == lora and s.client not in keep]
+        if free:  # as few slots as the largest request needs: a swap copies two small adapters
+            slot = min(free, key=lambda s: (s.client is not None, s.used))
+            self._vacate(slot)
+        elif sum(s.lora == lora for s in self._slots.values()) < self.max_slots:
+            slot = self._new_slot(lora)
+        else:
+            raise ValueError(f"more than {self.max_slots} adapters asked for at once on {self.spec}")
+        stored = self._stored.pop(name, None)
+        with torch.no_grad():
+            if stored is None:  # fresh: peft's own init, drawn from the client's seed
+                torch.manual_seed(self._seed[name])
+                for module in slot.layers:
+                    module.reset_lora_parameters(slot.name, init_lora_weights=True)
+            else:
+                _copy_into(slot.params, stored, f"adapter of client {name!r}")
+        slot.client = name
+        return slot
+
+    def _vacate(self, slot: _Slot) -> None:
+        if slot.client is not None:
+            self._stored[slot.client] = {k: p.detach().clone() for k, p in slot.params.items()}
+            slot.client = None
+
+    def _new_slot(self, lora: LoraConfig) -> _Slot:
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
+        from peft.tuners.lora import LoraLayer
 
+        name = f"slot{len(self._slots)}"
         config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                 target_modules=lora.target_modules, task_type="CAUSAL_LM")
         if hasattr(self.model, "peft_config"):
             self.model.add_adapter(name, config)
         else:
             self._model = get_peft_model(self.model, config, adapter_name=name, autocast_adapter_dtype=False)
-        from peft.tuners.lora import LoraLayer
-
+        layers = []
         for module in self.model.modules():
-            if isinstance(module, LoraLayer):  # the adapter's own weights, found by structure, stay fp32
-                for part in (module.lora_A, module.lora_B, module.lora_embedding_A, module.lora_embedding_B):
-                    if name in part:
-                        item = part[name]  # a Linear (or an embedding's Parameter)
-                        for p in item.parameters() if isinstance(item, torch.nn.Module) else [item]:
-                            p.data = p.data.float()
-            # Every forward runs under autocast in the base dtype, so peft's cast of each layer input to the
-            # fp32 adapter dtype would only add a copy per layer.
-            if hasattr(module, "cast_input_dtype_enabled"):
+            if isinstance(module, LoraLayer):
+                # Every forward runs under autocast in the base dtype, so peft's cast of each layer input to the
+                # fp32 adapter dtype would only add a copy per layer.
                 module.cast_input_dtype_enabled = False
+                if name in module.lora_A or name in module.lora_embedding_A:
+                    layers.append(module)
+        # The slot's own weights, found by exact name segment (a base weight may be called like a client), in
+        # peft's state-dict keys (the adapter's segment removed), kept fp32.
+        params = {}
+        for key, p in self.model.named_parameters():
+            parts = key.split(".")
+            if name in parts and any(part.startswith("lora_") for part in parts):
+                p.data = p.data.float()
+                parts.remove(name)
+                params[".".join(parts)] = p
         self.model.to(self.device)
+        slot = self._slots[name] = _Slot(name, lora, layers, params)
+        return slot
 
     @contextmanager
     def active(self, name: str | None):
-        """Run with the adapter ``name`` active, or with no adapter (the base model) for ``None``."""
+        """Run with the adapter of client ``name`` active, or with no adapter (the base model) for ``None``."""
         model = self.model
         if name is None:
-            if self.adapters:
+            if hasattr(model, "peft_config"):
                 with model.disable_adapter():
                     yield model
             else:
                 yield model
             return
-        model.set_adapter(name)
-        yield model
+        slot = self.hold([name])[0]
+        self.model.set_adapter(slot)
+        yield self.model
+
+    def adds_nothing(self, name: str) -> bool:
+        """Whether the adapter is still the identity (every LoRA B zero, as before any training)."""
+        held = next((s for s in self._slots.values() if s.client == name), None)
+        if held is None and name not in self._stored:
+            return True  # fresh
+        state = held.params if held else self._stored[name]
+        return all(not v.any() for k, v in state.items() if "lora_B" in k or "lora_embedding_B" in k)
 
     def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
-        from peft import get_peft_model_state_dict
-
-        if self._model is None:
-            return self._parked[name]
-        return get_peft_model_state_dict(self._model, adapter_name=name)
+        """A snapshot of the client's adapter weights, by peft's state-dict keys."""
+        if name in self._stored:
+            return dict(self._stored[name])
+        slot = self._slots[self.hold([name])[0]]
+        return {k: p.detach().clone() for k, p in slot.params.items()}
 
     def load_adapter_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(self.model, state, adapter_name=name)
+        slot = self._slots[self.hold([name])[0]]
+        with torch.no_grad():
+            _copy_into(slot.params, state, f"adapter of client {name!r}")
 
     def save_adapter(self, name: str, directory: Path) -> Path:
-        """Save adapter ``name`` as ``directory/name`` (peft's layout for named adapters)."""
+        """Save client ``name``'s adapter as ``directory/name`` in peft's layout (``PeftModel.from_pretrained``)."""
+        from safetensors.torch import save_file
+
         path = child(directory, name, "adapter name")
-        self.model.save_pretrained(str(directory), selected_adapters=[name])
+        slot = self.hold([name])[0]
+        config = copy.copy(self.model.peft_config[slot])
+        config.inference_mode = True
+        path.mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(str(path))
+        save_file({k: v.contiguous() for k, v in self.adapter_state(name).items()},
+                  str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
         return path
+
+
+@dataclass
+class _Slot:
+    """One peft adapter of the shared model, lent to one client at a time."""
+
+    name: str
+    lora: LoraConfig
+    layers: list  # the LoRA layers that have this adapter
+    params: dict[str, torch.nn.Parameter]  # peft state-dict key -> the slot's weight
+    client: str | None = None
+    used: int = 0
+
+
+def _copy_into(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor], what: str) -> None:
+    if state.keys() != params.keys():
+        missing, extra = sorted(params.keys() - state.keys()), sorted(state.keys() - params.keys())
+        raise ValueError(f"{what}: tensors do not match its LoRA config (missing {missing[:2]}, unexpected {extra[:2]})")
+    for key, p in params.items():
+        if state[key].shape != p.shape:
+            raise ValueError(f"{what}: {key} has shape {tuple(state[key].shape)}, expected {tuple(p.shape)}")
+        p.copy_(state[key])
 
 
 def weight_bytes(spec: str, dtype: torch.dtype) -> int | None:
