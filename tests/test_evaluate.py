@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 import torch
 
+from conftest import tiny_tree
 from semcon import evaluate
 from semcon.config import EvalConfig
 from semcon.data import Example, choice_row
@@ -212,3 +213,23 @@ def test_evaluate_client_generates_on_the_tiny_model(tiny):
                           device=tiny.device, dtype=tiny.dtype)
     assert set(out["medicine"]) == {"nll", "bpb", "accuracy", "rouge_l"}
     assert out["medicine"]["accuracy"] in (0.0, 1.0) and out["medicine"]["bpb"] > 0
+
+
+def test_clients_evaluated_together_score_as_they_would_alone(tiny_llama_dir):
+    """Three clients on one base (two with distinct adapters, one still the base model) answer the generation
+    rows in shared batches: every metric equals the client's own evaluation."""
+    from semcon.assembly import assemble
+    from semcon.client import evaluate_together
+    from semcon.config import load_config
+
+    tree = tiny_tree(str(tiny_llama_dir), eval={"max_new_tokens": 6})
+    tree["clients"] = tree["clients"] + [{"name": "chat", "model": str(tiny_llama_dir), "data": {"source": "chatterbot"}}]
+    fed = assemble(load_config(tree=tree))
+    for i, c in enumerate(fed.clients[:2]):
+        torch.manual_seed(20 + i)
+        c.backbone.load_adapter_state(c.name, {k: torch.randn_like(v) * 0.5
+                                               for k, v in c.backbone.adapter_state(c.name).items()})
+    together = evaluate_together(fed.clients, fed.eval_sets)
+    alone = {c.name: c.evaluate(fed.eval_sets) for c in fed.clients}
+    assert together == alone
+    assert all("rouge_l" in m for m in alone["geo"].values()) and alone["geo"] != alone["math"]

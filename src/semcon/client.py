@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from safetensors.torch import save as save_tensors
 
 from semcon.config import ClientSettings
 from semcon.data import Example, Prompt
-from semcon.evaluate import evaluate_client, reference_scores
+from semcon.evaluate import evaluate_client, generation_requests, reference_scores
 from semcon.generate import Generation, generate
 from semcon.models import Backbone
 from semcon.names import child
@@ -121,12 +122,14 @@ class Client:
                         model, self.fmt, rows, batch_size=self.settings.eval.batch_size, device=self.backbone.device,
                         dtype=self.backbone.dtype).items()} for d, rows in eval_sets.items()}
 
-    def evaluate(self, eval_sets: dict[str, list[Example]], base: bool = False, embed=None) -> dict:
-        """Every held-out metric per domain (see ``evaluate.py``); ``base``: the model without adapter."""
+    def evaluate(self, eval_sets: dict[str, list[Example]], base: bool = False, embed=None,
+                 answers: dict[str, list[str]] | None = None) -> dict:
+        """Every held-out metric per domain (see ``evaluate.py``); ``base``: the model without adapter;
+        ``answers``: its answers to the generation rows, when already generated (``evaluate_together``)."""
         with self.backbone.active(None if base else self.name) as model:
             return evaluate_client(model, self.fmt, eval_sets, self.settings.eval, embed=embed,
                                    gen_batch_size=self.settings.gen_batch_size, device=self.backbone.device,
-                                   dtype=self.backbone.dtype)
+                                   dtype=self.backbone.dtype, answers=answers)
 
     def save_state(self, directory: Path, round: int, keep: int = 2) -> Path:
         """Write the adapter as it stands after ``round`` (atomically) and keep only the last ``keep``."""
@@ -154,20 +157,47 @@ def answer_together(clients: list[Client], round: int, prompts: list[Prompt], on
     """Each client's greedy answers to the public prompts. Clients on one base model (with the same generation
     settings) answer in shared batches, each row through its own adapter: one forward pass per token for all
     of them instead of one per client."""
+    uploads = {}
+    for members in _sharing(clients, lambda c: (c.settings.max_new_tokens, c.settings.gen_batch_size)):
+        outs = _answers(members, [p.instruction for p in prompts], members[0].settings.max_new_tokens, on_batch)
+        for c, out in zip(members, outs):
+            uploads[c.name] = c.upload_of(round, prompts, out)
+    return uploads
+
+
+def evaluate_together(clients: list[Client], eval_sets: dict[str, list[Example]], embed=None) -> dict[str, dict]:
+    """Each client's held-out metrics (``Client.evaluate``), the generation rows of clients on one base model
+    answered in shared batches as in ``answer_together``; the teacher-forced metrics run client by client."""
+    out = {}
+    for members in _sharing(clients, lambda c: (c.settings.gen_batch_size, c.settings.eval.model_dump_json())):
+        answers: dict[str, dict[str, list[str]]] = {c.name: {} for c in members}
+        for domain, (rows, cap) in generation_requests(members[0].fmt, eval_sets, members[0].settings.eval).items():
+            for c, outs in zip(members, _answers(members, [e.instruction for e in rows], cap)):
+                answers[c.name][domain] = [g.text for g in outs]
+        for c in members:
+            out[c.name] = c.evaluate(eval_sets, embed=embed, answers=answers[c.name])
+    return out
+
+
+def _sharing(clients: list[Client], key) -> Iterator[list[Client]]:
+    """Clients that can answer in shared batches: one base model and the same ``key``, ``Backbone.max_slots``
+    at a time."""
     groups: dict[tuple, list[Client]] = {}
     for c in clients:
-        groups.setdefault((id(c.backbone), c.settings.max_new_tokens, c.settings.gen_batch_size), []).append(c)
-    uploads = {}
+        groups.setdefault((id(c.backbone), key(c)), []).append(c)
     for same in groups.values():
         for at in range(0, len(same), Backbone.max_slots):
-            members = same[at:at + Backbone.max_slots]
-            first, s = members[0], members[0].settings
-            slots = first.backbone.hold([c.name for c in members])
-            with first.backbone.active(first.name) as model:
-                outs = generate(model, first.fmt, [p.instruction for _ in members for p in prompts],
-                                max_new_tokens=s.max_new_tokens, batch_size=s.gen_batch_size,
-                                device=first.backbone.device, dtype=first.backbone.dtype, on_batch=on_batch,
-                                adapters=None if len(members) == 1 else [a for a in slots for _ in prompts])
-            for k, c in enumerate(members):
-                uploads[c.name] = c.upload_of(round, prompts, outs[k * len(prompts):(k + 1) * len(prompts)])
-    return uploads
+            yield same[at:at + Backbone.max_slots]
+
+
+def _answers(members: list[Client], instructions: list[str], max_new_tokens: int, on_batch=None
+             ) -> list[list[Generation]]:
+    """Each member's greedy answers to ``instructions``: every member's rows in the same batches, each row
+    through its member's adapter."""
+    first, bb, n = members[0], members[0].backbone, len(instructions)
+    slots = bb.hold([c.name for c in members])
+    with bb.active(first.name) as model:
+        outs = generate(model, first.fmt, instructions * len(members), max_new_tokens=max_new_tokens,
+                        batch_size=first.settings.gen_batch_size, device=bb.device, dtype=bb.dtype, on_batch=on_batch,
+                        adapters=None if len(members) == 1 else [a for a in slots for _ in instructions])
+    return [outs[k * n:(k + 1) * n] for k in range(len(members))]

@@ -139,30 +139,41 @@ def reference_scores(model, fmt: ChatFormat, rows: list[Example], *, batch_size:
     return {"nll": sum(sums) / max(sum(counts), 1), "bpb": sum(sums) / math.log(2) / max(text_bytes, 1)}
 
 
-def generation_scores(model, fmt: ChatFormat, rows: list[Example], *, embed, max_new_tokens: int | None,
-                      batch_size: int, device, dtype) -> dict[str, float]:
-    """ROUGE-L, cosine (with ``embed``) and exact match over the numeric rows, of greedy answers to ``rows``;
-    ``max_new_tokens`` None: ``generation_cap`` of the references in this tokenizer."""
-    numeric = [e.task == "numeric" for e in rows]
-    if max_new_tokens is None:
-        lengths = [len(fmt.tok(e.response, add_special_tokens=False)["input_ids"]) for e in rows]
-        max_new_tokens = generation_cap(lengths, any(numeric))
-    answers = [g.text for g in generate(model, fmt, [e.instruction for e in rows], max_new_tokens=max_new_tokens,
-                                        batch_size=batch_size, device=device, dtype=dtype)]
+def generation_requests(fmt: ChatFormat, eval_sets: dict[str, list[Example]], cfg: EvalConfig
+                        ) -> dict[str, tuple[list[Example], int]]:
+    """The rows of each domain that are answered for the generation metrics (the first ``cfg.generate_items``),
+    and their max new tokens (``cfg.max_new_tokens``, else ``generation_cap`` of the references in this tokenizer)."""
+    if not (cfg.generate and cfg.generate_items):
+        return {}
+    out = {}
+    for domain, rows in eval_sets.items():
+        if rows := rows[:cfg.generate_items]:
+            lengths = [len(fmt.tok(e.response, add_special_tokens=False)["input_ids"]) for e in rows]
+            out[domain] = rows, cfg.max_new_tokens or generation_cap(lengths, any(e.task == "numeric" for e in rows))
+    return out
+
+
+def generation_scores(rows: list[Example], answers: list[str], embed) -> dict[str, float]:
+    """ROUGE-L, cosine (with ``embed``) and exact match over the numeric rows, of the greedy ``answers`` to ``rows``."""
     refs = [e.response for e in rows]
     m = {"rouge_l": float(np.mean([rouge_l(a, r) for a, r in zip(answers, refs)]))}
     if embed is not None:
         m["cosine"] = float(np.mean(cosine(embed(answers), embed(refs))))
-    if any(numeric):
-        hits = [gsm8k_exact_match(a, r) for a, r, n in zip(answers, refs, numeric) if n]
+    if hits := [gsm8k_exact_match(a, e.response) for a, e in zip(answers, rows) if e.task == "numeric"]:
         m["exact_match"] = float(np.mean(hits))
     return m
 
 
 def evaluate_client(model, fmt: ChatFormat, eval_sets: dict[str, list[Example]], cfg: EvalConfig, *, embed,
-                    gen_batch_size: int, device, dtype) -> dict[str, dict[str, float]]:
+                    gen_batch_size: int, device, dtype, answers: dict[str, list[str]] | None = None
+                    ) -> dict[str, dict[str, float]]:
     """Every metric that applies to each domain: ``{domain: {metric: value}}``. Reference NLL, bits per byte and
-    accuracy use every row; the generation metrics the first ``cfg.generate_items`` rows."""
+    accuracy use every row; the generation metrics the rows of ``generation_requests``, answered here unless
+    their ``answers`` are given (several clients' answers generated in shared batches)."""
+    if answers is None:
+        answers = {domain: [g.text for g in generate(model, fmt, [e.instruction for e in rows], max_new_tokens=cap,
+                                                     batch_size=gen_batch_size, device=device, dtype=dtype)]
+                   for domain, (rows, cap) in generation_requests(fmt, eval_sets, cfg).items()}
     out: dict[str, dict[str, float]] = {}
     for domain, rows in eval_sets.items():
         if not rows:
@@ -170,9 +181,7 @@ def evaluate_client(model, fmt: ChatFormat, eval_sets: dict[str, list[Example]],
         m = reference_scores(model, fmt, rows, batch_size=cfg.batch_size, device=device, dtype=dtype)
         if choices := [e for e in rows if e.task == "multiple_choice"]:
             m["accuracy"] = choice_accuracy(model, fmt, choices, cfg.mmlu_prompt, device, dtype, cfg.batch_size)
-        if cfg.generate and cfg.generate_items:
-            m |= generation_scores(model, fmt, rows[:cfg.generate_items], embed=embed,
-                                   max_new_tokens=cfg.max_new_tokens, batch_size=gen_batch_size, device=device,
-                                   dtype=dtype)
+        if domain in answers:
+            m |= generation_scores(rows[:len(answers[domain])], answers[domain], embed)
         out[domain] = {k: round(v, 5) for k, v in m.items()}
     return out

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from semcon.assembly import Federation, assemble, client_round
-from semcon.client import answer_together
+from semcon.client import answer_together, evaluate_together
 from semcon.config import RunConfig, load_config
 from semcon.data import public_prompts
 from semcon.energy import EnergyMeter
@@ -46,14 +46,19 @@ class LocalGroup:
     def evaluate(self, base: bool) -> dict[str, dict]:
         """Metrics per client per domain. One model is evaluated once: the base model once per shared
         backbone (with it, clients that never trained: their adapter adds exactly zero), and clients whose
-        adapters are equal (FedAvg's after its final averaging) once."""
-        out, seen = {}, {}
+        adapters are equal (FedAvg's after its final averaging) once; distinct adapters on one base answer
+        the generation rows in shared batches."""
+        model_of = {c.name: ("base", id(c.backbone)) if base or c.adds_nothing() else ("adapter", c.adapter_digest())
+                    for c in self.clients.values()}
+        pick: dict[tuple, object] = {}
         for c in self.clients.values():
-            key = (id(c.backbone), None if base or c.adds_nothing() else c.adapter_digest())
-            if key not in seen:
-                seen[key] = c.evaluate(self.fed.eval_sets, base=base, embed=self.fed.embedder)
-            out[c.name] = seen[key]
-        return out
+            pick.setdefault(model_of[c.name], c)
+        adapted = evaluate_together([c for k, c in pick.items() if k[0] == "adapter"], self.fed.eval_sets,
+                                    self.fed.embedder)
+        done = {k: adapted[c.name] if k[0] == "adapter" else c.evaluate(self.fed.eval_sets, base=True,
+                                                                         embed=self.fed.embedder)
+                for k, c in pick.items()}
+        return {name: done[k] for name, k in model_of.items()}
 
     def upload(self, t, members, tick):
         algo = self.fed.algorithm
