@@ -1,7 +1,7 @@
 """Seconds and peak RSS per client of a whole federation of 1, 16 and 100 clients on one shared SmolLM2-135M.
 
 Every size runs the same tiny round in its own process (round 0 trains, round 1: 8 public prompts,
-16 new tokens, 2 training steps per client on short chat rows, the final evaluation), every client in
+16 new tokens, 2 training steps of 2 short chat rows per client, the final evaluation), every client in
 every round. Clients
 that share a base model share one copy of its weights, a few adapter slots and their batches; each holds
 only its LoRA weights. ``seconds_per_client_round`` is the whole run's wall time over clients x rounds.
@@ -40,7 +40,7 @@ def federation(n: int, out: Path) -> dict:
         "clients": [{"name": "c00", "data": {"source": "chatterbot"}}] + [{"name": f"c{i:02d}"} for i in range(1, n)],
         "data": {"partition": "iid", "examples_per_client": 16, "eval_per_domain": 4},
         "public": {"num_prompts": 8}, "generate": {"max_new_tokens": 16},
-        "train": {"steps": 2, "batch_size": 8, "max_length": 128}, "eval": {"before": False, "energy": False},
+        "train": {"steps": 2, "batch_size": 2, "max_length": 128}, "eval": {"before": False, "energy": False},
     }
     summary = run(load_config(tree=tree), out)
     return {"clients": n, "peak_rss_gb": summary["peak_rss_gb"], "seconds": summary["seconds"],

@@ -78,29 +78,72 @@ class RowAdapters:
 
     def __init__(self, names: list[str] | None):
         self.all, self.now = names, names
+        self.distinct = list(dict.fromkeys(names or []))
+        self.index: torch.Tensor | None = None  # each row's position in ``distinct``
 
     def select(self, rows: list[int]) -> None:
         if self.all is not None:
             self.now = [self.all[i] for i in rows]
+            self.index = torch.tensor([self.distinct.index(n) for n in self.now])
 
 
 @contextmanager
 def per_row_adapters(model: torch.nn.Module, rows: RowAdapters):
-    """Give every LoRA layer the adapter of each row (peft's ``adapter_names`` keyword) while inside."""
+    """Give every row its own LoRA adapter while inside. In linear layers the adapters' weights are stacked
+    once and each row's are gathered and applied with two batched matmuls (peft's mixed-adapter batches loop
+    over the adapters in every layer); other LoRA layers get peft's ``adapter_names`` keyword."""
     if rows.all is None:
         yield
         return
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import Linear, LoraLayer
+
+    rows.select(list(range(len(rows.all))))
+    patched, hooks = [], []
 
     def inject(_module, args, kwargs):
         return args, {**kwargs, "adapter_names": rows.now}
 
-    hooks = [m.register_forward_pre_hook(inject, with_kwargs=True) for m in model.modules() if isinstance(m, LoraLayer)]
+    for m in model.modules():
+        if isinstance(m, Linear) and not m.merged:
+            m.forward = _stacked_lora(m, rows)
+            patched.append(m)
+        elif isinstance(m, LoraLayer):
+            hooks.append(m.register_forward_pre_hook(inject, with_kwargs=True))
     try:
         yield
     finally:
+        for m in patched:
+            del m.forward
         for hook in hooks:
             hook.remove()
+
+
+def _stacked_lora(layer, rows: RowAdapters):
+    """A forward for one peft LoRA ``Linear``: the base output plus each row's adapter, the adapters' A and B
+    stacked (zero-padded to the largest rank; zero where an adapter does not have this layer)."""
+    names = rows.distinct
+    present = [n for n in names if n in layer.lora_A]
+    rank = max((layer.r[n] for n in present), default=1)
+    weight = layer.lora_A[present[0]].weight if present else layer.get_base_layer().weight
+    a = weight.new_zeros(len(names), rank, layer.in_features)
+    b = weight.new_zeros(len(names), layer.out_features, rank)
+    scale = weight.new_zeros(len(names))
+    for i, n in enumerate(names):
+        if n in present:
+            a[i, :layer.r[n]] = layer.lora_A[n].weight
+            b[i, :, :layer.r[n]] = layer.lora_B[n].weight
+            scale[i] = layer.scaling[n]
+    b = b * scale[:, None, None]
+
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = layer.base_layer(x, *args, **kwargs)
+        if not present:
+            return out
+        idx = rows.index.to(x.device)
+        h = torch.bmm(x.reshape(len(idx), -1, x.shape[-1]), a[idx].transpose(1, 2))
+        return out + torch.bmm(h, b[idx].transpose(1, 2)).reshape(out.shape).to(out.dtype)
+
+    return forward
 
 
 @torch.inference_mode()

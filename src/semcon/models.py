@@ -246,7 +246,13 @@ class Backbone:
         name = f"slot{len(self._slots)}"
         config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                 target_modules=lora.target_modules, task_type="CAUSAL_LM")
-        if hasattr(self.model, "peft_config"):
+        sibling = next((s for s in self._slots.values() if s.lora == lora), None)
+        if sibling is not None:  # the same layers as a slot of this config: no walk over every module (peft's)
+            config = copy.deepcopy(self.model.peft_config[sibling.name])
+            self.model.peft_config[name] = config
+            for module in sibling.layers:
+                module.update_layer(name, config.r, lora_alpha=config.lora_alpha, config=config)
+        elif hasattr(self.model, "peft_config"):
             self.model.add_adapter(name, config)
         else:
             self._model = get_peft_model(self.model, config, adapter_name=name, autocast_adapter_dtype=False)
@@ -267,7 +273,6 @@ class Backbone:
                 p.data = p.data.float()
                 parts.remove(name)
                 params[".".join(parts)] = p
-        self.model.to(self.device)
         slot = self._slots[name] = _Slot(name, lora, layers, params)
         return slot
 
