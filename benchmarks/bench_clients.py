@@ -50,7 +50,7 @@ def federation(n: int, out: Path) -> dict:
 def measure(n: int, src: Path) -> dict:
     """One federation of ``n`` clients in its own process, importing semcon from ``src``."""
     env = {**os.environ, "PYTHONPATH": str(src)}
-    proc = subprocess.run([sys.executable, __file__, "--worker", str(n)], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, __file__, "--worker", str(n)], capture_output=True, text=True, env=env, check=False)
     if proc.returncode:
         sys.exit(proc.stderr[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -82,7 +82,7 @@ def main() -> None:
             try:
                 ref = measure(16, Path(tmp) / "src")
             finally:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp], capture_output=True)
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp], capture_output=True, check=False)
         print(f"reference {args.reference}, 16 clients: {ref['seconds']:.0f} s, "
               f"{ref['seconds_per_client_round']:.2f} s per client and round", file=sys.stderr)
         out |= {"reference": args.reference,

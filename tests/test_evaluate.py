@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 import torch
-
 from conftest import tiny_tree
+
 from semcon import evaluate
 from semcon.config import EvalConfig
 from semcon.data import Example, choice_row

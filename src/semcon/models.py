@@ -235,7 +235,7 @@ class Backbone:
 
     def _vacate(self, slot: _Slot) -> None:
         if slot.client is not None:
-            self._stored[slot.client] = {k: p.detach().clone() for k, p in slot.params.items()}
+            self._stored[slot.client] = {k: p.detach().to("cpu", copy=True) for k, p in slot.params.items()}
             slot.client = None
 
     def _new_slot(self, lora: LoraConfig) -> _Slot:
