@@ -48,15 +48,15 @@ class LocalGroup:
         backbone (with it, clients that never trained: their adapter adds exactly zero), and clients whose
         adapters are equal (FedAvg's after its final averaging) once; distinct adapters on one base answer
         the generation rows in shared batches."""
-        model_of = {c.name: ("base", id(c.backbone)) if base or c.adds_nothing() else ("adapter", c.adapter_digest())
+        model_of = {c.name: (id(c.backbone), "base" if base or c.adds_nothing() else c.adapter_digest())
                     for c in self.clients.values()}
         pick: dict[tuple, object] = {}
         for c in self.clients.values():
             pick.setdefault(model_of[c.name], c)
-        adapted = evaluate_together([c for k, c in pick.items() if k[0] == "adapter"], self.fed.eval_sets,
+        adapted = evaluate_together([c for k, c in pick.items() if k[1] != "base"], self.fed.eval_sets,
                                     self.fed.embedder)
-        done = {k: adapted[c.name] if k[0] == "adapter" else c.evaluate(self.fed.eval_sets, base=True,
-                                                                         embed=self.fed.embedder)
+        done = {k: adapted[c.name] if k[1] != "base" else c.evaluate(self.fed.eval_sets, base=True,
+                                                                      embed=self.fed.embedder)
                 for k, c in pick.items()}
         return {name: done[k] for name, k in model_of.items()}
 
