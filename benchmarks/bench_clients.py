@@ -38,7 +38,7 @@ def federation(n: int, out: Path) -> dict:
         "name": f"clients-{n}", "rounds": 1,
         # short chat rows: a few seconds of useful compute per client, so that the fixed costs show
         "clients": [{"name": "c00", "data": {"source": "chatterbot"}}] + [{"name": f"c{i:02d}"} for i in range(1, n)],
-        "data": {"partition": "iid", "examples_per_client": 16, "eval_per_domain": 4},
+        "data": {"partition": "iid", "examples_per_client": 6, "eval_per_domain": 4},  # 100 x 6 of 750 rows
         "public": {"num_prompts": 8}, "generate": {"max_new_tokens": 16},
         "train": {"steps": 2, "batch_size": 2, "max_length": 128}, "eval": {"before": False, "energy": False},
     }
