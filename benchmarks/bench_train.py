@@ -48,13 +48,14 @@ def worker(side: str, steps: int, batch: int, max_length: int) -> dict:
         dtype = pick_dtype("auto", device)
         bb = Backbone.load("smollm2-135m", dtype, device)
         bb.add_adapter("bench", LoraConfig(), seed=0)
-        # warm-up step, then the timed steps over the same length-grouped batches
-        train_lora(bb.model, bb.fmt, data, steps=1, batch_size=batch, lr=2e-4, seed=0, device=device, dtype=dtype)
-        batches = length_grouped_batches(data, batch, random.Random(0))[:steps]
-        subset = [data[i] for b in batches for i in b]
-        start = time.perf_counter()
-        stats = train_lora(bb.model, bb.fmt, subset, steps=len(batches), batch_size=batch, lr=2e-4, seed=0,
-                           device=device, dtype=dtype)
+        with bb.active("bench") as model:
+            # warm-up step, then the timed steps over the same length-grouped batches
+            train_lora(model, bb.fmt, data, steps=1, batch_size=batch, lr=2e-4, seed=0, device=device, dtype=dtype)
+            batches = length_grouped_batches(data, batch, random.Random(0))[:steps]
+            subset = [data[i] for b in batches for i in b]
+            start = time.perf_counter()
+            stats = train_lora(model, bb.fmt, subset, steps=len(batches), batch_size=batch, lr=2e-4, seed=0,
+                               device=device, dtype=dtype)
         seconds, tokens = time.perf_counter() - start, stats.tokens
     else:
         from peft import LoraConfig as PeftLora, get_peft_model

@@ -114,3 +114,10 @@ def test_length_grouped_batches_cover_every_example_once():
     assert sorted(i for b in batches for i in b) == list(range(37))
     spread = [max(len(data[i].ids) for i in b) - min(len(data[i].ids) for i in b) for b in batches]
     assert max(spread) < 45 / 2  # grouped by length: little padding inside a batch
+
+
+def test_training_a_model_without_an_active_adapter_is_refused(tiny_llama_dir):
+    bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
+    bb.add_adapter("alice", LoraConfig(r=4), seed=0)  # registered, not built until it is activated
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        train_lora(bb.model, bb.fmt, [], steps=1, batch_size=1, lr=0.1, seed=0, device=bb.device, dtype=bb.dtype)

@@ -133,7 +133,9 @@ def train_lora(model: torch.nn.Module, fmt: ChatFormat, examples: list[Tokenized
     start = time.perf_counter()
     rng = random.Random(seed)
     params = trainable_parameters(model)
-    if steps == 0 or not examples or not params:
+    if not params:  # a model without an active adapter would "train" nothing, silently
+        raise ValueError("no trainable parameters: activate an adapter first (Backbone.active)")
+    if steps == 0 or not examples:
         return TrainStats(0, 0, math.nan, math.nan, 0.0)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     anchor = [p.detach().clone() for p in params] if prox_mu > 0 else None
