@@ -1,7 +1,7 @@
 """Load causal LMs, format prompts with each model's own chat template, and hold clients' LoRA adapters.
 
-Clients that use the same base model share one copy of its frozen weights: each client is a named
-peft adapter on that copy, activated for its phase.
+Clients that use the same base model share one copy of its frozen weights; each client's LoRA adapter
+is lent one of a few peft adapter slots on that copy while it works (``Backbone``).
 """
 
 from __future__ import annotations
