@@ -100,7 +100,7 @@ def test_many_clients_share_a_few_slots_and_keep_their_own_weights(tiny_llama_di
     names = [f"c{i:02d}" for i in range(40)]
     for i, name in enumerate(names):
         bb.add_adapter(name, LoraConfig(r=4), seed=7 if name in ("c00", "c01") else i)
-    assert bb.adapters == names and not bb.model.__dict__.get("peft_config")  # nothing built yet
+    assert bb.adapters == names and not hasattr(bb.model, "peft_config")  # nothing built yet
     assert all(bb.adds_nothing(n) for n in names)
     mine = {}
     for i, name in enumerate(names):  # one at a time, as training goes: one slot serves everyone

@@ -123,8 +123,10 @@ def _stacked_lora(layer, rows: RowAdapters):
     stacked (zero-padded to the largest rank; zero where an adapter does not have this layer)."""
     names = rows.distinct
     present = [n for n in names if n in layer.lora_A]
-    rank = max((layer.r[n] for n in present), default=1)
-    weight = layer.lora_A[present[0]].weight if present else layer.get_base_layer().weight
+    if not present:
+        return layer.base_layer
+    rank = max(layer.r[n] for n in present)
+    weight = layer.lora_A[present[0]].weight
     a = weight.new_zeros(len(names), rank, layer.in_features)
     b = weight.new_zeros(len(names), layer.out_features, rank)
     scale = weight.new_zeros(len(names))
@@ -137,8 +139,6 @@ def _stacked_lora(layer, rows: RowAdapters):
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = layer.base_layer(x, *args, **kwargs)
-        if not present:
-            return out
         idx = rows.index.to(x.device)
         h = torch.bmm(x.reshape(len(idx), -1, x.shape[-1]), a[idx].transpose(1, 2))
         return out + torch.bmm(h, b[idx].transpose(1, 2)).reshape(out.shape).to(out.dtype)
