@@ -34,7 +34,7 @@ def test_public_override_keys():
     (["noequals"], "not key=value"),
     (["clients.0.data.source=nope"], "clients.0.data.source"),
     (["clients.1.name=geography"], "client names must be unique"),
-    (["clients.0.data.path=x.jsonl"], "'path' only applies to source 'jsonl'"),
+    (["clients.0.data.path=x.jsonl"], "'path' only applies to sources jsonl and hf"),
 ])
 def test_bad_overrides_give_one_line_naming_the_key(override, needle):
     with pytest.raises(ConfigError) as e:

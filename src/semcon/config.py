@@ -26,7 +26,8 @@ from semcon.names import check_name, repeated_ignoring_case
 
 Method = Literal["semantic_consensus", "fedavg", "fedprox", "local", "centralized"]
 METHODS: tuple[str, ...] = ("semantic_consensus", "fedavg", "fedprox", "local", "centralized")
-Source = Literal["wiki", "gsm8k", "chatterbot", "mmlu", "humaneval", "jsonl"]
+Source = Literal["wiki", "gsm8k", "chatterbot", "mmlu", "humaneval", "jsonl", "hf"]
+FILE_SOURCES = ("jsonl", "hf")  # sources whose rows come from the user's path
 Precision = Literal["auto", "fp32", "bf16"]
 
 
@@ -41,27 +42,43 @@ class Strict(BaseModel):
 class DataSelection(Strict):
     """One domain: rows of one source, optionally restricted to some of its categories."""
 
-    source: Source = Field(description="wiki | gsm8k | chatterbot | mmlu | humaneval | jsonl")
+    source: Source = Field(description="wiki | gsm8k | chatterbot | mmlu | humaneval | jsonl | hf")
     categories: list[str] | None = Field(None, description="keep only these categories (wiki topics, "
-                                         "chatterbot files, MMLU subjects)")
-    path: Path | None = Field(None, description="JSONL file with instruction, response[, category] (source=jsonl)")
+                                         "chatterbot files, MMLU subjects, values of an hf data set's category column)")
+    path: Path | None = Field(None, description="jsonl: a JSONL file with instruction, response[, category]; hf: a "
+                              "Hugging Face hub name, a save_to_disk directory, or a json/jsonl/csv/parquet file")
     name: str | None = Field(None, description="domain label in reports; derived from source and categories")
+    # source: hf only. The data set's own config name is `subset` here, as `name` already labels the domain.
+    subset: str | None = Field(None, description="hf: the data set's config (load_dataset's `name`), e.g. 'main'")
+    split: str = Field("train", description="hf: the split to read")
+    instruction: str = Field("instruction", description="hf: the column of instructions")
+    response: str = Field("response", description="hf: the column of responses")
+    category: str | None = Field(None, description="hf: the column of categories (default: one category)")
+    task: Literal["generative", "numeric"] = Field(
+        "generative", description="hf: the metrics of every row; numeric: GSM8K-style exact match of the final number")
 
     @model_validator(mode="after")
     def _check(self) -> DataSelection:
-        if self.source == "jsonl" and self.path is None:
-            raise ValueError("source 'jsonl' needs 'path'")
-        if self.source != "jsonl" and self.path is not None:
-            raise ValueError(f"'path' only applies to source 'jsonl', not {self.source!r}")
+        if self.source in FILE_SOURCES and self.path is None:
+            raise ValueError(f"source {self.source!r} needs 'path'")
+        if self.source not in FILE_SOURCES and self.path is not None:
+            raise ValueError(f"'path' only applies to sources {' and '.join(FILE_SOURCES)}, not {self.source!r}")
+        if self.source != "hf" and (hf_keys := [k for k in HF_ONLY if getattr(self, k) != type(self).model_fields[k].default]):
+            raise ValueError(f"{', '.join(map(repr, hf_keys))} only appl{'ies' if len(hf_keys) == 1 else 'y'} "
+                             "to source 'hf'")
         return self
 
     @property
     def domain(self) -> str:
         if self.name:
             return self.name
-        if self.source == "jsonl":
-            return Path(self.path).stem
+        if self.source in FILE_SOURCES:
+            stem = Path(self.path).stem
+            return stem + (f"-{self.subset}" if self.subset else "")
         return self.source + (":" + "+".join(self.categories) if self.categories else "")
+
+
+HF_ONLY = ("subset", "split", "instruction", "response", "category", "task")  # keys of source hf alone
 
 
 class LoraConfig(Strict):
@@ -381,7 +398,12 @@ def resolve_paths(cfg: RunConfig, base: Path, check_files: bool = True) -> RunCo
         return path
 
     for i, c in enumerate(cfg.clients):
-        if c.data is not None and c.data.path is not None:
+        if c.data is None or c.data.path is None:
+            continue
+        if c.data.source == "hf":  # a local directory or file where one exists, else a hub name (kept as written)
+            local = c.data.path if c.data.path.is_absolute() else base / c.data.path
+            c.data.path = local.resolve() if local.exists() else c.data.path
+        else:
             c.data.path = resolved(f"clients.{i}.data.path", c.data.path)
     if cfg.flower.members is not None:
         cfg.flower.members = resolved("flower.members", cfg.flower.members)

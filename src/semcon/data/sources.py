@@ -12,8 +12,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from semcon.assets import pkg_dir
-from semcon.config import DataSelection
+from semcon.config import FILE_SOURCES, DataSelection
 from semcon.data.examples import DataError, Example, Row, choice_row
+from semcon.data.hf import describe, hf_rows
 from semcon.data.jsonl import _jsonl_rows
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ def _source_rows(sel: DataSelection) -> tuple[Row, ...]:
             return _chatterbot_rows(_source_path("chatterbot", "chatterbot_corpus", "data/english"))
         case "jsonl":
             return _jsonl_rows(Path(sel.path))
+        case "hf":
+            return _numbered(hf_rows(sel))
     raise DataError(f"unknown source {sel.source!r}")
 
 
@@ -138,7 +141,7 @@ def load_selection(sel: DataSelection, max_chars: int) -> list[Example]:
         DataError: an unknown category (naming the source and the available ones), or no rows left.
     """
     rows = _source_rows(sel)
-    where = str(sel.path) if sel.source == "jsonl" else f"source {sel.source!r}"
+    where = {"jsonl": str(sel.path), "hf": describe(sel)}.get(sel.source, f"source {sel.source!r}")
     keep: set[str] | None = None
     if sel.categories:
         available = sorted({r.category for r in rows})
@@ -146,7 +149,7 @@ def load_selection(sel: DataSelection, max_chars: int) -> list[Example]:
             raise DataError(f"{where}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
                             f"{', '.join(map(repr, unknown))}; available: {', '.join(available)}")
         keep = set(sel.categories)
-    prefix = sel.domain if sel.source == "jsonl" else sel.source
+    prefix = sel.domain if sel.source in FILE_SOURCES else sel.source
     chosen = [r for r in rows if keep is None or r.category in keep]
     out = [Example(f"{prefix}:{r.id}", r.instruction, r.response, r.category, sel.domain, r.task, r.question,
                    r.choices) for r in chosen if len(r.instruction) + len(r.response) <= max_chars]

@@ -33,7 +33,7 @@ class Splits:
 
 def _selection_key(sel: DataSelection) -> tuple:
     """What makes two selections the same data (the label aside)."""
-    return sel.source, tuple(sel.categories or ()), str(sel.path) if sel.path else None
+    return sel.model_dump_json(exclude={"name"})
 
 
 def _domain_selections(cfg: RunConfig) -> dict[str, DataSelection]:
@@ -192,7 +192,8 @@ def _check_unique_ids(splits: Splits) -> None:
 
 
 def _readable(sel: DataSelection) -> bool:
-    """Whether this machine can read a selection: embedded sources always, a JSONL file where it exists."""
+    """Whether this machine can read a selection: embedded sources and hub data sets always (as far as we can
+    tell), a JSONL file or local hf data where it exists."""
     return sel.source != "jsonl" or Path(sel.path).is_file()
 
 

@@ -20,7 +20,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from semcon.algorithms import make_algorithm
-from semcon.config import RunConfig, load_config
+from semcon.config import FILE_SOURCES, RunConfig, load_config
 from semcon.data import public_prompts
 from semcon.embed import Embedder
 from semcon.federation import FederationError, Tick, federate, setup_messages
@@ -239,8 +239,8 @@ def serve(grid: Grid, run_dir: RunDir, run_config: dict | None = None) -> dict:
         cfg = load_config(run_dir.path / "config.yaml")
     if cfg.method == "centralized":
         raise FederationError("centralized training pools data in one place: it has no Flower deployment")
-    if cfg.public.path is None and (own := [c.name for c in cfg.clients if c.data and c.data.source == "jsonl"]):
-        raise FederationError(f"clients {', '.join(own)} bring their own JSONL data: give public.path, since the "
+    if cfg.public.path is None and (own := [c.name for c in cfg.clients if c.data and c.data.source in FILE_SOURCES]):
+        raise FederationError(f"clients {', '.join(own)} bring their own data: give public.path, since the "
                               "server never reads a client's data to draw the public prompts")
     algo = make_algorithm(cfg, run_dir.public_prompts(lambda: public_prompts(cfg)),
                           Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size))
