@@ -390,3 +390,68 @@ def test_given_public_prompts_leave_the_same_split_as_drawing_them():
         cfg = config(clients, partition)
         drawn = build_splits(cfg)
         assert fingerprint(build_splits(cfg, drawn.public)) == fingerprint(drawn)
+
+
+# ---------------------------------------------------------------- Flower Datasets' partitioners
+
+FLOWER = {"partitioner": "dirichlet", "by": "category", "alpha": 0.5}
+
+
+def test_flower_partitioners_split_deterministically_and_disjointly():
+    clients = CLIENTS["dirichlet"]
+    for spec in (FLOWER, {"partitioner": "iid"}):
+        first = build_splits(config(clients, spec, seed=3))
+        assert_disjoint(first)
+        assert fingerprint(build_splits(config(clients, spec, seed=3))) == fingerprint(first)
+        assert fingerprint(build_splits(config(clients, spec, seed=4)))[0] != fingerprint(first)[0]
+        assert all(0 < len(rows) <= 20 for rows in first.private.values())
+
+
+def test_flower_iid_equals_semcons_iid_when_the_shards_fill_the_pool(tmp_path):
+    """semcon deals consecutive slices of the shuffled pool; Flower's IidPartitioner contiguous shards of it."""
+    files = [write_jsonl(tmp_path / f"{d}.jsonl", qa_rows(50, d)) for d in ("clinic", "bank")]
+    clients = [{"name": f"c{i}", "data": {"source": "jsonl", "path": str(files[i % 2])}} for i in range(4)]
+    # 2 x (50 - 8 eval - 6 public) = 72 pooled rows = 4 clients x 18
+    ours = build_splits(config(clients, "iid", data={"examples_per_client": 18}))
+    theirs = build_splits(config(clients, {"partitioner": "iid"}, data={"examples_per_client": 18}))
+    assert fingerprint(ours) == fingerprint(theirs)
+
+
+def test_flower_natural_id_by_domain_gives_each_client_its_domain_as_category_does(tmp_path):
+    files = [write_jsonl(tmp_path / f"{d}.jsonl", qa_rows(50, d)) for d in ("clinic", "bank", "court")]
+    clients = [{"name": f"org{i}", "data": {"source": "jsonl", "path": str(f)}} for i, f in enumerate(files[::-1])]
+    by_domain = {"partitioner": "natural_id", "by": "domain"}  # the groups sort as bank, clinic, court
+    # each client asks for all its domain's private rows: 50 - 8 eval - 4 public
+    ours = build_splits(config(clients, "category", data={"examples_per_client": 38}))
+    theirs = build_splits(config(clients, by_domain, data={"examples_per_client": 38}))
+    assert {e.domain for e in theirs.private["org0"]} == {"court"}
+    assert {c: {e.id for e in rows} for c, rows in ours.private.items()} == \
+        {c: {e.id for e in rows} for c, rows in theirs.private.items()}
+    with pytest.raises(DataError, match="natural_id: natural_id by domain makes 3 partitions, one per domain, "
+                                        "for 4 clients"):
+        build_splits(config([*clients, {"name": "extra"}], by_domain))
+
+
+def test_flower_dirichlet_draws_the_shares_semcons_dirichlet_draws():
+    """Same seed, same groups in the same order: the same Dirichlet proportions; the counts differ by at most one
+    row per group and client (semcon rounds the cut points, Flower floors them)."""
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    from semcon.data.splits import _dirichlet_shares
+
+    groups = [list(range(k * 100, k * 100 + n)) for k, n in enumerate((40, 25, 33, 60))]
+    ours = _dirichlet_shares(groups, 5, 0.5, seed=7)
+    flower = DirichletPartitioner(5, "group", 0.5, min_partition_size=0, seed=7)
+    flower.dataset = Dataset.from_dict({"row": [r for g in groups for r in g],
+                                        "group": [f"g{k}" for k, g in enumerate(groups) for _ in g]})
+    theirs = [flower.load_partition(i)["row"] for i in range(5)]
+    for k in range(len(groups)):
+        counts = [[sum(r // 100 == k for r in share) for share in shares] for shares in (ours, theirs)]
+        assert max(abs(a - b) for a, b in zip(*counts)) <= 1, counts
+    assert [sum(r // 100 == 0 for r in s) for s in ours] != [8, 8, 8, 8, 8]  # not an even split
+
+
+def test_an_unknown_flower_partitioner_is_one_line():
+    with pytest.raises(ConfigError, match=r"data.partition.*partitioner"):
+        config(CLIENTS["dirichlet"], {"partitioner": "shards"})

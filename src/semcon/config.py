@@ -136,12 +136,30 @@ def _clients_kind(value: Any) -> str:
     return "template" if isinstance(value, dict | ClientTemplate) else "list"
 
 
-UNION_TAGS = ("list", "template")  # left out of error locations
+def _partition_kind(value: Any) -> str:
+    return "flower" if isinstance(value, dict | FlowerPartition) else "own"
+
+
+UNION_TAGS = ("list", "template", "own", "flower")  # left out of error locations
+
+
+class FlowerPartition(Strict):
+    """A partitioner of Flower Datasets (flwr-datasets) over the pooled private rows, instead of semcon's own."""
+
+    partitioner: Literal["iid", "dirichlet", "natural_id"] = Field(
+        description="iid: equal contiguous shards of the shuffled pool; dirichlet: per group, Dirichlet(alpha) "
+        "shares; natural_id: one partition per group (as many groups as clients)")
+    by: Literal["category", "domain"] = Field(
+        "category", description="the groups: a domain's categories (wiki topics, MMLU subjects, ...) or whole domains")
+    alpha: float = Field(0.5, gt=0, description="dirichlet: concentration")
+    min_partition_size: int = Field(0, ge=0, description="dirichlet: resample until every client has this many rows")
 
 
 class DataConfig(Strict):
-    partition: Literal["category", "iid", "dirichlet"] = Field(
-        "category", description="category: each client its own domain; iid/dirichlet: split the pooled domains")
+    partition: Annotated[Annotated[Literal["category", "iid", "dirichlet"], Tag("own")]
+                         | Annotated[FlowerPartition, Tag("flower")], Discriminator(_partition_kind)] = Field(
+        "category", description="category: each client its own domain; iid/dirichlet: split the pooled domains "
+        "(semcon's own); {partitioner: iid|dirichlet|natural_id, by: category|domain, alpha}: Flower Datasets'")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (partition=dirichlet)")
     examples_per_client: int = Field(64, gt=0, description="private training examples per client")
     eval_per_domain: int = Field(16, ge=0, description="held-out evaluation examples per domain")

@@ -178,7 +178,59 @@ def _partition_dirichlet(cfg: RunConfig, pools: dict[str, list[Example]], client
     return out
 
 
+def _partition_flower(cfg: RunConfig, pools: dict[str, list[Example]], clients: list[ClientConfig]
+                      ) -> dict[str, list[Example]]:
+    """Flower Datasets' partitioner of ``data.partition`` over the pooled rows, grouped by category (within its
+    domain) or domain; each client's partition is capped at the rows it asks for. ``natural_id`` gives each
+    client the group of its own ``data`` domain where every client names one, else the i-th group in sorted order."""
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
+
+    spec = cfg.data.partition
+    pool = _pooled(pools, f"{cfg.seed}:{spec.partitioner}")
+    # "\x00" sorts first, so the groups sort as (domain, category) pairs, the order semcon's Dirichlet uses
+    groups = [ex.domain if spec.by == "domain" else f"{ex.domain}\x00{ex.category}" for ex in pool]
+    where = f"clients {', '.join(c.name for c in clients[:3])}{', ...' if len(clients) > 3 else ''}"
+    match spec.partitioner:
+        case "iid":
+            partitioner = IidPartitioner(len(clients))
+        case "dirichlet":
+            partitioner = DirichletPartitioner(len(clients), "group", spec.alpha, spec.min_partition_size,
+                                               seed=cfg.seed)
+        case "natural_id":
+            partitioner = NaturalIdPartitioner("group")
+    partitioner.dataset = Dataset.from_dict({"row": list(range(len(pool))), "group": groups})
+    try:
+        n = partitioner.num_partitions
+        if n != len(clients):
+            raise ValueError(f"natural_id by {spec.by} makes {n} partitions, one per {spec.by}, for "
+                             f"{len(clients)} clients")
+        parts = [partitioner.load_partition(i)["row"] for i in range(n)]
+    except ValueError as e:
+        raise DataError(f"{where}: data.partition {spec.partitioner}: {str(e).splitlines()[0]}") from None
+    if spec.partitioner == "natural_id":
+        ids = {natural.split("\x00")[0]: i for i, natural in partitioner.partition_id_to_natural_id.items()}
+        if spec.by == "domain" and all(c.data is not None and c.data.domain in ids for c in clients):
+            parts = [parts[ids[c.data.domain]] for c in clients]
+    out: dict[str, list[Example]] = {}
+    for c, rows in zip(clients, parts, strict=True):
+        out[c.name] = [pool[i] for i in rows][:_wanted(cfg, c)]
+        if not out[c.name]:
+            raise DataError(f"client {c.name!r}: its {spec.partitioner} partition of the pooled data is empty")
+    return out
+
+
 PARTITIONS = {"category": _partition_category, "iid": _partition_iid, "dirichlet": _partition_dirichlet}
+
+
+def _partition_name(cfg: RunConfig) -> str:
+    spec = cfg.data.partition
+    return spec if isinstance(spec, str) else f"{spec.partitioner} (Flower Datasets)"
+
+
+def _partitioner(cfg: RunConfig):
+    """The function that deals the private rows: semcon's own, or Flower Datasets' when the config names one."""
+    return PARTITIONS[cfg.data.partition] if isinstance(cfg.data.partition, str) else _partition_flower
 
 
 def _check_unique_ids(splits: Splits) -> None:
@@ -265,10 +317,10 @@ def build_splits(cfg: RunConfig, public: list[Prompt] | None = None, node: str |
     members = cfg.clients
     if node is not None and len(rest) < len(_domain_selections(cfg)):
         if not by_category:
-            raise DataError(f"partition={cfg.data.partition} pools every client's data, so node {node!r} needs "
+            raise DataError(f"partition={_partition_name(cfg)} pools every client's data, so node {node!r} needs "
                             "all data files; use partition=category where each node holds only its own")
         members = [c for c in cfg.clients if c.data.domain in rest]
-    private = PARTITIONS[cfg.data.partition](cfg, rest, members)
+    private = _partitioner(cfg)(cfg, rest, members)
     client_domain = {c.name: c.data.domain if by_category else MIXED for c in members}
     splits = Splits(private, public, eval_sets, client_domain)
     _check_unique_ids(splits)
