@@ -202,3 +202,16 @@ def flower_processes(home) -> list:
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             pass
     return found
+
+
+@pytest.fixture(scope="session")
+def tracked_run(tiny_llama_dir, tmp_path_factory, worker_id) -> Path:
+    """A finished tiny run (semantic consensus, 2 clients, 1 round) that also logged to TensorBoard and W&B
+    (offline): for the tracking, export and report tests."""
+    from semcon import simulation
+    from semcon.config import load_config
+
+    tree = tiny_tree(str(tiny_llama_dir), log=["tensorboard", "wandb"])
+    tree["eval"] = {**tree["eval"], "energy": False, "generate_items": 2}
+    return built_once(tmp_path_factory, worker_id, "tracked-run",
+                      lambda out: simulation.run(load_config(tree=tree), out / "run", overwrite=True)) / "run"

@@ -21,7 +21,7 @@ def test_a_round_row_carries_the_results_own_metrics_and_carves_its_timed_parts(
     ledger = [{"direction": "up", "encoded_bytes": 10, "raw_bytes": 30}, {"direction": "down", "encoded_bytes": 7,
                                                                           "raw_bytes": 9}]
     result = RoundResult(None, ["a"], {"b": "bad"}, metrics={"mean_agreement": 0.5}, seconds={"embed": 1.5})
-    reports = {"a": {"steps": 2, "tokens": 40, "loss_first": 2.0, "loss_last": 1.0, "dropped_too_long": 0}}
+    reports = {"a": {"steps": 2, "tokens": 40, "losses": [2.0, 1.0], "dropped_too_long": 0}}
     row = round_row(1, phases, ledger, reports, {}, result, NetworkConfig(), ["a", "b"])
     assert row["seconds"] == {"generate": 3.0, "aggregate": 0.5, "train": 5.0, "embed": 1.5}
     assert (row["bytes_up"], row["bytes_down"], row["raw_bytes_up"]) == (10, 7, 30)

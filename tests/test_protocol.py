@@ -106,3 +106,19 @@ def test_limits_refuse_what_a_round_cannot_hold():
     assert decode(encode(adapter), adapter_limits(5000)) == adapter
     with pytest.raises(ProtocolError):
         decode(encode(adapter), adapter_limits(4000))
+
+
+@pytest.mark.parametrize(("report", "needle"), [
+    ({"steps": 2, "tokens": 9, "losses": [2.0], "seconds": 0.1, "dropped_too_long": 0}, "one number per step"),
+    ({"steps": 1, "tokens": 9, "losses": ["low"], "seconds": 0.1, "dropped_too_long": 0}, "one number per step"),
+    ({"steps": 1, "tokens": 9, "seconds": 0.1, "dropped_too_long": 0}, "one number per step"),
+    ({"steps": 1, "tokens": "9", "losses": [1.0], "seconds": 0.1, "dropped_too_long": 0}, "needs numbers for"),
+    ({"steps": 1, "loss": 3}, "unknown fields loss"),
+])
+def test_a_train_report_carries_one_loss_per_step(report, needle):
+    from semcon.protocol import check_train_report
+
+    with pytest.raises(ProtocolError, match=needle):
+        check_train_report(report)
+    good = {"steps": 2, "tokens": 9, "losses": [2.0, 1.5], "seconds": 0.1, "dropped_too_long": 0}
+    assert check_train_report(good) is good

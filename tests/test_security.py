@@ -141,9 +141,8 @@ def honest(name: str, **overrides):
         answers = {pid: f"{name} says {text}" for pid, text in held.items()}
         default = {"query.hello": {"client": name, "has-setup": bool(held)},
                    "query.upload": {"client": name, "payload": encode(Upload(t, name, answers, dict.fromkeys(answers, True)))},
-                   "train": {"client": name, "report": json.dumps({"steps": 1, "tokens": 9, "loss_first": 2.0,
-                                                                  "loss_last": 1.0, "seconds": 0.1,
-                                                                  "dropped_too_long": 0})},
+                   "train": {"client": name, "report": json.dumps({"steps": 1, "tokens": 9, "losses": [2.0],
+                                                                  "seconds": 0.1, "dropped_too_long": 0})},
                    "evaluate": {"client": name, "report": json.dumps({"wiki": {"nll": 1.5}})}}
         out = overrides.get(msg.metadata.message_type, default[msg.metadata.message_type])
         if isinstance(out, Error):

@@ -63,7 +63,7 @@ def test_micro_batches_accumulate_to_the_same_gradient(bb):
                            dtype=bb.dtype, micro_batch_tokens=10_000)
         split = train_lora(m, bb.fmt, data, steps=1, batch_size=4, lr=0.0, seed=0, device=bb.device,
                            dtype=bb.dtype, micro_batch_tokens=1)
-    assert split.loss_first == pytest.approx(whole.loss_first, rel=1e-5)
+    assert split.losses[0] == pytest.approx(whole.losses[0], rel=1e-5)
     assert len(micro_batches(data, 1)) == 4 and len(micro_batches(data, 10_000)) == 1
 
 
@@ -94,7 +94,7 @@ def test_pseudo_label_weight_is_a_loss_weight(bb):
     with bb.active("alice") as m:
         loss = train_lora(m, bb.fmt, mixed, steps=1, batch_size=4, lr=0.0, seed=0, device=bb.device, dtype=bb.dtype)
         full = train_lora(m, bb.fmt, twice, steps=1, batch_size=4, lr=0.0, seed=0, device=bb.device, dtype=bb.dtype)
-    assert 0 < loss.loss_first < full.loss_first  # weight-0 rows add tokens to the denominator, nothing above it
+    assert 0 < loss.losses[0] < full.losses[0]  # weight-0 rows add tokens to the denominator, nothing above it
 
 
 def test_long_examples_are_dropped_and_counted_never_cut_silently(bb):

@@ -32,8 +32,15 @@ def _root() -> None:
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace an earlier semcon run or compare in "
                                          "--out (only semcon's own files are removed)")]
+Log = Annotated[list[str] | None, typer.Option("--log", help="also show the metrics in tensorboard (RUN_DIR/"
+                                              "tensorboard) or wandb (offline by default); repeatable")]
 Certs = Annotated[Path | None, typer.Option("--certs", help="the coordinator's folder from `semcon flower certs` "
                                             "(TLS, node keys, app-signing key, members.yaml): a closed deployment")]
+
+
+def with_log(set_: list[str] | None, log: list[str] | None) -> list[str]:
+    """The --set overrides plus the trackers of --log (the config's ``log``)."""
+    return [*(set_ or []), *([f"log={json.dumps(log)}"] if log else [])]
 
 
 def fail(message: str) -> None:
@@ -60,11 +67,12 @@ def run(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set rounds=3 (repeatable)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/NAME-TIME)")] = None,
     overwrite: Overwrite = False,
+    log: Log = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a federation in this process and write its run directory."""
     _setup_logging(verbose)
-    cfg = _load_run_config(config, set_)
+    cfg = _load_run_config(config, with_log(set_, log))
     _quiet_libraries()
     from semcon.report import print_summary
     from semcon.simulation import default_out
@@ -187,6 +195,7 @@ def compare(
     overwrite: Overwrite = False,
     resume_: Annotated[bool, typer.Option("--resume", help="continue an interrupted compare in --out: finished "
                                           "runs are kept, an interrupted one resumes, missing ones run")] = False,
+    log: Log = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run several methods on one setting (same data, models, rounds, budget), each over its seeds, and
@@ -197,7 +206,7 @@ def compare(
     _setup_logging(verbose)
     try:
         wanted = parse_methods(methods)
-        cfgs = {m: load_config(config, [*(set_ or []), f"method={m}"]) for m in wanted}
+        cfgs = {m: load_config(config, [*with_log(set_, log), f"method={m}"]) for m in wanted}
         runnable, skipped = plan(cfgs)
         seed_lists = seed_plan(cfgs[wanted[0]], runnable, seeds)
     except (ConfigError, ValueError) as e:
@@ -310,11 +319,12 @@ def flower_local(
     overwrite: Overwrite = False,
     secure: Annotated[bool, typer.Option("--secure", help="closed, as across machines: new keys in "
                                          "RUN_DIR/flower/certs, TLS, registered nodes, signed app")] = False,
+    log: Log = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Start a SuperLink and one SuperNode per client on 127.0.0.1, run the config, stop them all."""
     _setup_logging(verbose)
-    cfg = _flower_config(config, set_)
+    cfg = _flower_config(config, with_log(set_, log))
     from semcon.flower.launch import run_local
     from semcon.report import print_summary
     from semcon.simulation import default_out
@@ -335,6 +345,7 @@ def flower_run(
     out: Annotated[Path | None, typer.Option("--out", help="run directory on this machine (the SuperLink's)")] = None,
     certs: Certs = None,
     overwrite: Overwrite = False,
+    log: Log = None,
 ) -> None:
     """Run a config on a running SuperLink and its SuperNodes (from the SuperLink's machine, where the
     ServerApp writes the run directory). With --certs: TLS, the app signed by the coordinator's key, and
@@ -347,7 +358,7 @@ def flower_run(
     if certs is not None:
         _check_certs(certs, "ca.crt", "signer", "members.yaml")
         set_ = [*(set_ or []), f"flower.members={(certs / 'members.yaml').resolve()}"]
-    cfg = _flower_config(config, set_)
+    cfg = _flower_config(config, with_log(set_, log))
     _check_members(cfg)
     out = out or default_out(cfg)
     _create_run_dir(out, cfg, overwrite)

@@ -282,6 +282,9 @@ class RunConfig(Strict):
     eval: EvalConfig = EvalConfig()
     network: NetworkConfig = NetworkConfig()
     flower: FlowerConfig = FlowerConfig()
+    log: list[Literal["tensorboard", "wandb"]] = Field(
+        [], description="also show every metrics.jsonl row in TensorBoard (RUN_DIR/tensorboard) and/or Weights & "
+        "Biases (offline unless WANDB_MODE says otherwise); metrics.jsonl stays the record")
 
     _safe_name = field_validator("name")(lambda name: check_name(name, "run name"))
 

@@ -21,6 +21,7 @@ from semcon.data import Prompt
 from semcon.metrics import Phases, RoundResult, round_line, round_row, summarize
 from semcon.protocol import Limits, Message, RunSetup, decode_all, encode
 from semcon.rundir import RunDir, RunState
+from semcon.tracking import tracking
 
 log = logging.getLogger(__name__)
 Tick = Callable[..., None]
@@ -92,7 +93,18 @@ def cohort(names: list[str], per_round: int | None, seed: int, t: int) -> list[s
 
 def federate(cfg: RunConfig, run_dir: RunDir, algo: Algorithm, group: ClientGroup, progress=None,
              state: RunState | None = None) -> dict:
-    """Run (or continue) the rounds and the final evaluation; return the summary."""
+    """Run (or continue) the rounds and the final evaluation, each metrics row mirrored to the trackers of
+    ``cfg.log``; return the summary."""
+    with tracking(cfg, run_dir.path, run_dir.run_id, algo.schedule.last) as mirror:
+        run_dir.mirror = mirror
+        try:
+            return _rounds(cfg, run_dir, algo, group, progress, state)
+        finally:
+            run_dir.mirror = None
+
+
+def _rounds(cfg: RunConfig, run_dir: RunDir, algo: Algorithm, group: ClientGroup, progress,
+            state: RunState | None) -> dict:
     state = state or RunState()
     started, earlier = time.perf_counter(), state.seconds
     if state.next_round == 0 and cfg.eval.before:

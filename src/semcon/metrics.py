@@ -113,7 +113,7 @@ def round_row(t: int, phases: Phases, ledger: list[dict], reports: dict[str, dic
         "raw_bytes_up": sum(r["raw_bytes"] for r in ledger if r["direction"] == "up"),
         "seconds": {k: round(v, 3) for k, v in phases.seconds.items()},
         "phase_peak_rss_gb": dict(phases.peak_rss_gb),
-        "train_loss": {n: [round(r["loss_first"], 4), round(r["loss_last"], 4)] for n, r in trained.items()},
+        "train_loss": {n: [round(x, 4) for x in r["losses"]] for n, r in trained.items()},  # per step
         "modelled_transfer_s": round(modelled_transfer_s(ledger, net), 3),
         "train_tokens": {n: r["tokens"] for n, r in trained.items()},
         "completed": list(reports),  # clients that finished the train phase (their adapter of this round is saved)

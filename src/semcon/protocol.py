@@ -289,7 +289,8 @@ def accept_uploads(round: int, clients: list[str], messages: dict[str, Message],
 
 
 # Reports: the small JSON a client sends back after training or evaluating (loss, tokens, held-out metrics).
-TRAIN_STATS = ("steps", "tokens", "loss_first", "loss_last", "seconds", "dropped_too_long")
+TRAIN_STATS = ("steps", "tokens", "losses", "seconds", "dropped_too_long")
+MAX_STEPS_REPORTED = 100_000  # losses a train report may carry
 
 
 def is_number(x) -> bool:
@@ -310,8 +311,13 @@ def check_train_report(obj) -> dict:
         raise ProtocolError(f"train report is a {type(obj).__name__}, not an object")
     if unknown := sorted(set(obj) - {*TRAIN_STATS, "reference"}):
         raise ProtocolError(f"train report has unknown fields {', '.join(unknown[:3])}")
-    if "steps" in obj and not all(is_number(obj.get(k)) for k in TRAIN_STATS):
-        raise ProtocolError(f"train report needs numbers for {', '.join(TRAIN_STATS)}")
+    if "steps" in obj:
+        if not all(is_number(obj.get(k)) for k in TRAIN_STATS if k != "losses"):
+            raise ProtocolError(f"train report needs numbers for {', '.join(k for k in TRAIN_STATS if k != 'losses')}")
+        losses = obj.get("losses")
+        if not (isinstance(losses, list) and len(losses) == obj["steps"] <= MAX_STEPS_REPORTED
+                and all(is_number(x) for x in losses)):
+            raise ProtocolError("train report needs 'losses', one number per step")
     if "reference" in obj:
         check_eval_report(obj["reference"])
     return obj

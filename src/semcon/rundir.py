@@ -24,11 +24,13 @@ from semcon.protocol import Message, raw_bytes
 
 log = logging.getLogger(__name__)
 
+# The plots of a report (a compare's, or `semcon report` of one run), each NAME.png next to report.md.
+PLOT_NAMES = ("quality_per_round", "pseudo_label_quality", "bytes_per_round", "seconds_per_phase")
 # What semcon writes into a run directory and into a compare directory; --overwrite removes these only.
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "ledger.jsonl", "pseudo_labels", "checkpoints", "summary.json",
-               "adapters", "run_id", "flower.json", "flower", "nodes", "stopped.txt", "public.jsonl")
-COMPARE_ENTRIES = ("report.md", "compare.json", "quality_per_round.png", "pseudo_label_quality.png",
-                   "bytes_per_round.png", "seconds_per_phase.png")
+               "adapters", "run_id", "flower.json", "flower", "nodes", "stopped.txt", "public.jsonl", "tensorboard",
+               "wandb", "report.md", *(f"{name}.png" for name in PLOT_NAMES))
+COMPARE_ENTRIES = ("report.md", "compare.json", *(f"{name}.png" for name in PLOT_NAMES))
 
 
 class RunDirError(ValueError):
@@ -129,6 +131,7 @@ class RunDir:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.mirror: Callable[[dict[str, Any]], None] | None = None  # also shows each metrics row elsewhere
 
     @classmethod
     def create(cls, path: Path, cfg: RunConfig, overwrite: bool = False) -> RunDir:
@@ -171,7 +174,10 @@ class RunDir:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def metric(self, event: str, **fields: Any) -> None:
-        self._append("metrics.jsonl", {"event": event, **fields})
+        row = {"event": event, **fields}
+        self._append("metrics.jsonl", row)
+        if self.mirror is not None:
+            self.mirror(row)
 
     def ledger(self, round: int, client: str, direction: str, msg: Message, encoded: bytes) -> dict[str, Any]:
         """Record one encoded message; sizes come from the actual payload."""

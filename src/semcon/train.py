@@ -7,7 +7,6 @@ length so padding costs little, and matmuls run in the base weights' dtype (bf16
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
@@ -32,8 +31,7 @@ class TokenizedExample:
 class TrainStats:
     steps: int
     tokens: int
-    loss_first: float
-    loss_last: float
+    losses: list[float]  # one per step
     seconds: float
     dropped_too_long: int = 0  # examples left out for being longer than train.max_length
 
@@ -136,7 +134,7 @@ def train_lora(model: torch.nn.Module, fmt: ChatFormat, examples: list[Tokenized
     if not params:  # a model without an active adapter would "train" nothing, silently
         raise ValueError("no trainable parameters: activate an adapter first (Backbone.active)")
     if steps == 0 or not examples:
-        return TrainStats(0, 0, math.nan, math.nan, 0.0)
+        return TrainStats(0, 0, [], 0.0)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     anchor = [p.detach().clone() for p in params] if prox_mu > 0 else None
     model.train()
@@ -168,7 +166,7 @@ def train_lora(model: torch.nn.Module, fmt: ChatFormat, examples: list[Tokenized
         if on_step:
             on_step(step, total)
     model.eval()
-    return TrainStats(steps, tokens, losses[0], losses[-1], time.perf_counter() - start)
+    return TrainStats(steps, tokens, losses, time.perf_counter() - start)
 
 
 @torch.inference_mode()
