@@ -282,6 +282,29 @@ def comm(
         console.print(f"- {a}", highlight=False)
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    out: Annotated[Path, typer.Option("--out", help="new directory: OUT/<client>/ for each client, or OUT itself "
+                                      "with --client")],
+    client: Annotated[str | None, typer.Option("--client", help="only this client's adapter")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="the base model with the adapter merged in (loads with "
+                                        "AutoModelForCausalLM), instead of a PEFT adapter directory")] = False,
+) -> None:
+    """Write a run's adapters as PEFT adapter directories (or merged models) with a model card, for
+    PeftModel.from_pretrained, lm-evaluation-harness and any PEFT-aware server."""
+    _quiet_libraries()
+    from semcon.export import ExportError
+    from semcon.export import export as export_run
+
+    try:
+        written = export_run(run_dir, out, client, merge)
+    except ExportError as e:
+        fail(str(e))
+    for path in written:
+        console.print(f"{'merged model' if merge else 'adapter'}: [bold]{path}[/]")
+
+
 flower_app = typer.Typer(no_args_is_help=True, help="Run on Flower's deployment engine (SuperLink + SuperNodes).")
 app.add_typer(flower_app, name="flower")
 

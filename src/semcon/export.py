@@ -1,0 +1,140 @@
+"""``semcon export``: a finished run's adapters as directories other tools load: a PEFT adapter
+(``PeftModel.from_pretrained``, lm-evaluation-harness's ``peft=``, vLLM, TGI) or the base model with the adapter
+merged in (``AutoModelForCausalLM.from_pretrained``), each with a model card stating where it came from."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from semcon.assets import EMBEDDED_MODELS
+from semcon.config import ConfigError, RunConfig, load_config
+from semcon.models import load_causal_lm, load_tokenizer, resolve_model
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class ExportError(ValueError):
+    """A run directory that cannot be exported, as one line naming it and what is missing."""
+
+
+def finished_run(run_dir: Path) -> tuple[RunConfig, dict]:
+    """The config and summary of a finished run, or ExportError saying why it is not one."""
+    run_dir = Path(run_dir)
+    try:
+        cfg = load_config(run_dir / "config.yaml", check_files=False)
+    except ConfigError as e:
+        raise ExportError(f"{run_dir}: not a semcon run directory ({e})") from None
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        raise ExportError(f"{run_dir}: the run has not finished (no summary.json); `semcon resume {run_dir}` first")
+    return cfg, json.loads(summary.read_text(encoding="utf-8"))
+
+
+def adapter_dirs(run_dir: Path, client: str | None) -> dict[str, Path]:
+    """The run's saved adapters by client (one, with ``client``), or ExportError naming what there is."""
+    found = {p.name: p for p in sorted((Path(run_dir) / "adapters").glob("*"))
+             if all((p / f).is_file() for f in ADAPTER_FILES)}
+    if not found:
+        raise ExportError(f"{run_dir}: no adapters saved (adapters/<client>/ with {', '.join(ADAPTER_FILES)})")
+    if client is None:
+        return found
+    if client not in found:
+        raise ExportError(f"{run_dir}: no adapter of client {client!r}; it has {', '.join(found)}")
+    return {client: found[client]}
+
+
+def base_model(cfg: RunConfig, client: str) -> str:
+    """The model spec a client's adapter was trained on (the pooled model of ``centralized``: the first client's)."""
+    return next((c.model for c in cfg.clients if c.name == client), cfg.clients[0].model)
+
+
+def export(run_dir: Path, out: Path, client: str | None = None, merge: bool = False) -> list[Path]:
+    """Write each (or one) client's adapter, or merged model, with its model card. One client's goes to ``out``
+    itself with ``client``, else each to ``out/<client>``. Returns the directories written."""
+    cfg, summary = finished_run(run_dir)
+    written = []
+    for name, source in adapter_dirs(run_dir, client).items():
+        target = Path(out) if client is not None else Path(out) / name
+        if target.exists() and any(target.iterdir()):
+            raise ExportError(f"{target} is not empty: choose a new --out")
+        target.mkdir(parents=True, exist_ok=True)
+        spec = base_model(cfg, name)
+        if merge:
+            merged_model(spec, source).save_pretrained(target)
+            load_tokenizer(spec).save_pretrained(target)
+        else:
+            for f in ADAPTER_FILES:
+                shutil.copy2(source / f, target / f)
+        (target / "README.md").write_text(model_card(cfg, summary, name, spec, merge), encoding="utf-8")
+        written.append(target)
+    return written
+
+
+def merged_model(spec: str, adapter: Path) -> torch.nn.Module:
+    """The base model (fp32, CPU) with the adapter's LoRA product added into its weights."""
+    from peft import PeftModel
+
+    base = load_causal_lm(spec, torch.float32, torch.device("cpu"))
+    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+
+
+def _selection_text(sel) -> str:
+    text = f"`{sel.source}`"
+    if sel.path is not None:
+        text += f" `{sel.path}`" + (f" ({sel.subset}, split {sel.split})" if sel.source == "hf" else "")
+    if sel.categories:
+        text += f", categories {', '.join(sel.categories)}"
+    return text
+
+
+def model_card(cfg: RunConfig, summary: dict, client: str, spec: str, merged: bool) -> str:
+    """README.md of an export: Hugging Face metadata, then where the weights came from and what was measured."""
+    resolved, s = resolve_model(spec), cfg.client_settings(client)
+    own = next((c.data for c in cfg.clients if c.name == client and c.data is not None), None)
+    domains = {c.data.domain: c.data for c in cfg.clients if c.data is not None}
+    partition = cfg.data.partition if isinstance(cfg.data.partition, str) else cfg.data.partition.partitioner
+    rounds = f"{cfg.rounds} communication round{'s' if cfg.rounds != 1 else ''}"
+    base = f"- **Base model:** `{spec}`" + (f" (`{resolved}`)" if resolved != spec else "")
+    if spec in EMBEDDED_MODELS:
+        base += (f"; semcon's embedded model, dequantized from the GGUF in `{EMBEDDED_MODELS[spec].parts[0][0]}`: "
+                 "its weights are not the hub release's, so load the adapter on this base, or export with `--merge`")
+    facts = [
+        base,
+        f"- **Method:** `{summary.get('method', cfg.method)}`, {rounds} after a private-only round 0; "
+        f"{len(cfg.clients)} clients, seed {cfg.seed}",
+        f"- **This client's private data:** {_selection_text(own) if own else 'a share of the pooled domains'}"
+        f" (partition `{partition}`)",
+        "- **The federation's domains:** " + "; ".join(f"{d}: {_selection_text(sel)}" for d, sel in domains.items()),
+        f"- **Public prompts per round:** {cfg.public.num_prompts}",
+        f"- **LoRA:** r={s.lora.r}, alpha={s.lora.alpha}, targets {s.lora.target_modules}; {s.steps} steps of "
+        f"{s.batch_size} examples per round, lr {s.lr}",
+        f"- **Measured traffic of the whole run:** {summary.get('bytes_up', 0):,} B up, "
+        f"{summary.get('bytes_down', 0):,} B down (all clients, all rounds)",
+    ]
+    quality = [f"| {d} | {m.get('bpb', float('nan')):.4f} | {m.get('nll', float('nan')):.4f} |"
+               for d, m in sorted(summary.get("eval_after", {}).get(client, {}).items())]
+    if merged:
+        use = ["from transformers import AutoModelForCausalLM", 'model = AutoModelForCausalLM.from_pretrained("DIR")']
+        lm_eval = "lm_eval --model hf --model_args pretrained=DIR --tasks mmlu"
+    else:
+        use = ["from peft import PeftModel", "from transformers import AutoModelForCausalLM",
+               f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{resolved}"), "DIR")']
+        lm_eval = f"lm_eval --model hf --model_args pretrained={resolved},peft=DIR --tasks mmlu"
+    kind = "adapter merged into the base model" if merged else "LoRA adapter"
+    return "\n".join([
+        "---", *([] if merged else ["library_name: peft"]), f"base_model: {resolved}",
+        "tags: [semcon, federated-learning, lora, semantic-consensus]", "---", "",
+        f"# {cfg.name}: client `{client}` ({kind})", "",
+        f"Fine-tuned with semcon {version('semcon')}: federated fine-tuning by semantic consensus, in which clients "
+        "share answers to public prompts, never weights.", "",
+        *facts, "",
+        "## Held-out quality after the federation (semcon's evaluation)", "",
+        "| domain | bits per byte | NLL per token |", "|---|---|---|", *quality, "",
+        "## Use", "", "```python", *use, "```", "",
+        f"Evaluate with lm-evaluation-harness (DIR is this directory): `{lm_eval}`", "",
+    ])
