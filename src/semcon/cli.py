@@ -233,6 +233,7 @@ def compare(
             resuming = resume_ and (where / "run_id").is_file()
             runs.setdefault(m, {})[seed] = _run_one(cfgs[m].model_copy(update={"seed": seed}), where, resume=resuming)
     report = write_report(out, runs, {m: cfgs[m] for m in runnable}, skipped)
+    write_manifest(out, {m: sorted(per_seed) for m, per_seed in runs.items()}, skipped)
     console.print(Markdown(report.read_text(encoding="utf-8").split("## Plots")[0]))
     console.print(f"report: [bold]{report}[/]")
 
@@ -280,6 +281,21 @@ def comm(
     console.print("[bold]assumptions[/]")
     for a in assumptions:
         console.print(f"- {a}", highlight=False)
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="a finished run directory, or a compare's --out")],
+) -> None:
+    """Write report.md and its plots again from a finished run's or compare's files, without recomputing."""
+    from semcon.compare import rebuild_report
+    from semcon.rundir import RunDirError
+
+    try:
+        path = rebuild_report(directory)
+    except RunDirError as e:
+        fail(str(e))
+    console.print(f"report: [bold]{path}[/]")
 
 
 @app.command()

@@ -17,7 +17,8 @@ import numpy as np
 
 from semcon.algorithms import method_problem
 from semcon.comm import ARCHS, arch_from_config, human_bytes, lora_parameters
-from semcon.config import METHODS, RunConfig
+from semcon.config import METHODS, ConfigError, RunConfig, load_config
+from semcon.rundir import PLOT_NAMES, RunDirError, kind_of
 from semcon.stats import paired_bootstrap, t_interval
 
 log = logging.getLogger(__name__)
@@ -170,14 +171,17 @@ def _seeds_text(seeds: list[int]) -> str:
     return f"{len(seeds)} ({', '.join(map(str, seeds))})"
 
 
-def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dict[str, str]) -> Path:
-    """``out/report.md``, its PNG plots and ``compare.json`` from each method's per-seed summaries."""
+def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dict[str, str],
+                 title: str = "semcon compare") -> Path:
+    """``out/report.md`` and its PNG plots from each method's per-seed summaries (one run: one method, one seed,
+    written into its own directory)."""
     out = Path(out)
     plots = make_plots(out, runs)
     cfg = next(iter(cfgs.values()))
+    single = kind_of(out) == "run"
     metrics = [(k, label) for k, label in METRICS
                if any(seed_scores(s, k) for per_seed in runs.values() for s in per_seed.values())]
-    lines = ["# semcon compare", "",
+    lines = [f"# {title}", "",
              f"Setting: `{cfg.name}`, {len(cfg.clients)} clients, {cfg.rounds} consensus rounds; split seed "
              f"{cfg.data.split_seed} (evaluation sets and public prompts are the same in every run, so runs "
              f"are paired on client and seed); multiple-choice prompt `{cfg.eval.mmlu_prompt}`. Seeds run: "
@@ -195,14 +199,51 @@ def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dic
     lines += _nll_section(runs, cfg)
     lines += _dropped_section(runs)
     lines += _communication_section(runs, cfgs)
-    lines += ["## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots), "",
-              "Run directories: " + "; ".join(
-                  f"{m}: " + ", ".join(f"[seed-{s}]({m}/seed-{s}/)" for s in sorted(per_seed))
-                  for m, per_seed in runs.items()), ""]
+    lines += ["## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots), ""]
+    if not single:
+        lines += ["Run directories: " + "; ".join(f"{m}: " + ", ".join(f"[seed-{s}]({m}/seed-{s}/)" for s in sorted(ps))
+                                                  for m, ps in runs.items()), ""]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
-    write_manifest(out, {m: sorted(per_seed) for m, per_seed in runs.items()}, skipped)
     return path
+
+
+def rebuild_report(directory: Path) -> Path:
+    """``report.md`` and the plots again, from the files of a finished run or of a compare's finished runs
+    (nothing is recomputed): to restyle them, or after a change to the report. RunDirError if there is nothing."""
+    directory = Path(directory)
+    match kind_of(directory):
+        case "run":
+            cfg, summary = _finished(directory)
+            return write_report(directory, {cfg.method: {cfg.seed: summary}}, {cfg.method: cfg}, {},
+                                title=f"semcon run `{cfg.name}` ({cfg.method}, seed {cfg.seed})")
+        case "compare":
+            manifest = json.loads((directory / "compare.json").read_text(encoding="utf-8"))
+            runs, cfgs, missing = {}, {}, []
+            for method, seeds in manifest["seeds"].items():
+                for seed in seeds:
+                    where = run_dir(directory, method, seed)
+                    if not (where / "summary.json").is_file():
+                        missing.append(f"{method} seed {seed}")
+                        continue
+                    cfgs[method], runs.setdefault(method, {})[seed] = _finished(where)
+            if not runs:
+                raise RunDirError(f"{directory}: none of the compare's runs has finished")
+            if missing:
+                log.warning("%s: not finished, left out of the report: %s", directory, ", ".join(missing))
+            return write_report(directory, runs, cfgs, manifest.get("skipped", {}))
+    raise RunDirError(f"{directory}: neither a semcon run nor a compare directory")
+
+
+def _finished(where: Path) -> tuple[RunConfig, dict]:
+    """A finished run's config and summary, or RunDirError naming what is missing."""
+    if not (where / "summary.json").is_file():
+        raise RunDirError(f"{where}: the run has not finished (no summary.json); `semcon resume {where}` first")
+    try:
+        cfg = load_config(where / "config.yaml", check_files=False)
+        return cfg, json.loads((where / "summary.json").read_text(encoding="utf-8"))
+    except (ConfigError, ValueError) as e:
+        raise RunDirError(f"{where}: cannot read it ({e})") from None
 
 
 def _main_table(runs: Runs, metrics: list[tuple[str, str]], skipped: dict[str, str]) -> list[str]:
@@ -459,19 +500,18 @@ def seconds_figure(runs: Runs):
     return fig
 
 
-PLOTS = (("quality_per_round.png", quality_figure), ("pseudo_label_quality.png", label_quality_figure),
-         ("bytes_per_round.png", bytes_figure), ("seconds_per_phase.png", seconds_figure))
+PLOTS = dict(zip(PLOT_NAMES, (quality_figure, label_quality_figure, bytes_figure, seconds_figure), strict=True))
 
 
 def make_plots(out: Path, runs: Runs) -> list[Path]:
     """The report's PNG plots in ``out`` (a plot without data is left out)."""
     paths = []
-    for name, figure in PLOTS:
+    for name, figure in PLOTS.items():
         if (fig := figure(runs)) is not None:
             fig.tight_layout()
-            fig.savefig(out / name, dpi=110)
+            fig.savefig(out / f"{name}.png", dpi=110)
             _plt().close(fig)
-            paths.append(out / name)
+            paths.append(out / f"{name}.png")
     return paths
 
 
