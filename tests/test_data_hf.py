@@ -100,3 +100,38 @@ def test_an_hf_client_in_a_split(tmp_path):
     splits = build_splits(config(clients))
     assert_disjoint(splits)
     assert len(splits.private["sums"]) == 20 and set(splits.eval) == {"disk", "gsm8k"}
+
+
+def test_evaluation_rows_from_the_data_sets_own_split(tmp_path):
+    """``eval_split``: a domain's evaluation rows come from that split; a training row that repeats one of them
+    leaves the training side."""
+    train = table(80).to_dict()
+    train["question"] = [q if i == 0 else q.replace("What", "Compute") for i, q in enumerate(train["question"])]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(train), "test": table(20)}).save_to_disk(
+        str(tmp_path / "dd"))  # the first training question is also a test question
+    data = {"source": "hf", "path": str(tmp_path / "dd"), "eval_split": "test", **COLUMNS}
+    splits = build_splits(config([{"name": "sums", "data": data}, {"name": "math", "data": {"source": "gsm8k"}}],
+                                 data={"eval_per_domain": 20}))
+    assert_disjoint(splits)
+    assert sorted(e.instruction for e in splits.eval["dd"]) == sorted(table(20)["question"])
+    assert all(e.id.startswith("dd/test:") for e in splits.eval["dd"])
+    private = splits.private["sums"]
+    assert len(private) == 20 and all(e.id.startswith("dd/train:") for e in private)
+    assert all(e.instruction.startswith("Compute") for e in private) and \
+        all(p.instruction.startswith("Compute") for p in splits.public if p.domain == "dd")
+
+
+def test_public_prompts_from_a_data_set_of_their_own(tmp_path):
+    path, _ = saved(tmp_path, "parquet")
+    clients = [{"name": "geo", "data": {"source": "wiki", "categories": ["Geography"]}},
+               {"name": "math", "data": {"source": "gsm8k"}}]
+    public = {"num_prompts": 12, "data": {"source": "hf", "path": str(path), "name": "open", **COLUMNS}}
+    splits = build_splits(config(clients, public=public))
+    assert_disjoint(splits)
+    assert len(splits.public) == 12 and {p.domain for p in splits.public} == {"open"}
+    answers = dict(zip(table()["question"], table()["answer"], strict=True))
+    assert all(p.reference == answers[p.instruction] for p in splits.public)  # kept by the server, never sent
+    assert build_splits(config(clients, public=public)).public == splits.public
+    assert build_splits(config(clients, public=public, data={"split_seed": 1})).public != splits.public
+    with pytest.raises(ConfigError, match="public: give 'path' or 'data', not both"):
+        config(clients, public={**public, "path": str(path)})

@@ -51,6 +51,8 @@ class DataSelection(Strict):
     # source: hf only. The data set's own config name is `subset` here, as `name` already labels the domain.
     subset: str | None = Field(None, description="hf: the data set's config (load_dataset's `name`), e.g. 'main'")
     split: str = Field("train", description="hf: the split to read")
+    eval_split: str | None = Field(None, description="hf: the split the evaluation rows come from (e.g. 'test'); "
+                                   "default: carved from `split` like the other sources")
     instruction: str = Field("instruction", description="hf: the column of instructions")
     response: str = Field("response", description="hf: the column of responses")
     category: str | None = Field(None, description="hf: the column of categories (default: one category)")
@@ -78,7 +80,7 @@ class DataSelection(Strict):
         return self.source + (":" + "+".join(self.categories) if self.categories else "")
 
 
-HF_ONLY = ("subset", "split", "instruction", "response", "category", "task")  # keys of source hf alone
+HF_ONLY = ("subset", "split", "eval_split", "instruction", "response", "category", "task")  # keys of source hf alone
 
 
 class LoraConfig(Strict):
@@ -172,6 +174,20 @@ class PublicConfig(Strict):
     num_prompts: int = Field(32, gt=0, description="public prompts answered by every client each round")
     path: Path | None = Field(None, description="JSONL of public prompts (instruction[, id]); default: "
                               "held out from the clients' domains, responses dropped")
+    data: DataSelection | None = Field(None, description="public prompts from a data set of their own (any source, "
+                                       "e.g. {source: hf, ...}), drawn by data.split_seed; its responses stay "
+                                       "with the server as references")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PublicConfig:
+        if self.path is not None and self.data is not None:
+            raise ValueError("give 'path' or 'data', not both")
+        return self
+
+    @property
+    def own(self) -> bool:
+        """Whether the prompts come from a set of their own rather than from the clients' domains."""
+        return self.path is not None or self.data is not None
 
 
 class TrainConfig(Strict):
@@ -418,14 +434,18 @@ def resolve_paths(cfg: RunConfig, base: Path, check_files: bool = True) -> RunCo
             raise ConfigError(f"{key}: file not found: {path}")
         return path
 
-    for i, c in enumerate(cfg.clients):
-        if c.data is None or c.data.path is None:
-            continue
-        if c.data.source == "hf":  # a local directory or file where one exists, else a hub name (kept as written)
-            local = c.data.path if c.data.path.is_absolute() else base / c.data.path
-            c.data.path = local.resolve() if local.exists() else c.data.path
+    def selection(key: str, sel: DataSelection | None) -> None:
+        if sel is None or sel.path is None:
+            return
+        if sel.source == "hf":  # a local directory or file where one exists, else a hub name (kept as written)
+            local = sel.path if sel.path.is_absolute() else base / sel.path
+            sel.path = local.resolve() if local.exists() else sel.path
         else:
-            c.data.path = resolved(f"clients.{i}.data.path", c.data.path)
+            sel.path = resolved(f"{key}.path", sel.path)
+
+    for i, c in enumerate(cfg.clients):
+        selection(f"clients.{i}.data", c.data)
+    selection("public.data", cfg.public.data)
     if cfg.flower.members is not None:
         cfg.flower.members = resolved("flower.members", cfg.flower.members)
     if cfg.public.path is not None:

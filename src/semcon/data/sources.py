@@ -149,7 +149,8 @@ def load_selection(sel: DataSelection, max_chars: int) -> list[Example]:
             raise DataError(f"{where}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
                             f"{', '.join(map(repr, unknown))}; available: {', '.join(available)}")
         keep = set(sel.categories)
-    prefix = sel.domain if sel.source in FILE_SOURCES else sel.source
+    # ids name the domain (and an hf split, whose rows are numbered apart from the other splits')
+    prefix = {"jsonl": sel.domain, "hf": f"{sel.domain}/{sel.split}"}.get(sel.source, sel.source)
     chosen = [r for r in rows if keep is None or r.category in keep]
     out = [Example(f"{prefix}:{r.id}", r.instruction, r.response, r.category, sel.domain, r.task, r.question,
                    r.choices) for r in chosen if len(r.instruction) + len(r.response) <= max_chars]

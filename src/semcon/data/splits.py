@@ -262,18 +262,24 @@ def _carve(cfg: RunConfig, public: list[Prompt] | None = None, node: str | None 
         own = next((c.data.domain for c in cfg.clients if c.name == node and c.data is not None), None)
         selections = {d: s for d, s in selections.items() if d == own or _readable(s)}
     num, n_eval = cfg.public.num_prompts, cfg.data.eval_per_domain
-    drawn = public is not None and cfg.public.path is None  # drawn from the domains' rows, after the eval sets
-    if public is None and cfg.public.path is not None:
-        public = read_prompts(cfg.public.path)[:num]
+    drawn = public is not None and not cfg.public.own  # drawn from the domains' rows, after the eval sets
+    if public is None and cfg.public.own:
+        public = _own_public(cfg)
     taken = {p.instruction.strip() for p in public} if public is not None and not drawn else set()
     rows = _drop_collisions({d: load_selection(s, cfg.data.max_chars) for d, s in selections.items()}, taken)
     rows = {d: _shuffled(examples, f"{cfg.data.split_seed}:{d}") for d, examples in rows.items()}
 
-    eval_sets = {d: examples[:n_eval] for d, examples in rows.items()}
-    for d, examples in eval_sets.items():
-        if len(examples) < n_eval:
-            log.warning("domain %s: only %d eval examples (eval_per_domain=%d)", d, len(examples), n_eval)
-    rest = {d: examples[n_eval:] for d, examples in rows.items()}
+    eval_sets, rest = {}, {}
+    for d, examples in rows.items():
+        if split := selections[d].eval_split:  # the data set's own evaluation split; its instructions leave the rest
+            other = selections[d].model_copy(update={"split": split, "eval_split": None})
+            eval_sets[d] = _shuffled(load_selection(other, cfg.data.max_chars), f"{cfg.data.split_seed}:{d}")[:n_eval]
+            held = {e.instruction.strip() for e in eval_sets[d]}
+            rest[d] = [e for e in examples if e.instruction.strip() not in held]
+        else:
+            eval_sets[d], rest[d] = examples[:n_eval], examples[n_eval:]
+        if len(eval_sets[d]) < n_eval:
+            log.warning("domain %s: only %d eval examples (eval_per_domain=%d)", d, len(eval_sets[d]), n_eval)
 
     if drawn:
         texts = {p.instruction for p in public}
@@ -287,11 +293,22 @@ def _carve(cfg: RunConfig, public: list[Prompt] | None = None, node: str | None 
     return eval_sets, public, rest
 
 
+def _own_public(cfg: RunConfig) -> list[Prompt]:
+    """The prompts of ``public.path`` (in file order), or of ``public.data`` (drawn by ``data.split_seed``, each
+    keeping its response as the server's reference)."""
+    num = cfg.public.num_prompts
+    if cfg.public.path is not None:
+        return read_prompts(cfg.public.path)[:num]
+    rows = _shuffled(load_selection(cfg.public.data, cfg.data.max_chars), f"{cfg.data.split_seed}:public")[:num]
+    return [Prompt(f"p{i:04d}", e.instruction, e.domain, e.response) for i, e in enumerate(rows)]
+
+
 def public_prompts(cfg: RunConfig) -> list[Prompt]:
     """The run's public prompts alone, as ``build_splits`` draws them, without partitioning private data:
-    the ``public.path`` file when given (then no data set is read), else held out from the domains' rows."""
-    if cfg.public.path is not None:
-        return read_prompts(cfg.public.path)[:cfg.public.num_prompts]
+    those of ``public.path`` or ``public.data`` when given (then no client's data is read), else held out
+    from the domains' rows."""
+    if cfg.public.own:
+        return _own_public(cfg)
     return _carve(cfg)[1]
 
 
@@ -299,7 +316,7 @@ def build_splits(cfg: RunConfig, public: list[Prompt] | None = None, node: str |
     """Split the run's data into private sets per client, the public prompt set and eval sets per domain.
 
     Each domain's rows are shuffled with ``random.Random(f"{data.split_seed}:{domain}")`` and carved in order
-    into eval, public candidates (only without ``public.path``) and the private pool, which the run's
+    into eval, public candidates (only without ``public.path`` or ``public.data``) and the private pool, which the run's
     ``seed`` shuffles again (``f"{seed}:{domain}:private"``): runs with different seeds are evaluated on
     the same items and answer the same public prompts. No row is in two places and no instruction is in
     two domains or equals a public prompt.

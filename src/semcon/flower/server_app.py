@@ -239,8 +239,8 @@ def serve(grid: Grid, run_dir: RunDir, run_config: dict | None = None) -> dict:
         cfg = load_config(run_dir.path / "config.yaml")
     if cfg.method == "centralized":
         raise FederationError("centralized training pools data in one place: it has no Flower deployment")
-    if cfg.public.path is None and (own := [c.name for c in cfg.clients if c.data and c.data.source in FILE_SOURCES]):
-        raise FederationError(f"clients {', '.join(own)} bring their own data: give public.path, since the "
+    if not cfg.public.own and (own := [c.name for c in cfg.clients if c.data and c.data.source in FILE_SOURCES]):
+        raise FederationError(f"clients {', '.join(own)} bring their own data: give public.path or public.data, since the "
                               "server never reads a client's data to draw the public prompts")
     algo = make_algorithm(cfg, run_dir.public_prompts(lambda: public_prompts(cfg)),
                           Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size))
