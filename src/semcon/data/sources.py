@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from semcon.assets import pkg_dir
-from semcon.config import FILE_SOURCES, DataSelection
+from semcon.config import DataSelection
 from semcon.data.examples import DataError, Example, Row, choice_row
 from semcon.data.hf import describe, hf_rows
 from semcon.data.jsonl import _jsonl_rows
