@@ -246,6 +246,8 @@ def _check_unique_ids(splits: Splits) -> None:
 def _readable(sel: DataSelection) -> bool:
     """Whether this machine can read a selection: embedded sources and hub data sets always (as far as we can
     tell), a JSONL file or local hf data where it exists."""
+    if sel.source == "hf":
+        return Path(sel.path).exists() or not Path(sel.path).is_absolute()  # a relative path left as is: a hub name
     return sel.source != "jsonl" or Path(sel.path).is_file()
 
 
