@@ -27,7 +27,7 @@ demo: setup
 # Three workers on two cores: the Flower tests mostly wait on process starts and polls, and a third worker
 # fills that time (6:57 against 7:31-7:49 with two, measured side by side on the 2-vCPU dev box).
 test: setup
-	$(PY) -m pytest -q -n 3 --dist worksteal
+	$(PY) -m pytest -q -n 3 --dist worksteal --durations=15
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

@@ -64,8 +64,8 @@ def test_compare_writes_a_report_with_every_method(tiny_llama_dir, tmp_path):
     manifest = (out / "compare.json").read_text()
     for name in ("report.md", "quality_per_round.png", "bytes_per_round.png", "seconds_per_phase.png"):
         (out / name).unlink()
-    proc = semcon("report", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = CliRunner().invoke(cli.app, ["report", str(out)])
+    assert result.exit_code == 0, result.output[-3000:]
     assert (out / "report.md").read_text() == report and (out / "compare.json").read_text() == manifest
     assert all((out / plot).stat().st_size > 1000 for plot in ("quality_per_round.png", "bytes_per_round.png"))
 
@@ -73,17 +73,17 @@ def test_compare_writes_a_report_with_every_method(tiny_llama_dir, tmp_path):
 def test_report_of_one_run_and_of_what_is_no_run(tracked_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tracked_run, run, ignore=shutil.ignore_patterns("wandb", "tensorboard", "checkpoints"))
-    proc = semcon("report", str(run))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = CliRunner().invoke(cli.app, ["report", str(run)])
+    assert result.exit_code == 0, result.output[-3000:]
     report = (run / "report.md").read_text()
     assert report.startswith("# semcon run `tiny` (semantic_consensus, seed 0)")
     assert "| semantic_consensus | 1 |" in report and "Run directories" not in report
     assert (run / "pseudo_label_quality.png").stat().st_size > 1000
     (run / "summary.json").unlink()
-    proc = semcon("report", str(run))
-    assert proc.returncode == 2 and "the run has not finished (no summary.json)" in proc.stderr
-    proc = semcon("report", str(tmp_path))
-    assert proc.returncode == 2 and "neither a semcon run nor a compare directory" in proc.stderr
+    result = CliRunner().invoke(cli.app, ["report", str(run)])
+    assert result.exit_code == 2 and "the run has not finished (no summary.json)" in result.stderr
+    result = CliRunner().invoke(cli.app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "neither a semcon run nor a compare directory" in result.stderr
 
 
 def test_compare_reports_pooling_methods_not_applicable_and_fails_when_it_is_all(tiny_llama_dir, tmp_path):

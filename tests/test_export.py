@@ -9,9 +9,10 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_cli import semcon
 from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
 
+from semcon import cli
 from semcon.config import load_config
 from semcon.export import ExportError, export
 from semcon.models import Backbone
@@ -81,6 +82,6 @@ def test_what_cannot_be_exported_is_one_line(tracked_run, tmp_path):
         export(unfinished, tmp_path / "y")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("keep")
-    proc = semcon("export", str(tracked_run), "--client", "geo", "--out", str(tmp_path / "full"))
-    assert proc.returncode == 2 and "is not empty: choose a new --out" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    result = CliRunner().invoke(cli.app, ["export", str(tracked_run), "--client", "geo", "--out", str(tmp_path / "full")])
+    assert result.exit_code == 2 and "is not empty: choose a new --out" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
