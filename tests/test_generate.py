@@ -23,6 +23,24 @@ def test_batched_greedy_equals_per_prompt_generate(tiny_llama_dir):
         assert g.tokens == reference(bb.model, fmt, text, 12, fmt.eos_ids())
 
 
+def test_the_cache_grows_in_place_with_the_same_tokens(tiny_llama_dir, monkeypatch):
+    """Room for 3 positions at a time: the KV cache is reallocated every few tokens, rows leave it, and the
+    tokens stay those of HF's own generate."""
+    from semcon import generate as gen
+
+    monkeypatch.setattr(gen._GrowingLayer, "ROOM", 3)
+    bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
+    fmt = bb.fmt
+    eos = {reference(bb.model, fmt, PROMPTS[1], 10, set())[6]}  # a token some rows emit: they stop early
+    ours = generate(bb.model, fmt, PROMPTS, max_new_tokens=10, batch_size=5, device=bb.device, dtype=bb.dtype)
+    assert [g.tokens for g in ours] == [reference(bb.model, fmt, t, 10, fmt.eos_ids()) for t in PROMPTS]
+    prompts = [fmt.prompt_ids(t) for t in PROMPTS]
+    cut, _ = greedy_batch(bb.model, prompts, max_new_tokens=10, eos_ids=eos, pad_id=fmt.tok.pad_token_id,
+                          device=bb.device, dtype=bb.dtype, prefill_group=2)
+    assert cut == [reference(bb.model, fmt, t, 10, eos) for t in PROMPTS]
+    assert any(len(row) < 10 for row in cut)
+
+
 def test_finished_rows_leave_the_batch(tiny_llama_dir):
     """Make some rows end at once by declaring their first greedy token an EOS id."""
     bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from semcon.models import ChatFormat, autocast, causal_lm
 
@@ -48,6 +49,43 @@ def _next_tokens(model: torch.nn.Module, **inputs) -> tuple[torch.Tensor, torch.
     return ids, best - torch.logsumexp(logits, -1)
 
 
+class _GrowingLayer(DynamicLayer):
+    """A cache layer that writes each new position into spare room, allocated ``ROOM`` positions at a time, instead
+    of concatenating the whole cache at every step (``DynamicLayer``): one copy of the new keys per token rather
+    than one of every cached key."""
+
+    ROOM = 128
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self._k = self._v = None
+            self._n = 0
+        n, new = self._n, key_states.shape[-2]
+        if self._k is None or n + new > self._k.shape[-2]:
+            k = key_states.new_empty(*key_states.shape[:-2], n + new + self.ROOM, key_states.shape[-1])
+            v = value_states.new_empty(*value_states.shape[:-2], n + new + self.ROOM, value_states.shape[-1])
+            if n:
+                k[..., :n, :], v[..., :n, :] = self.keys, self.values
+            self._k, self._v = k, v
+        self._k[..., n:n + new, :], self._v[..., n:n + new, :] = key_states, value_states
+        self._n = n + new
+        self.keys, self.values = self._k[..., :self._n, :], self._v[..., :self._n, :]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.get_seq_length() > 0:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[..., :self._n, :], self._v[..., :self._n, :]
+
+
+def _growing_cache(model: torch.nn.Module) -> DynamicCache:
+    """A ``DynamicCache`` whose full-attention layers grow in place (sliding-window layers stay as they are)."""
+    cache = DynamicCache(config=causal_lm(model).config)
+    cache.layers = [_GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
 def _prefill(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, device: torch.device,
              group: int, rows: RowAdapters) -> tuple[torch.Tensor, torch.Tensor, DynamicCache]:
     """Run the prompts in groups of similar length (little padding), then merge the groups' KV caches
@@ -65,7 +103,7 @@ def _prefill(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, devi
         pad = width - ids.shape[1]
         layers.append([(F.pad(layer.keys, (0, 0, pad, 0)), F.pad(layer.values, (0, 0, pad, 0)))
                        for layer in cache.layers])
-    merged = DynamicCache(config=causal_lm(model).config)
+    merged = _growing_cache(model)
     for i in range(len(layers[0])):
         merged.update(torch.cat([g[i][0] for g in layers]), torch.cat([g[i][1] for g in layers]), i)
     _, mask = _left_pad(prompts, pad_id, device)
