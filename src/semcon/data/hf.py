@@ -41,7 +41,7 @@ def _load(sel: DataSelection):
         return datasets.load_dataset(str(sel.path), sel.subset, split=sel.split)
     except DataError:
         raise
-    except Exception as e:  # datasets raises many kinds (not found, offline, bad split, bad file); say which, in one line
+    except Exception as e:  # noqa: BLE001 - datasets raises many kinds (not found, offline, bad split, bad file)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         hint = " (HF_HUB_OFFLINE is set: set HF_HUB_OFFLINE=0 to reach the hub)" if offline and not path.exists() else ""
