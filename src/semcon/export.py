@@ -40,7 +40,8 @@ def adapter_dirs(run_dir: Path, client: str | None) -> dict[str, Path]:
     found = {p.name: p for p in sorted((Path(run_dir) / "adapters").glob("*"))
              if all((p / f).is_file() for f in ADAPTER_FILES)}
     if not found:
-        raise ExportError(f"{run_dir}: no adapters saved (adapters/<client>/ with {', '.join(ADAPTER_FILES)})")
+        raise ExportError(f"{run_dir}: no adapters saved (adapters/<client>/ with {', '.join(ADAPTER_FILES)}; a "
+                          "Flower run leaves them on the nodes: export there)")
     if client is None:
         return found
     if client not in found:
