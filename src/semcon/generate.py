@@ -1,4 +1,5 @@
-"""Batched greedy generation: prompts sorted by length, left padding, KV cache, finished rows dropped.
+"""Batched greedy generation: prompts sorted by length, left padding, a KV cache that grows in place, finished
+rows dropped.
 
 ``model.generate`` keeps computing every row of a batch until the longest answer ends; here a row
 that emits end-of-turn leaves the batch (its KV cache rows are dropped), so short answers stop
