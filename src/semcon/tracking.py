@@ -85,7 +85,10 @@ class WandB:
             self.run.log(values)
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        wandb.teardown()  # stop W&B's service process, which would otherwise outlive the run
 
 
 @contextmanager
