@@ -20,6 +20,11 @@ from semcon.models import Backbone
 PROMPT = "Tell me about the rivers of Europe."
 
 
+def base_dir(run) -> str:
+    """The run's base model (the tiny model of the pytest worker that built the shared run)."""
+    return load_config(run / "config.yaml").clients[0].model
+
+
 def semcon_logits(run, client: str) -> torch.Tensor:
     """The logits of ``client``'s final model as semcon computes them: its base model with the adapter state of
     its newest checkpoint in an adapter slot."""
@@ -37,14 +42,14 @@ def tokens(tokenizer) -> dict:
     return tokenizer(PROMPT, return_tensors="pt")
 
 
-def test_exported_adapters_and_merged_models_give_semcons_logits(tracked_run, tiny_llama_dir, tmp_path):
+def test_exported_adapters_and_merged_models_give_semcons_logits(tracked_run, tmp_path):
     from peft import PeftModel
 
     written = export(tracked_run, tmp_path / "adapters")
     assert [p.name for p in written] == ["geo", "math"]
     inside = semcon_logits(tracked_run, "geo")
     assert not torch.allclose(inside, semcon_logits(tracked_run, "math"))  # the clients differ
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_dir(tracked_run), dtype=torch.float32)
     peft_model = PeftModel.from_pretrained(base, str(tmp_path / "adapters" / "geo")).eval()
     tok = Backbone("smollm2-135m", torch.float32, torch.device("cpu")).tokenizer
     with torch.no_grad():
@@ -58,12 +63,12 @@ def test_exported_adapters_and_merged_models_give_semcons_logits(tracked_run, ti
         torch.testing.assert_close(model(**tokens(tok)).logits, inside, rtol=1e-4, atol=1e-4)
 
 
-def test_the_model_card_says_where_the_weights_came_from(tracked_run, tiny_llama_dir, tmp_path):
+def test_the_model_card_says_where_the_weights_came_from(tracked_run, tmp_path):
     (path,) = export(tracked_run, tmp_path / "geo", client="geo")
     card = (path / "README.md").read_text(encoding="utf-8")
     summary = json.loads((tracked_run / "summary.json").read_text())
     assert card.startswith("---\nlibrary_name: peft\nbase_model: ")
-    assert f"base_model: {tiny_llama_dir}" in card
+    assert f"base_model: {base_dir(tracked_run)}\n" in card
     assert "**Method:** `semantic_consensus`, 1 communication round after" in card
     assert "**This client's private data:** `wiki`, categories Geography (partition `category`)" in card
     assert f"{summary['bytes_up']:,} B up, {summary['bytes_down']:,} B down" in card
