@@ -17,8 +17,8 @@ import numpy as np
 
 from semcon.algorithms import method_problem
 from semcon.comm import ARCHS, arch_from_config, human_bytes, lora_parameters
-from semcon.config import METHODS, ConfigError, RunConfig, load_config
-from semcon.rundir import PLOT_NAMES, RunDirError, kind_of
+from semcon.config import METHODS, RunConfig
+from semcon.rundir import PLOT_NAMES, RunDirError, finished_run, kind_of
 from semcon.stats import paired_bootstrap, t_interval
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def rebuild_report(directory: Path) -> Path:
     directory = Path(directory)
     match kind_of(directory):
         case "run":
-            cfg, summary = _finished(directory)
+            cfg, summary = finished_run(directory)
             return write_report(directory, {cfg.method: {cfg.seed: summary}}, {cfg.method: cfg}, {},
                                 title=f"semcon run `{cfg.name}` ({cfg.method}, seed {cfg.seed})")
         case "compare":
@@ -226,24 +226,13 @@ def rebuild_report(directory: Path) -> Path:
                     if not (where / "summary.json").is_file():
                         missing.append(f"{method} seed {seed}")
                         continue
-                    cfgs[method], runs.setdefault(method, {})[seed] = _finished(where)
+                    cfgs[method], runs.setdefault(method, {})[seed] = finished_run(where)
             if not runs:
                 raise RunDirError(f"{directory}: none of the compare's runs has finished")
             if missing:
                 log.warning("%s: not finished, left out of the report: %s", directory, ", ".join(missing))
             return write_report(directory, runs, cfgs, manifest.get("skipped", {}))
     raise RunDirError(f"{directory}: neither a semcon run nor a compare directory")
-
-
-def _finished(where: Path) -> tuple[RunConfig, dict]:
-    """A finished run's config and summary, or RunDirError naming what is missing."""
-    if not (where / "summary.json").is_file():
-        raise RunDirError(f"{where}: the run has not finished (no summary.json); `semcon resume {where}` first")
-    try:
-        cfg = load_config(where / "config.yaml", check_files=False)
-        return cfg, json.loads((where / "summary.json").read_text(encoding="utf-8"))
-    except (ConfigError, ValueError) as e:
-        raise RunDirError(f"{where}: cannot read it ({e})") from None
 
 
 def _main_table(runs: Runs, metrics: list[tuple[str, str]], skipped: dict[str, str]) -> list[str]:

@@ -4,7 +4,6 @@ merged in (``AutoModelForCausalLM.from_pretrained``), each with a model card sta
 
 from __future__ import annotations
 
-import json
 import shutil
 from importlib.metadata import version
 from pathlib import Path
@@ -12,27 +11,14 @@ from pathlib import Path
 import torch
 
 from semcon.assets import EMBEDDED_MODELS
-from semcon.config import ConfigError, RunConfig, load_config
+from semcon.config import RunConfig
 from semcon.models import load_causal_lm, load_tokenizer, resolve_model
+from semcon.rundir import RunDirError, finished_run
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-class ExportError(ValueError):
-    """A run directory that cannot be exported, as one line naming it and what is missing."""
-
-
-def finished_run(run_dir: Path) -> tuple[RunConfig, dict]:
-    """The config and summary of a finished run, or ExportError saying why it is not one."""
-    run_dir = Path(run_dir)
-    try:
-        cfg = load_config(run_dir / "config.yaml", check_files=False)
-    except ConfigError as e:
-        raise ExportError(f"{run_dir}: not a semcon run directory ({e})") from None
-    summary = run_dir / "summary.json"
-    if not summary.is_file():
-        raise ExportError(f"{run_dir}: the run has not finished (no summary.json); `semcon resume {run_dir}` first")
-    return cfg, json.loads(summary.read_text(encoding="utf-8"))
+ExportError = RunDirError  # what export raises: one line naming the run directory or --out
 
 
 def adapter_dirs(run_dir: Path, client: str | None) -> dict[str, Path]:

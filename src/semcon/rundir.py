@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from semcon.config import METHODS, RunConfig
+from semcon.config import METHODS, ConfigError, RunConfig, load_config
 from semcon.data import Prompt
 from semcon.protocol import Message, raw_bytes
 
@@ -35,6 +35,18 @@ COMPARE_ENTRIES = ("report.md", "compare.json", *(f"{name}.png" for name in PLOT
 
 class RunDirError(ValueError):
     """A run directory that cannot be used or read, phrased as one line naming it (exit code 2)."""
+
+
+def finished_run(where: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """A finished run's resolved config and summary, or RunDirError naming what is missing."""
+    where = Path(where)
+    if not (where / "summary.json").is_file():
+        raise RunDirError(f"{where}: the run has not finished (no summary.json); `semcon resume {where}` first")
+    try:
+        cfg = load_config(where / "config.yaml", check_files=False)
+        return cfg, json.loads((where / "summary.json").read_text(encoding="utf-8"))
+    except (ConfigError, ValueError) as e:
+        raise RunDirError(f"{where}: cannot read it ({e})") from None
 
 
 def kind_of(path: Path) -> str | None:
