@@ -217,3 +217,18 @@ def tracked_run(tiny_llama_dir, tmp_path_factory, worker_id) -> Path:
     tree["eval"] = {**tree["eval"], "energy": False, "generate_items": 2}
     return built_once(tmp_path_factory, worker_id, "tracked-run",
                       lambda out: simulation.run(load_config(tree=tree), out / "run", overwrite=True)) / "run"
+
+
+def cli(*args):
+    """semcon's command line in this process (no interpreter start): exit code and output."""
+    from typer.testing import CliRunner
+
+    from semcon.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, needle: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output

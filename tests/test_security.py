@@ -15,7 +15,7 @@ import msgpack
 import pytest
 import yaml
 import zstandard
-from conftest import rows, tiny_tree
+from conftest import cli, one_line_error, rows, tiny_tree
 
 from semcon.protocol import SETUP_LIMITS, ProtocolError, Upload, decode, encode, text_limits
 from semcon.rundir import RunDir
@@ -269,26 +269,12 @@ def test_the_gateway_forwards_the_node_api_and_nothing_else(tmp_path):
 
 # --- A careless user: nothing of theirs is destroyed, bad input is one line ----------------------------------
 
-def cli(*args):
-    from typer.testing import CliRunner
-
-    from semcon.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 COMMANDS = {
     "run": ["run", "configs/demo.yaml"],
     "compare": ["compare", "configs/demo.yaml", "--methods", "local"],
     "flower local": ["flower", "local", "configs/demo.yaml"],
     "flower run": ["flower", "run", "configs/demo.yaml", "--superlink", "127.0.0.1:9"],
 }
-
-
-def one_line_error(result, needle: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert needle in result.output and "Traceback" not in result.output, result.output
-    assert len(result.output.strip().splitlines()) == 1, result.output
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
