@@ -115,15 +115,16 @@ def _prefill(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, devi
 class RowAdapters:
     """The LoRA adapter of each row of the batch being computed (None: whatever adapter is active)."""
 
-    def __init__(self, names: list[str] | None):
-        self.all, self.now = names, names
+    def __init__(self, names: list[str] | None, device: torch.device | str = "cpu"):
+        self.all, self.now, self.device = names, names, device
         self.distinct = list(dict.fromkeys(names or []))
-        self.index: torch.Tensor | None = None  # each row's position in ``distinct``
+        self.index: torch.Tensor | None = None  # each row's position in ``distinct``, on the model's device
 
     def select(self, rows: list[int]) -> None:
+        # One copy to the device per batch change: a copy in every LoRA layer would stall a GPU at each one.
         if self.all is not None:
             self.now = [self.all[i] for i in rows]
-            self.index = torch.tensor([self.distinct.index(n) for n in self.now])
+            self.index = torch.tensor([self.distinct.index(n) for n in self.now], device=self.device)
 
 
 @contextmanager
@@ -178,7 +179,7 @@ def _stacked_lora(layer, rows: RowAdapters):
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = layer.base_layer(x, *args, **kwargs)
-        idx = rows.index.to(x.device)
+        idx = rows.index
         h = torch.bmm(x.reshape(len(idx), -1, x.shape[-1]), a[idx].transpose(1, 2))
         return out + torch.bmm(h, b[idx].transpose(1, 2)).reshape(out.shape).to(out.dtype)
 
@@ -192,29 +193,33 @@ def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_new_to
     """Greedy continuation of each prompt (token ids, longest first), stopping rows at EOS or the cap, and
     the summed log-probability of each row's tokens (its end-of-turn token included). ``adapters``: the
     LoRA adapter of each prompt."""
-    alive = torch.arange(len(prompts), device=device)  # original row of each row still in the batch
+    alive = list(range(len(prompts)))  # original row of each row still in the batch
     outputs: list[list[int]] = [[] for _ in prompts]
     logprob = [0.0] * len(prompts)
     eos = torch.tensor(sorted(eos_ids), device=device)
-    rows = RowAdapters(adapters)
+    rows = RowAdapters(adapters, device)
     with autocast(device, dtype), per_row_adapters(model, rows):
         next_ids, logps, mask, cache = _prefill(model, prompts, pad_id, device, prefill_group, rows)
         positions = mask.sum(-1, keepdim=True) - 1
         for step in range(max_new_tokens):
-            done = torch.isin(next_ids, eos)
-            for row, tok, stop, lp in zip(alive.tolist(), next_ids.tolist(), done.tolist(), logps.tolist()):
+            # one device-to-host copy per step (ids and float32 log-probabilities are exact in float64)
+            ids, done, lps = torch.stack([next_ids.double(), torch.isin(next_ids, eos).double(),
+                                          logps.double()]).tolist()
+            for row, tok, stop, lp in zip(alive, ids, done, lps):
                 logprob[row] += lp
                 if not stop:
-                    outputs[row].append(tok)
+                    outputs[row].append(int(tok))
             if step == max_new_tokens - 1:
                 break
-            if done.any():
-                keep = (~done).nonzero()[:, 0]
-                if len(keep) == 0:
+            if any(done):
+                keep = [k for k, stop in enumerate(done) if not stop]
+                if not keep:
                     break
-                cache.batch_select_indices(keep)
-                alive, next_ids, mask, positions = alive[keep], next_ids[keep], mask[keep], positions[keep]
-                rows.select(alive.tolist())
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                alive = [alive[k] for k in keep]
+                next_ids, mask, positions = next_ids[index], mask[index], positions[index]
+                rows.select(alive)
             mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
             positions = positions + 1
             next_ids, logps = _next_tokens(model, input_ids=next_ids[:, None], attention_mask=mask,
