@@ -17,6 +17,7 @@ def test_two_clients_one_round_on_embedded_models(tmp_path):
     out = tmp_path / "run"
     overrides = [
         "rounds=1", "public.num_prompts=4", "generate.max_new_tokens=16", "train.steps=1", "train.batch_size=2",
+        "train.max_length=128", "train.truncate=response",  # short steps: a step on 2 long rows takes seconds
         "data.examples_per_client=2", "data.eval_per_domain=2", "eval.max_new_tokens=16", "eval.before=false",
         "consensus.truncated=keep",  # 16 tokens cut most real answers: keep them (flagged) so the round has labels
         "clients=[{name: geo, data: {source: wiki, categories: [Geography]}}, {name: math, data: {source: gsm8k}}]",
