@@ -165,6 +165,28 @@ def test_choice_accuracy_is_the_argmax_share(tiny, prompt):
     assert choice_accuracy(tiny.model, tiny.fmt, rows, prompt, tiny.device, tiny.dtype) == pytest.approx(hits / 3)
 
 
+def test_chat_accuracy_comes_from_the_reference_forward_and_equals_choice_accuracy(tiny, monkeypatch):
+    rows = [choice_example(f"Question {i}: which one is it?", ("alpha", "beta", "gamma", "delta"), "ABCD"[i % 4],
+                           "misc", "medicine") for i in range(8)]
+    chat = Example("c:1", "Hi?", "Hello there.", "default", "medicine")
+    kw = dict(batch_size=3, device=tiny.device, dtype=tiny.dtype)
+    alone = [choice_accuracy(tiny.model, tiny.fmt, [e], "chat", tiny.device, tiny.dtype) for e in rows]
+    assert 0 < sum(alone) < len(rows)  # some right, some wrong: the comparison below can fail
+    plain = reference_scores(tiny.model, tiny.fmt, rows + [chat], **kw)
+
+    def second_forward(*args):
+        raise AssertionError("the chat prompt's options come from the reference forward")
+
+    monkeypatch.setattr(evaluate, "choice_accuracy", second_forward)
+    for e, want in zip(rows, alone):
+        assert reference_scores(tiny.model, tiny.fmt, [e, chat], mmlu_prompt="chat", **kw)["accuracy"] == want
+    m = reference_scores(tiny.model, tiny.fmt, rows + [chat], mmlu_prompt="chat", **kw)
+    assert m["accuracy"] == pytest.approx(sum(alone) / len(rows))
+    assert m["nll"] == pytest.approx(plain["nll"]) and m["bpb"] == pytest.approx(plain["bpb"])
+    with pytest.raises(AssertionError, match="reference forward"):  # lm-eval's prompt is another context
+        reference_scores(tiny.model, tiny.fmt, rows, mmlu_prompt="lm_eval", **kw)
+
+
 def test_bits_per_byte_of_a_known_string(tiny):
     fmt, model = tiny.fmt, tiny.model
     instruction, response = "Say hello in Greek.", "Γειά σου, κόσμε: ναι"

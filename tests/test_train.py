@@ -23,7 +23,7 @@ def bb(tiny_llama_dir):
 
 def mean_nll(model, fmt, examples, **kw) -> float:
     """Teacher-forced mean NLL per response token."""
-    sums, counts = nll_sums(model, fmt, examples, **kw)
+    sums, counts, _ = nll_sums(model, fmt, examples, **kw)
     return sum(sums) / max(sum(counts), 1)
 
 

@@ -129,14 +129,39 @@ def choice_accuracy(model, fmt: ChatFormat, rows: list[Example], prompt: str, de
 
 
 def reference_scores(model, fmt: ChatFormat, rows: list[Example], *, batch_size: int, device,
-                     dtype) -> dict[str, float]:
+                     dtype, mmlu_prompt: str | None = None) -> dict[str, float]:
     """Teacher-forced quality of the reference responses: ``nll`` per token and ``bpb``, bits per UTF-8 byte
     (summed NLL over the response text, end-of-turn marker excluded, so tokenizers compare). The whole prompt
-    is always kept, as in training and generation; nothing is truncated."""
+    is always kept, as in training and generation; nothing is truncated. With ``mmlu_prompt``, also the
+    ``accuracy`` of the multiple choice rows: with the ``chat`` prompt the reference's prompt is the choice's
+    context, so single-token options are scored from this same forward; otherwise by ``choice_accuracy``."""
     toks, _ = tokenize(fmt, [(e.instruction, e.response, 1.0) for e in rows], None, end=False)
-    sums, counts = nll_sums(model, fmt, toks, batch_size=batch_size, device=device, dtype=dtype)
+    choices = [e for e in rows if e.task == "multiple_choice"] if mmlu_prompt else []
+    options = [_shared_forward_options(fmt, e, t) for e, t in zip(rows, toks)] \
+        if choices and mmlu_prompt == "chat" and len(toks) == len(rows) else None
+    sums, counts, scores = nll_sums(model, fmt, toks, batch_size=batch_size, device=device, dtype=dtype,
+                                    options=options)
     text_bytes = sum(len(e.response.strip().encode("utf-8")) for e in rows)
-    return {"nll": sum(sums) / max(sum(counts), 1), "bpb": sum(sums) / math.log(2) / max(text_bytes, 1)}
+    m = {"nll": sum(sums) / max(sum(counts), 1), "bpb": sum(sums) / math.log(2) / max(text_bytes, 1)}
+    if choices:
+        picked = [(e, s) for e, s in zip(rows, scores) if e.task == "multiple_choice"]
+        if options and all(s is not None for _, s in picked):
+            m["accuracy"] = float(np.mean([int(np.argmax(s)) == LETTERS.index(answer_letter(e.response))
+                                           for e, s in picked]))
+        else:
+            m["accuracy"] = choice_accuracy(model, fmt, choices, mmlu_prompt, device, dtype, batch_size)
+    return m
+
+
+def _shared_forward_options(fmt: ChatFormat, e: Example, tokenized: TokenizedExample) -> list[int] | None:
+    """The option letters' token ids of a multiple choice row whose reference example starts with the
+    choice's chat context and whose options are one token each (else None)."""
+    if e.task != "multiple_choice":
+        return None
+    context, options = choice_ids(fmt, e, "chat")
+    if any(len(o) != 1 for o in options) or tokenized.ids[:len(context)] != context:
+        return None
+    return [o[0] for o in options]
 
 
 def generation_requests(fmt: ChatFormat, eval_sets: dict[str, list[Example]], cfg: EvalConfig
@@ -178,9 +203,8 @@ def evaluate_client(model, fmt: ChatFormat, eval_sets: dict[str, list[Example]],
     for domain, rows in eval_sets.items():
         if not rows:
             continue
-        m = reference_scores(model, fmt, rows, batch_size=cfg.batch_size, device=device, dtype=dtype)
-        if choices := [e for e in rows if e.task == "multiple_choice"]:
-            m["accuracy"] = choice_accuracy(model, fmt, choices, cfg.mmlu_prompt, device, dtype, cfg.batch_size)
+        m = reference_scores(model, fmt, rows, batch_size=cfg.batch_size, device=device, dtype=dtype,
+                             mmlu_prompt=cfg.mmlu_prompt)
         if domain in answers:
             m |= generation_scores(rows[:len(answers[domain])], answers[domain], embed)
         out[domain] = {k: round(v, 5) for k, v in m.items()}

@@ -92,15 +92,21 @@ def _chunk_nll(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Modul
     return F.cross_entropy(logits, targets, reduction="none")
 
 
-def response_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def decoder_states(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The last hidden state at every position of the batch (before the vocabulary projection)."""
+    return causal_lm(model).get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                          use_cache=False).last_hidden_state
+
+
+def response_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor], hidden: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token negative log-likelihood at response positions, and the row index of each token.
 
-    Runs the decoder once, then projects to the vocabulary only where a label exists, in chunks that
-    are recomputed in backward instead of stored.
+    Runs the decoder once (unless its ``hidden`` states are given), then projects to the vocabulary only
+    where a label exists, in chunks that are recomputed in backward instead of stored.
     """
     lm = causal_lm(model)
-    hidden = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              use_cache=False).last_hidden_state
+    hidden = decoder_states(model, batch) if hidden is None else hidden
     targets = batch["labels"][:, 1:]
     where = targets != IGNORE
     h, y = hidden[:, :-1][where], targets[where]
@@ -171,17 +177,29 @@ def train_lora(model: torch.nn.Module, fmt: ChatFormat, examples: list[Tokenized
 
 @torch.inference_mode()
 def nll_sums(model: torch.nn.Module, fmt: ChatFormat, examples: list[TokenizedExample], *, batch_size: int,
-             device: torch.device, dtype: torch.dtype) -> tuple[list[float], list[int]]:
-    """Teacher-forced summed NLL (nats) of each example's response tokens, and their count, in input order."""
+             device: torch.device, dtype: torch.dtype, options: list[list[int] | None] | None = None
+             ) -> tuple[list[float], list[int], list[list[float] | None]]:
+    """Teacher-forced summed NLL (nats) of each example's response tokens, and their count, in input order.
+    ``options[i]``: token ids whose logits just before example i's first response token are returned too
+    (a multiple choice row's option letters, read off the same forward); None elsewhere."""
     sums, counts = [0.0] * len(examples), [0] * len(examples)
+    scores: list[list[float] | None] = [None] * len(examples)
+    head = causal_lm(model).get_output_embeddings()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         batch = collate([examples[i] for i in rows], fmt.tok.pad_token_id, device)
         with autocast(device, dtype):
-            nll, where = response_nll(model, batch)
+            hidden = decoder_states(model, batch)
+            nll, where = response_nll(model, batch, hidden)
+            if peek := [k for k, i in enumerate(rows) if options and options[i]]:
+                # the hidden state at the last prompt position, just before the first label
+                at = [next(p for p, lab in enumerate(examples[rows[k]].labels) if lab != IGNORE) - 1 for k in peek]
+                logits = head(hidden[torch.tensor(peek, device=device), torch.tensor(at, device=device)]).float()
+                for k, row in zip(peek, logits.cpu()):
+                    scores[rows[k]] = row[options[rows[k]]].tolist()
         per_row = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, where.cpu(), nll.double().cpu())
         per_count = torch.bincount(where.cpu(), minlength=len(rows))
         for k, i in enumerate(rows):
             sums[i], counts[i] = float(per_row[k]), int(per_count[k])
-    return sums, counts
+    return sums, counts, scores
