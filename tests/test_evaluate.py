@@ -169,7 +169,7 @@ def test_chat_accuracy_comes_from_the_reference_forward_and_equals_choice_accura
     rows = [choice_example(f"Question {i}: which one is it?", ("alpha", "beta", "gamma", "delta"), "ABCD"[i % 4],
                            "misc", "medicine") for i in range(8)]
     chat = Example("c:1", "Hi?", "Hello there.", "default", "medicine")
-    kw = dict(batch_size=3, device=tiny.device, dtype=tiny.dtype)
+    kw = {"batch_size": 3, "device": tiny.device, "dtype": tiny.dtype}
     alone = [choice_accuracy(tiny.model, tiny.fmt, [e], "chat", tiny.device, tiny.dtype) for e in rows]
     assert 0 < sum(alone) < len(rows)  # some right, some wrong: the comparison below can fail
     plain = reference_scores(tiny.model, tiny.fmt, rows + [chat], **kw)

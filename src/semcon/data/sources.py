@@ -61,11 +61,12 @@ def _json_lines(path: Path, opener=open) -> Iterator[dict]:
 
 @functools.lru_cache(maxsize=4)
 def _wiki_rows(path: Path) -> tuple[Row, ...]:
-    """Wikipedia summaries: ``Tell me about {title}.`` → the extract; category = topic."""
+    """Wikipedia summaries: ``Tell me about {title} in a few sentences.`` → the extract (a few sentences: an
+    open "Tell me about X." runs past any cap); category = topic."""
     with open(path, encoding="utf-8") as f:
         articles = json.load(f)
     return _numbered(
-        Row("", f"Tell me about {a.get('title') or title}.", a.get("extract") or "",
+        Row("", f"Tell me about {a.get('title') or title} in a few sentences.", a.get("extract") or "",
             a.get("topic") or "Uncategorized")
         for title, a in articles.items()
     )
