@@ -218,18 +218,19 @@ def test_per_round_plots_have_integer_round_ticks(runs):
 
 
 def compare_command(monkeypatch, tmp_path, fake_run) -> list[str]:
-    """``semcon compare`` arguments for semantic_consensus (1 seed) and local (2 seeds), each federation
+    """``semcon compare`` arguments for semantic_consensus and local (2 seeds each), each federation
     replaced by ``fake_run``."""
     monkeypatch.setattr(cli, "_run_one", fake_run)
     monkeypatch.setattr(cli, "_quiet_libraries", lambda: None)
     monkeypatch.setattr(cli, "_setup_logging", lambda verbose: None)
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_tree("smollm2-135m", seed=3, seeds={"local": 2})))
+    config.write_text(yaml.safe_dump(tiny_tree("smollm2-135m", seed=3, seeds={"semantic_consensus": 2, "local": 2})))
     return ["compare", str(config), "--methods", "semantic_consensus,local", "--out", str(tmp_path / "cmp")]
 
 
 def test_seeds_run_into_their_own_directories(monkeypatch, tmp_path):
-    """The command's loop over methods and seeds, with each federation replaced by a hand-made summary."""
+    """The command's loop over seeds and methods (seed by seed, so an interrupted compare holds paired runs),
+    with each federation replaced by a hand-made summary."""
     started = []
 
     def fake_run(cfg, out, resume=False, overwrite=False):
@@ -241,8 +242,8 @@ def test_seeds_run_into_their_own_directories(monkeypatch, tmp_path):
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 0, result.output
     assert started == [("semantic_consensus", 3, "semantic_consensus/seed-3"), ("local", 3, "local/seed-3"),
-                       ("local", 4, "local/seed-4")]
-    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["seeds"] == {"semantic_consensus": [3],
+                       ("semantic_consensus", 4, "semantic_consensus/seed-4"), ("local", 4, "local/seed-4")]
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["seeds"] == {"semantic_consensus": [3, 4],
                                                                                     "local": [3, 4]}
     started.clear()
     result = CliRunner().invoke(cli.app, [*args, "--seeds", "1", "--overwrite"])
@@ -275,7 +276,7 @@ def test_overwrite_removes_an_earlier_compare_but_nothing_else(tmp_path):
 
 
 def test_resume_keeps_finished_runs_and_continues_the_interrupted_one(monkeypatch, tmp_path):
-    """A compare killed in its third run: --resume reads the two finished summaries and resumes only the third."""
+    """A compare killed in its last run: --resume reads the three finished summaries and resumes only the last."""
     started = []
 
     def fake_run(cfg, out, resume=False, overwrite=False):

@@ -223,15 +223,15 @@ def compare(
         _claim(out, overwrite)
         write_manifest(out, seed_lists, skipped)
     runs: dict[str, dict[int, dict]] = {}
-    for m in runnable:
-        for seed in seed_lists[m]:
-            console.rule(f"[bold]{m}[/] seed {seed}")
-            where = run_dir(out, m, seed)
-            if resume_ and (where / "summary.json").is_file():
-                runs.setdefault(m, {})[seed] = json.loads((where / "summary.json").read_text(encoding="utf-8"))
-                continue
-            resuming = resume_ and (where / "run_id").is_file()
-            runs.setdefault(m, {})[seed] = _run_one(cfgs[m].model_copy(update={"seed": seed}), where, resume=resuming)
+    # seed by seed, so that an interrupted compare already holds paired runs of every method
+    for seed, m in sorted(((seed, m) for m in runnable for seed in seed_lists[m]), key=lambda pair: pair[0]):
+        console.rule(f"[bold]{m}[/] seed {seed}")
+        where = run_dir(out, m, seed)
+        if resume_ and (where / "summary.json").is_file():
+            runs.setdefault(m, {})[seed] = json.loads((where / "summary.json").read_text(encoding="utf-8"))
+            continue
+        resuming = resume_ and (where / "run_id").is_file()
+        runs.setdefault(m, {})[seed] = _run_one(cfgs[m].model_copy(update={"seed": seed}), where, resume=resuming)
     report = write_report(out, runs, {m: cfgs[m] for m in runnable}, skipped)
     write_manifest(out, {m: sorted(per_seed) for m, per_seed in runs.items()}, skipped)
     console.print(Markdown(report.read_text(encoding="utf-8").split("## Plots")[0]))
