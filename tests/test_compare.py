@@ -276,7 +276,8 @@ def test_overwrite_removes_an_earlier_compare_but_nothing_else(tmp_path):
 
 
 def test_resume_keeps_finished_runs_and_continues_the_interrupted_one(monkeypatch, tmp_path):
-    """A compare killed in its last run: --resume reads the three finished summaries and resumes only the last."""
+    """A compare killed in its last run: `semcon report` reports the three finished runs and names the missing
+    one; --resume reads the finished summaries and resumes only the last."""
     started = []
 
     def fake_run(cfg, out, resume=False, overwrite=False):
@@ -292,6 +293,8 @@ def test_resume_keeps_finished_runs_and_continues_the_interrupted_one(monkeypatc
     args = compare_command(monkeypatch, tmp_path, fake_run)
     assert CliRunner().invoke(cli.app, args).exit_code == 1
     assert not (tmp_path / "cmp" / "report.md").exists()
+    assert CliRunner().invoke(cli.app, ["report", str(tmp_path / "cmp")]).exit_code == 0  # what has finished
+    assert "not finished, so left out: local seed 4." in (tmp_path / "cmp" / "report.md").read_text()
     started.clear()
     result = CliRunner().invoke(cli.app, [*args, "--resume"])
     assert result.exit_code == 0, result.output

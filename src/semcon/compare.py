@@ -172,9 +172,9 @@ def _seeds_text(seeds: list[int]) -> str:
 
 
 def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dict[str, str],
-                 title: str = "semcon compare") -> Path:
+                 title: str = "semcon compare", missing: list[str] = ()) -> Path:
     """``out/report.md`` and its PNG plots from each method's per-seed summaries (one run: one method, one seed,
-    written into its own directory)."""
+    written into its own directory). ``missing``: planned runs that have not finished, named in the report."""
     out = Path(out)
     plots = make_plots(out, runs)
     cfg = next(iter(cfgs.values()))
@@ -185,8 +185,10 @@ def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dic
              f"Setting: `{cfg.name}`, {len(cfg.clients)} clients, {cfg.rounds} consensus rounds; split seed "
              f"{cfg.data.split_seed} (evaluation sets and public prompts are the same in every run, so runs "
              f"are paired on client and seed); multiple-choice prompt `{cfg.eval.mmlu_prompt}`. Seeds run: "
-             + "; ".join(f"{m} {_seeds_text(sorted(per_seed))}" for m, per_seed in runs.items()) + ".", "",
-             "Quality is held-out, per client averaged over the eval domains; each cell is the mean over seeds of "
+             + "; ".join(f"{m} {_seeds_text(sorted(per_seed))}" for m, per_seed in runs.items()) + ".", ""]
+    if missing:
+        lines += [f"**Partial report:** planned but not finished, so left out: {', '.join(missing)}.", ""]
+    lines += ["Quality is held-out, per client averaged over the eval domains; each cell is the mean over seeds of "
              "the client-mean ± the half-width of its 95% t-interval over seeds (no interval from one seed); "
              "'± clients' is the std over clients within a seed, averaged over seeds (centralized has one "
              "model). Bytes, time and energy are means over seeds.", ""]
@@ -231,7 +233,7 @@ def rebuild_report(directory: Path) -> Path:
                 raise RunDirError(f"{directory}: none of the compare's runs has finished")
             if missing:
                 log.warning("%s: not finished, left out of the report: %s", directory, ", ".join(missing))
-            return write_report(directory, runs, cfgs, manifest.get("skipped", {}))
+            return write_report(directory, runs, cfgs, manifest.get("skipped", {}), missing=missing)
     raise RunDirError(f"{directory}: neither a semcon run nor a compare directory")
 
 
