@@ -224,7 +224,7 @@ def compare(
         write_manifest(out, seed_lists, skipped)
     runs: dict[str, dict[int, dict]] = {}
     # seed by seed, so that an interrupted compare already holds paired runs of every method
-    for seed, m in sorted(((seed, m) for m in runnable for seed in seed_lists[m]), key=lambda pair: pair[0]):
+    for seed, m in sorted(((s, method) for method in runnable for s in seed_lists[method]), key=lambda pair: pair[0]):
         console.rule(f"[bold]{m}[/] seed {seed}")
         where = run_dir(out, m, seed)
         if resume_ and (where / "summary.json").is_file():
