@@ -189,9 +189,9 @@ def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dic
     if missing:
         lines += [f"**Partial report:** planned but not finished, so left out: {', '.join(missing)}.", ""]
     lines += ["Quality is held-out, per client averaged over the eval domains; each cell is the mean over seeds of "
-             "the client-mean ± the half-width of its 95% t-interval over seeds (no interval from one seed); "
-             "'± clients' is the std over clients within a seed, averaged over seeds (centralized has one "
-             "model). Bytes, time and energy are means over seeds.", ""]
+              "the client-mean ± the half-width of its 95% t-interval over seeds (no interval from one seed); "
+              "'± clients' is the std over clients within a seed, averaged over seeds (centralized has one "
+              "model). Bytes, time and energy are means over seeds.", ""]
     lines += _main_table(runs, metrics, skipped)
     lines += _network_note(cfg)
     energy = sorted({s["energy_method"] for ps in runs.values() for s in ps.values() if s.get("energy_method")})
