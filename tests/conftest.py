@@ -57,8 +57,14 @@ def embedder():
     return Embedder("all-minilm-l6-v2")
 
 
+# What most tests never look at, and what takes most of a tiny run's seconds (a 49k-vocabulary projection per
+# reference token, the base model's evaluation, answers to eval prompts, codecarbon): off unless a test asks.
+LEAN_EVAL = {"max_new_tokens": 8, "generate": False, "before": False, "every_round": False, "energy": False}
+FULL_EVAL = {"generate": True, "before": True, "every_round": True, "energy": True}
+
+
 def tiny_tree(model: str, **top) -> dict:
-    """A small 2-client federation config (as a dict) on ``model``."""
+    """A small 2-client federation config (as a dict) on ``model``; ``eval`` entries update ``LEAN_EVAL``."""
     tree = {
         "name": "tiny", "seed": 0, "rounds": 1, "precision": "fp32", "threads": THREADS,
         "clients": [
@@ -69,10 +75,10 @@ def tiny_tree(model: str, **top) -> dict:
         "public": {"num_prompts": 6},
         "generate": {"max_new_tokens": 8, "batch_size": 4},
         "train": {"steps": 2, "batch_size": 4, "max_length": 96, "truncate": "response"},
-        "eval": {"max_new_tokens": 8},
         # random tiny models never end an answer in 8 tokens: keep cut answers so that rounds have pseudo-labels
         "consensus": {"truncated": "keep"},
     }
+    tree["eval"] = {**LEAN_EVAL, **top.pop("eval", {})}
     tree.update(top)
     return tree
 
@@ -159,7 +165,7 @@ def rows(path) -> list[dict]:
 @pytest.fixture(scope="session")
 def flower_tree(tiny_llama_dir):
     """The tiny federation every Flower test runs: 2 clients, 1 round, short timeouts."""
-    return tiny_tree(str(tiny_llama_dir), eval={"generate": False, "energy": False, "before": False},
+    return tiny_tree(str(tiny_llama_dir),
                      # generous for a loaded box (`make test` runs three workers on two cores, and a ClientApp
                      # process loads torch for every message): a train phase over 45 s failed a run once. The
                      # dead-node test waits the phase timeout out, so it stays well short of the 400 s it has.
@@ -213,8 +219,8 @@ def tracked_run(tiny_llama_dir, tmp_path_factory, worker_id) -> Path:
     from semcon import simulation
     from semcon.config import load_config
 
-    tree = tiny_tree(str(tiny_llama_dir), log=["tensorboard", "wandb"])
-    tree["eval"] = {**tree["eval"], "energy": False, "generate_items": 2}
+    tree = tiny_tree(str(tiny_llama_dir), log=["tensorboard", "wandb"],
+                     eval={**FULL_EVAL, "energy": False, "generate_items": 2})
     return built_once(tmp_path_factory, worker_id, "tracked-run",
                       lambda out: simulation.run(load_config(tree=tree), out / "run", overwrite=True)) / "run"
 

@@ -18,7 +18,8 @@ from semcon.rundir import RunDir, RunState
 @pytest.fixture(scope="session")
 def runs(tiny_llama_dir, tmp_path_factory, worker_id):
     """One tiny run per method on the same setting, built once for all workers."""
-    configs = {m: load_config(tree=tiny_tree(str(tiny_llama_dir), method=m)) for m in METHODS}
+    configs = {m: load_config(tree=tiny_tree(str(tiny_llama_dir), method=m, eval={"every_round": True, "energy": True}))
+               for m in METHODS}
 
     def build(root):
         for method, cfg in configs.items():

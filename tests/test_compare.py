@@ -43,7 +43,7 @@ def semcon(*args):
 
 def test_compare_writes_a_report_with_every_method(tiny_llama_dir, tmp_path):
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_tree(str(tiny_llama_dir))))
+    config.write_text(yaml.safe_dump(tiny_tree(str(tiny_llama_dir), eval={"every_round": True})))
     out = tmp_path / "cmp"
     proc = semcon("compare", str(config), "--methods", "semantic_consensus,fedavg,local", "--out", str(out),
                   "--set", "public.num_prompts=4", "--set", "eval.generate=false")

@@ -244,7 +244,7 @@ def test_clients_evaluated_together_score_as_they_would_alone(tiny_llama_dir):
     from semcon.client import evaluate_together
     from semcon.config import load_config
 
-    tree = tiny_tree(str(tiny_llama_dir), eval={"max_new_tokens": 6})
+    tree = tiny_tree(str(tiny_llama_dir), eval={"max_new_tokens": 6, "generate": True})
     tree["clients"] = tree["clients"] + [{"name": "chat", "model": str(tiny_llama_dir), "data": {"source": "chatterbot"}}]
     fed = assemble(load_config(tree=tree))
     for i, c in enumerate(fed.clients[:2]):

@@ -24,7 +24,7 @@ def test_cohorts_are_drawn_from_the_seed_per_round():
 @pytest.fixture(scope="module")
 def sampled_tree(tiny_llama_dir):
     """4 clients on 2 domains, 2 sampled per round, 2 rounds; no generation metrics (only the loop matters)."""
-    return tiny_tree(str(tiny_llama_dir), rounds=2, clients_per_round=2, eval={"generate": False, "energy": False},
+    return tiny_tree(str(tiny_llama_dir), rounds=2, clients_per_round=2,
                      clients={"count": 4, "model": str(tiny_llama_dir),
                               "data": [{"source": "wiki", "categories": ["Geography"]}, {"source": "gsm8k"}]})
 

@@ -25,7 +25,7 @@ def hetero_tree(tiny_llama_dir, tiny_gemma3_dir, tiny_qwen2_dir):
         "public": {"num_prompts": 5},
         "generate": {"max_new_tokens": 8, "batch_size": 4},
         "train": {"steps": 2, "batch_size": 4, "max_length": 96, "truncate": "response"},
-        "eval": {"generate": False, "energy": False},
+        "eval": {"generate": False, "energy": False, "before": False, "every_round": False},
         "consensus": {"truncated": "keep"},  # random tiny models never finish an answer in 8 tokens
     }
 

@@ -21,7 +21,7 @@ def semcon(*args, env=None):
 
 
 def test_killed_run_resumes_to_the_same_pseudo_labels(tiny_llama_dir, tmp_path):
-    tree = tiny_tree(str(tiny_llama_dir), rounds=2, eval={"generate": False, "energy": False})
+    tree = tiny_tree(str(tiny_llama_dir), rounds=2)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tree))
     whole = tmp_path / "whole"
@@ -48,7 +48,7 @@ def test_killed_run_resumes_to_the_same_pseudo_labels(tiny_llama_dir, tmp_path):
 
 
 def test_resume_of_a_finished_run_changes_nothing_it_recorded(tiny_llama_dir, tmp_path):
-    cfg = load_config(tree=tiny_tree(str(tiny_llama_dir), eval={"generate": False, "energy": False}))
+    cfg = load_config(tree=tiny_tree(str(tiny_llama_dir)))
     first = simulation.run(cfg, tmp_path)
     ledger = (tmp_path / "ledger.jsonl").read_text()
     again = simulation.resume(tmp_path)
@@ -62,7 +62,7 @@ def test_resume_of_a_finished_run_changes_nothing_it_recorded(tiny_llama_dir, tm
 def finished(tiny_llama_dir, tmp_path_factory):
     """An uninterrupted 1-round run: state.json after round 1 (the last), state.prev.json after round 0."""
     out = tmp_path_factory.mktemp("finished")
-    simulation.run(load_config(tree=tiny_tree(str(tiny_llama_dir), eval={"generate": False, "energy": False})), out)
+    simulation.run(load_config(tree=tiny_tree(str(tiny_llama_dir))), out)
     return out
 
 

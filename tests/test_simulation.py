@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import rows, tiny_tree
+from conftest import FULL_EVAL, built_once, rows, tiny_tree
 
 from semcon import simulation
 from semcon.assembly import assemble
@@ -12,11 +12,12 @@ from semcon.config import load_config
 from semcon.protocol import Upload
 
 
-@pytest.fixture(scope="session")  # workers interleave modules: built once per worker
-def tiny_run(tiny_llama_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    cfg = load_config(tree=tiny_tree(str(tiny_llama_dir)))
-    return cfg, out, simulation.run(cfg, out)
+@pytest.fixture(scope="session")
+def tiny_run(tiny_llama_dir, tmp_path_factory, worker_id):
+    """A tiny run with every evaluation (built once for all workers)."""
+    cfg = load_config(tree=tiny_tree(str(tiny_llama_dir), eval={**FULL_EVAL, "energy": False}))
+    out = built_once(tmp_path_factory, worker_id, "full-eval-run", lambda path: simulation.run(cfg, path / "run")) / "run"
+    return cfg, out, json.loads((out / "summary.json").read_text())
 
 
 def test_run_directory_has_every_file(tiny_run):
@@ -89,7 +90,7 @@ def test_a_client_that_raises_is_reported_as_failed_and_the_round_goes_on(tiny_l
         return real(self, round, prompts, prox_mu=prox_mu, on_step=on_step)
 
     monkeypatch.setattr(Client, "train", flaky)
-    tree = tiny_tree(str(tiny_llama_dir), rounds=1, min_clients=1, eval={"generate": False, "energy": False})
+    tree = tiny_tree(str(tiny_llama_dir), rounds=1, min_clients=1)
     summary = simulation.run(load_config(tree=tree), tmp_path)
     one = summary["per_round"][1]
     assert one["failed"] == {"math": "RuntimeError: out of memory"} and one["completed"] == ["geo"]
