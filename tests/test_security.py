@@ -159,7 +159,8 @@ def flower_group(tmp_path, grid, **flower):
     from semcon.federation import setup_messages
     from semcon.flower.server_app import FlowerGroup
 
-    tree = tiny_tree("smollm2-135m", min_clients=1, flower={"phase_timeout_s": 0.5, "hello_timeout_s": 0.5})
+    tree = tiny_tree("smollm2-135m", min_clients=1, flower={"phase_timeout_s": 0.5, "hello_timeout_s": 0.5},
+                     eval={"before": True})  # each node's first phase is then the base model's evaluation
     tree["clients"].append({"name": "chat", "data": {"source": "chatterbot"}})
     cfg = load_config(tree=tree)
     prompts = [Prompt("p0000", "What is the capital of France?", "x"), Prompt("p0001", "Name a fruit.", "x")]
