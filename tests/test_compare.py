@@ -3,9 +3,6 @@ from hand-made summaries."""
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,12 +30,11 @@ from semcon.compare import (
 from semcon.config import RunConfig
 from semcon.rundir import RunDir, RunDirError, claim
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def semcon(*args):
-    return subprocess.run([sys.executable, "-m", "semcon", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=600)
+    """The command line in this process (`tests/test_cli.py` runs the real command in one of its own)."""
+    return CliRunner().invoke(cli.app, [str(a) for a in args])
 
 
 def test_compare_writes_a_report_with_every_method(tiny_llama_dir, tmp_path):
@@ -47,7 +43,7 @@ def test_compare_writes_a_report_with_every_method(tiny_llama_dir, tmp_path):
     out = tmp_path / "cmp"
     proc = semcon("compare", str(config), "--methods", "semantic_consensus,fedavg,local", "--out", str(out),
                   "--set", "public.num_prompts=4", "--set", "eval.generate=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.exit_code == 0, proc.stderr[-3000:]
     report = (out / "report.md").read_text()
     for method in ("semantic_consensus", "fedavg", "local"):
         assert (out / method / "seed-0" / "ledger.jsonl").is_file() and f"| {method} |" in report
@@ -92,7 +88,7 @@ def test_compare_reports_pooling_methods_not_applicable_and_fails_when_it_is_all
     config = tmp_path / "hetero.yaml"
     config.write_text(yaml.safe_dump(tree))
     proc = semcon("compare", str(config), "--methods", "fedavg,centralized", "--out", str(tmp_path / "x"))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.exit_code == 2 and "Traceback" not in proc.stderr
     assert "fedavg averages adapter weights" in proc.stderr and "math=some/other-model" in proc.stderr
     assert "centralized trains one model on the pooled data" in proc.stderr
     assert not (tmp_path / "x").exists()
@@ -100,10 +96,10 @@ def test_compare_reports_pooling_methods_not_applicable_and_fails_when_it_is_all
 
 def test_comm_lands_near_the_papers_ratio():
     proc = semcon("comm", "llama-3.1-405b", "--rank", "32", "--targets", "q_proj,v_proj")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.exit_code == 0, proc.stderr
     assert "1,011.5" in proc.stdout and "assumptions" in proc.stdout
     bad = semcon("comm", "--targets", "nope")
-    assert bad.returncode == 2 and "nope" in bad.stderr
+    assert bad.exit_code == 2 and "nope" in bad.stderr
 
 
 # Report from hand-made summaries: no model runs.

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import rows, tiny_tree
+from conftest import cli, rows, tiny_tree
 
 from semcon import simulation
 from semcon.config import load_config
@@ -33,8 +33,8 @@ def test_killed_run_resumes_to_the_same_pseudo_labels(tiny_llama_dir, tmp_path):
     assert (killed / "pseudo_labels" / "round_02.jsonl").is_file()  # written before the kill, redone on resume
     assert not (killed / "summary.json").exists()
 
-    done = semcon("resume", killed)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = cli("resume", killed)  # in this process: only the kill needs a process of its own
+    assert done.exit_code == 0, done.output[-2000:]
     for t in (1, 2):
         name = f"pseudo_labels/round_{t:02d}.jsonl"
         assert (killed / name).read_text() == (whole / name).read_text()
@@ -117,16 +117,16 @@ def test_damage_resume_cannot_repair_is_one_line_and_changes_nothing(finished, t
     lines = ledger.read_text().splitlines(keepends=True)
     ledger.write_text(lines[0] + '{"round": 1, "cli\n' + "".join(lines[1:]))
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    done = semcon("resume", run)
-    assert done.returncode == 2 and f"{ledger}:2: damaged row" in done.stderr, done.stderr[-2000:]
+    done = cli("resume", run)
+    assert done.exit_code == 2 and f"{ledger}:2: damaged row" in done.stderr, done.output[-2000:]
     assert len(done.stderr.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
     ledger.write_text("".join(lines))
     for name in ("state.json", "state.prev.json"):
         (run / "checkpoints" / name).write_text('{"next_rou')
-    done = semcon("resume", run)
-    assert done.returncode == 2 and "no checkpoint to resume from" in done.stderr, done.stderr[-2000:]
+    done = cli("resume", run)
+    assert done.exit_code == 2 and "no checkpoint to resume from" in done.stderr, done.output[-2000:]
     assert len(done.stderr.strip().splitlines()) == 1
 
 

@@ -94,3 +94,24 @@ def test_a_client_that_raises_is_reported_as_failed_and_the_round_goes_on(tiny_l
     summary = simulation.run(load_config(tree=tree), tmp_path)
     one = summary["per_round"][1]
     assert one["failed"] == {"math": "RuntimeError: out of memory"} and one["completed"] == ["geo"]
+
+
+def test_a_finished_run_leaves_no_model_alive(tiny_llama_dir, tmp_path, monkeypatch):
+    """A compare runs many federations in one process: each must free its models when it ends."""
+    import gc
+    import weakref
+
+    from semcon import models
+
+    loaded = []
+
+    def tracked(*args, **kwargs):
+        model = load(*args, **kwargs)
+        loaded.append(weakref.ref(model))
+        return model
+
+    load = models.load_causal_lm
+    monkeypatch.setattr(models, "load_causal_lm", tracked)
+    simulation.run(load_config(tree=tiny_tree(str(tiny_llama_dir))), tmp_path)
+    gc.collect()
+    assert loaded and all(ref() is None for ref in loaded)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from semcon.assets import embedder_dir
@@ -18,9 +20,7 @@ class Embedder:
     def model(self):
         """Loaded on first use: a process that never embeds (a Flower client that only trains) skips it."""
         if self._model is None:
-            from sentence_transformers import SentenceTransformer
-
-            self._model = SentenceTransformer(embedder_dir(self.name), device=self.device)
+            self._model = _sentence_model(self.name, self.device)
         return self._model
 
     @property
@@ -32,3 +32,11 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                  convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+
+
+@lru_cache(maxsize=2)
+def _sentence_model(name: str, device: str):
+    """One loaded model per process: every run of a compare embeds with the same weights."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(embedder_dir(name), device=device)

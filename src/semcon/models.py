@@ -11,7 +11,7 @@ import gc
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 
-@cache
 def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers CausalLM inside a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -61,7 +60,10 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if native else torch.float32
 
 
+@lru_cache(maxsize=16)
 def load_tokenizer(spec: str):
+    """The model's tokenizer, read once per process (a compare's runs and a run's clients share it; it is
+    only read after this)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model(spec))
