@@ -32,22 +32,23 @@ def _seed_and_dtype():
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory):
-    """A 2-layer random Llama with SmolLM2's real tokenizer and chat template, saved as a model directory."""
+def tiny_llama_dir(tmp_path_factory, worker_id):
+    """A 2-layer random Llama with SmolLM2's real tokenizer and chat template, saved as a model directory
+    (built once for all workers, as are the other tiny models)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from semcon.models import load_tokenizer
 
-    tok = load_tokenizer("smollm2-135m")
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    def build(path):
+        tok = load_tokenizer("smollm2-135m")
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                          tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id)
+        torch.manual_seed(0)
+        _save_tiny(LlamaForCausalLM(cfg), tok, path)
+
+    return built_once(tmp_path_factory, worker_id, "tiny-llama", build)
 
 
 @pytest.fixture(scope="session")
@@ -90,35 +91,41 @@ def _save_tiny(model, tok, path):
 
 
 @pytest.fixture(scope="session")
-def tiny_gemma3_dir(tmp_path_factory):
+def tiny_gemma3_dir(tmp_path_factory, worker_id):
     """A 2-layer random Gemma3 with Gemma-3-270M's real tokenizer (262k vocabulary, no chat template)."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     from semcon.models import load_tokenizer
 
-    tok = load_tokenizer("gemma3-270m")
-    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-                           sliding_window=64, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                           pad_token_id=tok.pad_token_id)
-    torch.manual_seed(1)
-    return _save_tiny(Gemma3ForCausalLM(cfg), tok, tmp_path_factory.mktemp("tiny-gemma3"))
+    def build(path):
+        tok = load_tokenizer("gemma3-270m")
+        cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                               max_position_embeddings=512, sliding_window=64, bos_token_id=tok.bos_token_id,
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(1)
+        _save_tiny(Gemma3ForCausalLM(cfg), tok, path)
+
+    return built_once(tmp_path_factory, worker_id, "tiny-gemma3", build)
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen2_dir(tmp_path_factory):
+def tiny_qwen2_dir(tmp_path_factory, worker_id):
     """A 2-layer random Qwen2 with MiniLM's real WordPiece tokenizer ([SEP] ends an answer)."""
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from semcon.assets import embedder_dir
 
-    tok = AutoTokenizer.from_pretrained(embedder_dir())
-    tok.eos_token = "[SEP]"
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    torch.manual_seed(2)
-    return _save_tiny(Qwen2ForCausalLM(cfg), tok, tmp_path_factory.mktemp("tiny-qwen2"))
+    def build(path):
+        tok = AutoTokenizer.from_pretrained(embedder_dir())
+        tok.eos_token = "[SEP]"
+        cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+        torch.manual_seed(2)
+        _save_tiny(Qwen2ForCausalLM(cfg), tok, path)
+
+    return built_once(tmp_path_factory, worker_id, "tiny-qwen2", build)
 
 
 def pytest_collection_modifyitems(config, items):
