@@ -52,6 +52,7 @@ def test_compare_writes_a_report_with_every_method(tiny_llama_dir, tmp_path):
     for plot in ("quality_per_round.png", "bytes_per_round.png", "seconds_per_phase.png"):
         assert (out / plot).stat().st_size > 1000 and plot in report
     assert "modelled" in report and "Energy:" in report
+    assert "Produced by semcon " in report and " at commit `" in report  # every run agrees: one line
     assert "fedavg moved" in report and "analytic for this model" in report  # shapes read from config.json
     sc_line = next(line for line in report.splitlines() if line.startswith("| semantic_consensus |"))
     assert "e-" in sc_line.split("|")[-6]  # bytes relative to fedavg: a small fraction
@@ -184,6 +185,7 @@ def test_report_from_summaries(runs, cfg, tmp_path):
     assert f"| local | 3 | 2.000 ± {4.302653 / np.sqrt(3):.3f} | 0.000 |" in report
     assert "| centralized | 1 | 1.500 | – |" in report and "| fedavg | not applicable: needs one base model |" in report
     assert "split seed 7" in report and "`lm_eval`" in report and "local 3 (0, 1, 2)" in report
+    assert "Provenance not recorded" in report  # hand-made summaries carry none
     assert "| semantic_consensus | -0.100 [-0.100, -0.100] (n=6) |" in report
     assert "Negative is better for bits/byte ↓" in report and "positive is better for ROUGE-L ↑" in report
     own = report.split("## Own domain")[1].split("##")[0]

@@ -18,6 +18,7 @@ import numpy as np
 from semcon.algorithms import method_problem
 from semcon.comm import ARCHS, arch_from_config, human_bytes, lora_parameters
 from semcon.config import METHODS, RunConfig
+from semcon.provenance import describe
 from semcon.rundir import PLOT_NAMES, RunDirError, finished_run, kind_of
 from semcon.stats import paired_bootstrap, t_interval
 
@@ -186,6 +187,7 @@ def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dic
              f"{cfg.data.split_seed} (evaluation sets and public prompts are the same in every run, so runs "
              f"are paired on client and seed); multiple-choice prompt `{cfg.eval.mmlu_prompt}`. Seeds run: "
              + "; ".join(f"{m} {_seeds_text(sorted(per_seed))}" for m, per_seed in runs.items()) + ".", ""]
+    lines += _provenance_lines(runs)
     if missing:
         lines += [f"**Partial report:** planned but not finished, so left out: {', '.join(missing)}.", ""]
     lines += ["Quality is held-out, per client averaged over the eval domains; each cell is the mean over seeds of "
@@ -235,6 +237,19 @@ def rebuild_report(directory: Path) -> Path:
                 log.warning("%s: not finished, left out of the report: %s", directory, ", ".join(missing))
             return write_report(directory, runs, cfgs, manifest.get("skipped", {}), missing=missing)
     raise RunDirError(f"{directory}: neither a semcon run nor a compare directory")
+
+
+def _provenance_lines(runs: Runs) -> list[str]:
+    """What produced the runs (from their summaries), once if all runs agree, else per run."""
+    found: dict[str, list[str]] = {}
+    for method, per_seed in runs.items():
+        for seed, s in sorted(per_seed.items()):
+            text = (f"Produced by {describe(s['provenance'])}" if s.get("provenance")
+                    else "Provenance not recorded (a run from before semcon recorded it)")
+            found.setdefault(text, []).append(f"{method} seed {seed}")
+    if len(found) == 1:
+        return [f"{next(iter(found))}.", ""]
+    return [*(f"- {text}: {', '.join(names)}." for text, names in found.items()), ""]
 
 
 def _main_table(runs: Runs, metrics: list[tuple[str, str]], skipped: dict[str, str]) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from semcon.config import NetworkConfig, RunConfig
+from semcon.provenance import provenance
 from semcon.protocol import Message
 
 if TYPE_CHECKING:
@@ -164,4 +165,5 @@ def summarize(cfg: RunConfig, method: str, clients: list[str], state: RunState, 
         "peak_rss_gb": round(peak_rss_gb(), 3), "seed": cfg.seed,
         # examples (private + pseudo-labels) left out of the last round's training for exceeding train.max_length
         "dropped_too_long": next((r["dropped_too_long"] for r in reversed(rounds) if r.get("dropped_too_long")), {}),
+        "provenance": provenance(),  # of the session that finished the run
     }

@@ -32,7 +32,8 @@ from semcon.rundir import RunDir, RunState
 
 log = logging.getLogger(__name__)
 app = ServerApp()
-POLL_S = 0.25  # a pull is one small HTTP request to the SuperLink
+POLL_S = 0.25  # a pull is one small HTTP request to the SuperLink...
+POLL_MAX_S = 2.0  # ...but a SuperLink answering one every 0.25 s through a phase of minutes spends a core's tenth
 T = TypeVar("T")
 
 
@@ -134,9 +135,10 @@ class FlowerGroup:
                             dst_node_id=node, message_type=kind, group_id=str(t)) for key, node in targets.items()]
         pending = dict(zip(self.grid.push_messages(messages), targets))
         replies, failures = {}, {}
-        deadline = time.monotonic() + timeout
+        deadline, wait = time.monotonic() + timeout, POLL_S
         while pending and time.monotonic() < deadline:
-            for reply in self.grid.pull_messages(list(pending)):
+            pulled = list(self.grid.pull_messages(list(pending)))
+            for reply in pulled:
                 key = pending.pop(reply.metadata.reply_to_message_id, None)
                 if key is None:
                     continue
@@ -149,8 +151,9 @@ class FlowerGroup:
                     failures[key] = f"malformed {kind} reply ({type(e).__name__}: {e})"
                 if tick:
                     tick()
-            if pending:
-                time.sleep(POLL_S)
+            if pending:  # back off while nothing comes; replies often come together
+                time.sleep(min(wait, max(deadline - time.monotonic(), 0)))
+                wait = POLL_S if pulled else min(wait * 1.5, POLL_MAX_S)
         for key in pending.values():
             failures[key] = f"no reply within {timeout:.0f} s"
         for key, why in failures.items():
