@@ -61,7 +61,6 @@ def embedder():
 # What most tests never look at, and what takes most of a tiny run's seconds (a 49k-vocabulary projection per
 # reference token, the base model's evaluation, answers to eval prompts, codecarbon): off unless a test asks.
 LEAN_EVAL = {"max_new_tokens": 8, "generate": False, "before": False, "every_round": False, "energy": False}
-FULL_EVAL = {"generate": True, "before": True, "every_round": True, "energy": True}
 
 
 def tiny_tree(model: str, **top) -> dict:
@@ -227,7 +226,7 @@ def tracked_run(tiny_llama_dir, tmp_path_factory, worker_id) -> Path:
     from semcon.config import load_config
 
     tree = tiny_tree(str(tiny_llama_dir), log=["tensorboard", "wandb"],
-                     eval={**FULL_EVAL, "energy": False, "generate_items": 2})
+                     eval={"generate": True, "before": True, "every_round": True, "generate_items": 2})
     return built_once(tmp_path_factory, worker_id, "tracked-run",
                       lambda out: simulation.run(load_config(tree=tree), out / "run", overwrite=True)) / "run"
 

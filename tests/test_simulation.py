@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import FULL_EVAL, built_once, rows, tiny_tree
+from conftest import built_once, rows, tiny_tree
 
 from semcon import simulation
 from semcon.assembly import assemble
@@ -14,9 +14,9 @@ from semcon.protocol import Upload
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_llama_dir, tmp_path_factory, worker_id):
-    """A tiny run with every evaluation (built once for all workers)."""
-    cfg = load_config(tree=tiny_tree(str(tiny_llama_dir), eval={**FULL_EVAL, "energy": False}))
-    out = built_once(tmp_path_factory, worker_id, "full-eval-run", lambda path: simulation.run(cfg, path / "run")) / "run"
+    """A tiny run that also evaluates the base model (built once for all workers)."""
+    cfg = load_config(tree=tiny_tree(str(tiny_llama_dir), eval={"before": True}))
+    out = built_once(tmp_path_factory, worker_id, "tiny-run", lambda path: simulation.run(cfg, path / "run")) / "run"
     return cfg, out, json.loads((out / "summary.json").read_text())
 
 
