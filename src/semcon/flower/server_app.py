@@ -32,8 +32,8 @@ from semcon.rundir import RunDir, RunState
 
 log = logging.getLogger(__name__)
 app = ServerApp()
-POLL_S = 0.25  # a pull is one small HTTP request to the SuperLink...
-POLL_MAX_S = 2.0  # ...but a SuperLink answering one every 0.25 s through a phase of minutes spends a core's tenth
+POLL_S = 0.25  # a pull is one small HTTP request to the SuperLink,
+POLL_MAX_S = 2.0  # backed off to this while no reply comes (a phase takes seconds to minutes)
 T = TypeVar("T")
 
 
