@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -40,7 +42,7 @@ def test_cut_answers_get_no_end_of_turn(tok):
 
 
 def test_plain_template_for_models_without_chat_template(tok):
-    tok = load_tokenizer("smollm2-135m")
+    tok = copy.deepcopy(tok)  # load_tokenizer's object is shared by every caller in the process
     tok.chat_template = None
     fmt = ChatFormat(tok)
     assert not fmt.has_template

@@ -62,8 +62,8 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 @lru_cache(maxsize=16)
 def load_tokenizer(spec: str):
-    """The model's tokenizer, read once per process (a compare's runs and a run's clients share it; it is
-    only read after this)."""
+    """The model's tokenizer, read once per process: a compare's runs and a run's clients share the object,
+    so callers must not change it (deep-copy it first)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model(spec))
