@@ -105,11 +105,11 @@ def _handle(msg: Message, context: Context, phase: str) -> Message:
     if phase == "hello":  # answered before torch is imported: seconds less per node and run
         reply["has-setup"] = has_setup(state)
         return Message(RecordDict({"semcon": ConfigRecord(reply)}), reply_to=msg)
+    _fault(name, phase, t)
     from semcon.assembly import assemble, client_round
 
     if "config" in rec:  # the run's setup, with this node's first phase message
         save_setup(state, rec)
-    _fault(name, phase, t)
     cfg, prompts = load_setup(state, int(context.node_config["partition-id"]), context.node_config)
     fed = assemble(cfg, prompts, node=name)
     client, algo = fed.clients[0], fed.algorithm
