@@ -17,7 +17,8 @@ def test_commit_and_uncommitted_changes_of_a_checkout(tmp_path):
     (tmp_path / "a.py").write_text("x = 1\n")
     git(tmp_path, "add", "a.py")
     git(tmp_path, "commit", "-qm", "one")
-    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
     assert git_commit(tmp_path) == (head, False)
     (tmp_path / "untracked.txt").write_text("not part of the code")
     assert git_commit(tmp_path) == (head, False)

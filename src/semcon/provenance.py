@@ -19,11 +19,11 @@ def git_commit(where: Path = SOURCE) -> tuple[str | None, bool]:
     (None, False) for an installed package or where git is missing."""
     try:
         head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
+                              check=False, timeout=10)
         if head.returncode != 0:
             return None, False
         status = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10)
+                                capture_output=True, text=True, check=False, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None, False
     return head.stdout.strip(), bool(status.stdout.strip())
