@@ -103,14 +103,13 @@ def test_a_finished_run_leaves_no_model_alive(tiny_llama_dir, tmp_path, monkeypa
 
     from semcon import models
 
-    loaded = []
+    load, loaded = models.load_causal_lm, []
 
     def tracked(*args, **kwargs):
         model = load(*args, **kwargs)
         loaded.append(weakref.ref(model))
         return model
 
-    load = models.load_causal_lm
     monkeypatch.setattr(models, "load_causal_lm", tracked)
     simulation.run(load_config(tree=tiny_tree(str(tiny_llama_dir))), tmp_path)
     gc.collect()

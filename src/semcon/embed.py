@@ -14,14 +14,11 @@ class Embedder:
 
     def __init__(self, name: str, device: str = "cpu", batch_size: int = 64):
         self.name, self.device, self.batch_size = name, device, batch_size
-        self._model = None
 
     @property
     def model(self):
         """Loaded on first use: a process that never embeds (a Flower client that only trains) skips it."""
-        if self._model is None:
-            self._model = _sentence_model(self.name, self.device)
-        return self._model
+        return _sentence_model(self.name, self.device)
 
     @property
     def dim(self) -> int:
