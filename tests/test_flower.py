@@ -70,3 +70,21 @@ def test_flower_local_stops_below_quorum_and_resume_finishes_with_the_in_process
     for i, name in enumerate(["geo", "math"]):  # each node kept its own adapter, keyed by the run id
         assert (out / "nodes" / f"node{i}" / RunDir(out).run_id / name / "round_01.safetensors").is_file()
     assert flower_processes(out / "flower") == []
+
+
+@pytest.mark.parametrize("tls", [{"insecure": True, "root_certificates_path": None},
+                                 {"insecure": False, "root_certificates_path": "/certs/ca.crt"}])
+def test_warm_clientapps_get_the_command_line_flower_would_give_them(tls, monkeypatch):
+    """forkexec runs ``flwr-clientapp``'s main in a fork with the arguments Flower's own executor passes."""
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.superexec.executor import subprocess_executor
+    from flwr.supercore.superexec.executor.types import ExecutionSpec
+
+    from semcon.flower.forkexec import clientapp_args
+
+    spec = ExecutionSpec(task_type=TaskType.CLIENT_APP, runtime_api_address="127.0.0.1:9094", token="t0k",
+                         runtime_dependency_install=False, parent_pid=4242, suppress_output=False, task_id=7, **tls)
+    started = []
+    monkeypatch.setattr(subprocess_executor.subprocess, "Popen", lambda args, **kw: started.append(args))
+    subprocess_executor.SubprocessExecutor().launch(spec)
+    assert started == [["flwr-clientapp", *clientapp_args(spec)]]

@@ -1,6 +1,8 @@
 """The Flower ClientApp: one node is one semcon client, chosen by its ``partition-id``.
 
-Flower starts a new process for every message, so the client is rebuilt per message from the node's state
+Every message runs in a process of its own (a fresh interpreter by Flower's default; a fork of a warm
+server that has imported torch already on nodes with semcon's SuperExec, ``forkexec.py``), so the client is
+rebuilt per message from the node's state
 directory: the run's setup (config and public prompts, sent once per run) and its adapter, saved after every
 round (``STATE_DIR/RUN_ID/CLIENT/round_NN.safetensors``). A base model loads from semcon's safetensors cache
 in about a second.

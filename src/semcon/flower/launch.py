@@ -118,7 +118,8 @@ class Processes:
     certs: Path | None = None
     superlink: subprocess.Popen | None = None
     helpers: list[subprocess.Popen] = field(default_factory=list)  # gateway and app hub
-    nodes: dict[int | str, subprocess.Popen] = field(default_factory=dict)
+    nodes: dict[str, subprocess.Popen] = field(default_factory=dict)  # by name: node0, node1, ...
+    execs: dict[str, subprocess.Popen] = field(default_factory=dict)  # each node's SuperExec
     address: str = ""  # the SuperLink's own API (Control included): loopback only when closed
     fleet: str = ""  # where SuperNodes connect: the gateway when closed
 
@@ -164,8 +165,9 @@ class Processes:
         partition's own key in the certificates folder). ``name``: its log's and ``nodes``' key, for a
         second node claiming one partition."""
         node_config = f"partition-id={partition} state-dir={json.dumps(str(state_dir.resolve()))}"
+        runtime = free_port()  # the node's Runtime API, which its SuperExec polls for ClientApp tasks
         args = [flwr_bin("flower-supernode"), "--superlink", self.fleet, "--host", "127.0.0.1",
-                "--port", str(free_port()), "--node-config", node_config]
+                "--port", str(runtime), "--node-config", node_config, "--isolation", "process"]
         if self.certs is None:
             args.append("--insecure")
         else:
@@ -173,16 +175,22 @@ class Processes:
             args += ["--root-certificates", str(self.certs / "ca.crt"),
                      "--auth-supernode-private-key", str(key or bundle / "node_key"),
                      "--trusted-entities", str(bundle / "trusted-entities.yaml")]
-        proc = self._start(name or f"node{partition}", args, env)
-        self.nodes[name or partition] = proc
+        name = name or f"node{partition}"
+        proc = self._start(name, args, env)
+        # its ClientApps start warm, forked by semcon's SuperExec (forkexec.py), which ends with the node
+        self.execs[name] = self._start(f"{name}-exec", [sys.executable, "-m", "semcon.flower.forkexec", "--insecure",
+                                                        "--runtime-api-address", f"127.0.0.1:{runtime}", "--parent-pid",
+                                                        str(proc.pid)], env)
+        self.nodes[name] = proc
         return proc
 
-    def stop_node(self, partition: int | str, sig: int = signal.SIGTERM) -> None:
-        stop(self.nodes.pop(partition), sig)
+    def stop_node(self, name: str, sig: int = signal.SIGTERM) -> None:
+        stop(self.execs.pop(name), sig)
+        stop(self.nodes.pop(name), sig)
 
     def stop_all(self) -> None:
-        for partition in list(self.nodes):
-            self.stop_node(partition)
+        for name in list(self.nodes):
+            self.stop_node(name)
         for proc in [*reversed(self.helpers), self.superlink]:  # the gateway first: it holds connections to it
             if proc is not None:
                 stop(proc)
