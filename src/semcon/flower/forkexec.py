@@ -1,10 +1,11 @@
 """Warm ClientApp starts: a Flower SuperExec that forks every ClientApp from a server process that has
 already imported torch, transformers, peft and semcon.
 
-Flower starts a fresh interpreter per message, and a semcon ClientApp spends about 10 CPU-seconds importing
-before it does any work (``benchmarks/bench_clientapp_start.py``). A SuperNode started with ``--isolation process`` and this SuperExec beside it
-(``python -m semcon.flower.forkexec --runtime-api-address HOST:PORT --insecure``, Flower's own
-``flower-superexec`` arguments) runs the same ClientApp code in a forked child, in a fraction of a second.
+Flower starts a fresh interpreter per message, and a semcon ClientApp spends about 10 CPU-seconds
+importing before it does any work (``benchmarks/bench_clientapp_start.py``). A SuperNode started with
+``--isolation process`` and this SuperExec beside it (``python -m semcon.flower.forkexec
+--runtime-api-address HOST:PORT --insecure``, Flower's own ``flower-superexec`` arguments) runs the same
+ClientApp code in a forked child, in a fraction of a second.
 """
 
 from __future__ import annotations
