@@ -4,7 +4,8 @@ fork server (``semcon.flower.forkexec``), measured side by side, alternating, ``
 
 Prints one JSON line: median wall seconds and CPU seconds per start of each, and ``cpu_ratio`` /
 ``wall_ratio`` (cold over warm). The fork server's own one-off start is reported apart (``server_start_s``):
-it is paid once per node and deployment, not per message.
+it is paid once per node and deployment, not per message; so is its memory between messages
+(``server_rss_gb``).
 
     python benchmarks/bench_clientapp_start.py [--repeats 3]
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import resource
 import statistics
 import subprocess
@@ -53,13 +53,20 @@ def warm(executor: ForkExecutor, scratch: Path) -> tuple[float, float]:
     return time.perf_counter() - start, float(out.read_text())
 
 
+def server_rss_gb() -> float:
+    """Resident memory of the fork server (this process's child running multiprocessing's forkserver)."""
+    import psutil
+
+    servers = [p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())]
+    return sum(p.memory_info().rss for p in servers) / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     start = time.perf_counter()
     executor = ForkExecutor()
-    multiprocessing.active_children()
     server_start = time.perf_counter() - start
     runs: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
     with tempfile.TemporaryDirectory() as scratch:
@@ -68,7 +75,7 @@ def main() -> None:
             runs["warm"].append(warm(executor, Path(scratch)))
     med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in runs.items()}
     print(json.dumps({
-        "repeats": args.repeats, "server_start_s": round(server_start, 2),
+        "repeats": args.repeats, "server_start_s": round(server_start, 2), "server_rss_gb": round(server_rss_gb(), 2),
         "cold_wall_s": round(med["cold"][0], 3), "cold_cpu_s": round(med["cold"][1], 3),
         "warm_wall_s": round(med["warm"][0], 3), "warm_cpu_s": round(med["warm"][1], 3),
         "wall_ratio": round(med["cold"][0] / med["warm"][0], 1), "cpu_ratio": round(med["cold"][1] / med["warm"][1], 1),

@@ -1,6 +1,6 @@
 """semcon on a real Flower deployment on 127.0.0.1: a SuperLink and SuperNodes as separate processes.
 
-Each phase starts a ClientApp process per node (imports alone take seconds), so these runs are short:
+Each phase starts a ClientApp process per node (forked warm by forkexec.py), so these runs are short:
 2 tiny clients, 1 round, and one deployment covers the failure, the resume and the results.
 """
 
