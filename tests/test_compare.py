@@ -21,6 +21,7 @@ from semcon.compare import (
     own_other,
     paired_differences,
     per_round_mean,
+    phase_seconds,
     quality_figure,
     round_bpb,
     seed_plan,
@@ -181,7 +182,8 @@ def test_own_domain_against_the_others(runs):
 
 def test_report_from_summaries(runs, cfg, tmp_path):
     report = write_report(tmp_path, runs, {m: cfg for m in runs}, {"fedavg": "needs one base model"}).read_text()
-    rows = {line.split(" | ")[0]: line for line in report.splitlines() if line.startswith("| ")}
+    main = report.split("## Paired")[0]
+    rows = {line.split(" | ")[0]: line for line in main.splitlines() if line.startswith("| ")}
     assert f"| local | 3 | 2.000 ± {4.302653 / np.sqrt(3):.3f} | 0.000 |" in report
     assert "| centralized | 1 | 1.500 | – |" in report and "| fedavg | not applicable: needs one base model |" in report
     assert "split seed 7" in report and "`lm_eval`" in report and "local 3 (0, 1, 2)" in report
@@ -198,6 +200,15 @@ def test_report_from_summaries(runs, cfg, tmp_path):
     for plot in ("quality_per_round.png", "pseudo_label_quality.png", "bytes_per_round.png", "seconds_per_phase.png"):
         assert (tmp_path / plot).stat().st_size > 1000 and plot in report
     assert "[seed-2](local/seed-2/)" in report
+    time = report.split("## Where the time went")[1].split("##")[0]
+    assert "| local | 3 | 2 | 0 | 0 | 3 | 5 |" in time and "| centralized | 1 | 1 | 0 | 0 | 4 | 5 |" in time
+    assert "All 7 runs: 35 s, of which training 16 s, answers 0 s, exchange 0 s, evaluation and setup 19 s." in time
+
+
+def test_phase_seconds_split_a_runs_wall_time():
+    rounds = [{"seconds": {"train": 10.0}}, {"seconds": {"generate": 30.0, "embed": 2.0, "aggregate": 1.0, "train": 8.0}}]
+    assert phase_seconds({"per_round": rounds, "seconds": 60.0}) == {"train": 18.0, "answer": 30.0, "exchange": 3.0,
+                                                                     "rest": 9.0}
 
 
 def test_per_round_plots_have_integer_round_ticks(runs):

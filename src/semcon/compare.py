@@ -202,6 +202,7 @@ def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dic
     lines += _own_other_section(runs, metrics)
     lines += _nll_section(runs, cfg)
     lines += _dropped_section(runs)
+    lines += _time_section(runs)
     lines += _communication_section(runs, cfgs)
     lines += ["## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots), ""]
     if not single:
@@ -371,6 +372,34 @@ def _dropped_section(runs: Runs) -> list[str]:
             *_table(["client", *runs], rows), ""]
 
 
+PHASES = {"train": "training", "answer": "answers", "exchange": "exchange", "rest": "evaluation and setup"}
+
+
+def phase_seconds(summary: dict) -> dict[str, float]:
+    """A run's wall seconds split into training, answering the public prompts, the exchange (upload, embedding,
+    aggregation, transfer) and the rest (evaluation and setup), which the rounds do not time."""
+    phases = dict.fromkeys(("train", "answer", "exchange"), 0.0)
+    for r in summary["per_round"]:
+        for phase, seconds in r["seconds"].items():
+            phases[{"train": "train", "generate": "answer"}.get(phase, "exchange")] += seconds
+    return phases | {"rest": summary["seconds"] - sum(phases.values())}
+
+
+def _time_section(runs: Runs) -> list[str]:
+    every = [phase_seconds(s) for per_seed in runs.values() for s in per_seed.values()]
+    total = {p: sum(e[p] for e in every) for p in PHASES}
+    rows = [[method, str(len(per_seed)),
+             *(f"{_seed_mean(per_seed, lambda s, p=p: phase_seconds(s)[p]):.0f}" for p in PHASES),
+             f"{_seed_mean(per_seed, lambda s: s['seconds']):.0f}"] for method, per_seed in runs.items()]
+    return ["## Where the time went", "",
+            "Wall seconds of a run by phase, mean over seeds: training, answering the public prompts, the exchange "
+            "(upload, embedding, aggregation, transfer) and the rest, mostly the final evaluation and setup. A "
+            "run that was paused counts its pauses in the phase they fell in.", "",
+            *_table(["method", "seeds", *(f"{label} s" for label in PHASES.values()), "wall s"], rows), "",
+            f"All {len(every)} runs: {sum(total.values()):,.0f} s, of which "
+            + ", ".join(f"{label} {total[p]:,.0f} s" for p, label in PHASES.items()) + ".", ""]
+
+
 def _communication_section(runs: Runs, cfgs: dict[str, RunConfig]) -> list[str]:
     if "semantic_consensus" not in runs or "fedavg" not in runs:
         return []
@@ -491,18 +520,15 @@ def bytes_figure(runs: Runs):
 
 
 def seconds_figure(runs: Runs):
-    """Seconds per phase summed over rounds, mean over seeds, one stacked bar per method."""
+    """A run's wall seconds by phase (``phase_seconds``), mean over seeds, one stacked bar per method."""
     fig, ax = _plt().subplots(figsize=(7, 4))
-    phases = sorted({p for ps in runs.values() for s in ps.values() for r in s["per_round"] for p in r["seconds"]})
     bottom = np.zeros(len(runs))
-    for phase in phases:
-        values = np.array([_seed_mean(ps, lambda s, p=phase: sum(r["seconds"].get(p, 0) for r in s["per_round"]))
-                           for ps in runs.values()])
-        ax.bar(list(runs), values, bottom=bottom, label=phase)
+    for phase, label in PHASES.items():
+        values = np.array([_seed_mean(ps, lambda s, p=phase: phase_seconds(s)[p]) for ps in runs.values()])
+        ax.bar(list(runs), values, bottom=bottom, label=label)
         bottom += values
-    ax.set(ylabel="seconds (mean over seeds)", title="seconds per phase")
-    if phases:
-        ax.legend()
+    ax.set(ylabel="seconds (mean over seeds)", title="wall seconds per phase")
+    ax.legend()
     return fig
 
 
