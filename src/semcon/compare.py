@@ -363,7 +363,7 @@ def _dropped_section(runs: Runs) -> list[str]:
                                  for c in s.get("dropped_too_long") or {}))
     def dropped(per_seed: dict[int, dict], client: str) -> str:
         counts = [s["dropped_too_long"].get(client, 0) for s in per_seed.values() if s.get("dropped_too_long")]
-        return f"{np.mean(counts):g}" if counts else "–"
+        return f"{np.mean(counts):.3g}" if counts else "–"
 
     rows = [[c, *(dropped(per_seed, c) for per_seed in runs.values())] for c in clients]
     return ["## Training examples dropped as too long", "",
