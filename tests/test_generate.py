@@ -1,7 +1,7 @@
 import torch
 
 from semcon.generate import generate, greedy_batch
-from semcon.models import Backbone
+from semcon.models import PLAIN_STOP, Backbone
 
 PROMPTS = ["Hi", "What is the tallest mountain on Earth and how tall is it?", "Count to three.",
            "Describe the water cycle in two sentences, mentioning evaporation.", "2+2?"]
@@ -125,3 +125,26 @@ def test_clients_on_one_base_answer_in_one_batch_as_they_would_alone(tiny_llama_
                                   pad_id=fmt.tok.pad_token_id, device=bb.device, dtype=bb.dtype, prefill_group=4)
         assert out[k * len(PROMPTS):(k + 1) * len(PROMPTS)] == one
     assert any(len(o) < 10 for o in out) and any(len(o) == 10 for o in out)
+
+
+def test_a_base_models_answer_ends_at_the_templates_next_heading(tiny_gemma3_dir, tiny_llama_dir):
+    """Without a chat template an answer also ends where the format's stop text begins (lm-eval's ``until``):
+    its text and tokens end before it, and it counts as finished. Chat-template models have no stop text."""
+    assert Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu")).fmt.stop is None
+    bb = Backbone.load(str(tiny_gemma3_dir), torch.float32, torch.device("cpu"))
+    fmt = bb.fmt
+    assert fmt.stop == PLAIN_STOP
+    fmt.stop = None
+    free = generate(bb.model, fmt, PROMPTS[:3], max_new_tokens=8, batch_size=3, device=bb.device, dtype=bb.dtype)
+    toks = free[0].tokens
+    text = lambda ids: fmt.tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+    # a stop text that the first answer writes with its tokens i and i + 1, and nowhere before
+    i, fmt.stop = next((i, text(toks[:i + 2])[len(text(toks[:i])):]) for i in range(1, 6)
+                       if text(toks[:i + 2])[len(text(toks[:i])):].strip()
+                       and text(toks).index(text(toks[:i + 2])[len(text(toks[:i])):]) == len(text(toks[:i])))
+    ended = generate(bb.model, fmt, PROMPTS[:3], max_new_tokens=8, batch_size=3, device=bb.device, dtype=bb.dtype)
+    assert ended[0].finished and not free[0].finished
+    assert ended[0].tokens == toks[:i] and ended[0].text == text(toks[:i]).strip()
+    for before, after in zip(free[1:], ended[1:]):
+        if fmt.stop not in text(before.tokens):
+            assert after == before

@@ -9,6 +9,7 @@ one batch): peft's LoRA layers then add each row's adapter to the shared base ou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -23,8 +24,8 @@ from semcon.models import ChatFormat, autocast, causal_lm
 @dataclass(frozen=True)
 class Generation:
     text: str
-    tokens: list[int]  # generated ids, up to and excluding the end-of-turn token
-    finished: bool  # ended by end-of-turn rather than the max_new_tokens cap
+    tokens: list[int]  # generated ids, up to and excluding the end-of-turn token or stop text
+    finished: bool  # ended by end-of-turn (or the format's stop text) rather than the max_new_tokens cap
     confidence: float  # mean log-probability of the generated tokens (end-of-turn included), <= 0
 
 
@@ -189,10 +190,11 @@ def _stacked_lora(layer, rows: RowAdapters):
 @torch.inference_mode()
 def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set[int],
                  pad_id: int, device: torch.device, dtype: torch.dtype, prefill_group: int = 16,
-                 adapters: list[str] | None = None) -> tuple[list[list[int]], list[float]]:
-    """Greedy continuation of each prompt (token ids, longest first), stopping rows at EOS or the cap, and
-    the summed log-probability of each row's tokens (its end-of-turn token included). ``adapters``: the
-    LoRA adapter of each prompt."""
+                 adapters: list[str] | None = None, until: Callable[[list[int]], bool] | None = None
+                 ) -> tuple[list[list[int]], list[float]]:
+    """Greedy continuation of each prompt (token ids, longest first), stopping rows at EOS, when ``until(the
+    row's tokens so far)`` holds (its last token kept), or at the cap, and the summed log-probability of each
+    row's tokens (its end-of-turn token included). ``adapters``: the LoRA adapter of each prompt."""
     alive = list(range(len(prompts)))  # original row of each row still in the batch
     outputs: list[list[int]] = [[] for _ in prompts]
     logprob = [0.0] * len(prompts)
@@ -205,10 +207,11 @@ def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_new_to
             # one device-to-host copy per step (ids and float32 log-probabilities are exact in float64)
             ids, done, lps = torch.stack([next_ids.double(), torch.isin(next_ids, eos).double(),
                                           logps.double()]).tolist()
-            for row, tok, stop, lp in zip(alive, ids, done, lps):
+            for k, (row, tok, stop, lp) in enumerate(zip(alive, ids, done, lps)):
                 logprob[row] += lp
                 if not stop:
                     outputs[row].append(int(tok))
+                    done[k] = bool(until and until(outputs[row]))
             if step == max_new_tokens - 1:
                 break
             if any(done):
@@ -227,6 +230,15 @@ def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_new_to
     return outputs, logprob
 
 
+def _before_stop(tok, ids: list[int], stop: str) -> list[int]:
+    """The longest prefix of ``ids`` whose text ends before ``stop`` begins."""
+    cut = tok.decode(ids, skip_special_tokens=True).index(stop)
+    k = len(ids)
+    while k and len(tok.decode(ids[:k], skip_special_tokens=True)) > cut:
+        k -= 1
+    return ids[:k]
+
+
 def generate(model: torch.nn.Module, fmt: ChatFormat, instructions: list[str], *, max_new_tokens: int,
              batch_size: int, device: torch.device, dtype: torch.dtype, on_batch=None,
              adapters: list[str] | None = None) -> list[Generation]:
@@ -235,16 +247,22 @@ def generate(model: torch.nn.Module, fmt: ChatFormat, instructions: list[str], *
     prompts = [fmt.prompt_ids(text) for text in instructions]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     eos_ids = fmt.eos_ids()
+    # the stop text is a few tokens long: the last 8 hold it the moment it is complete
+    until = (lambda ids: fmt.stop in fmt.tok.decode(ids[-8:], skip_special_tokens=True)) if fmt.stop else None
     results: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         outs, logprobs = greedy_batch(model, [prompts[i] for i in rows], max_new_tokens=max_new_tokens,
                                       eos_ids=eos_ids, pad_id=fmt.tok.pad_token_id, device=device, dtype=dtype,
-                                      adapters=None if adapters is None else [adapters[i] for i in rows])
+                                      adapters=None if adapters is None else [adapters[i] for i in rows], until=until)
         for i, toks, lp in zip(rows, outs, logprobs):
-            text = fmt.tok.decode(toks, skip_special_tokens=True).strip()
-            finished = len(toks) < max_new_tokens
-            results[i] = Generation(text, toks, finished, min(lp / max(len(toks) + finished, 1), 0.0))
+            text = fmt.tok.decode(toks, skip_special_tokens=True)
+            stopped = bool(fmt.stop) and fmt.stop in text
+            eos = len(toks) < max_new_tokens and not stopped  # lp includes the end-of-turn token's
+            confidence = min(lp / max(len(toks) + eos, 1), 0.0)
+            if stopped:
+                toks, text = _before_stop(fmt.tok, toks, fmt.stop), text[:text.index(fmt.stop)]
+            results[i] = Generation(text.strip(), toks, eos or stopped, confidence)
         if on_batch:
             on_batch(len(rows))
     return results

@@ -23,6 +23,7 @@ from semcon.names import child
 log = logging.getLogger(__name__)
 
 PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
+PLAIN_STOP = "\n### "  # a base model that writes the template's next heading has ended its answer
 
 
 def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -85,12 +86,14 @@ class ChatFormat:
     """Turns (instruction, response) into token ids with the model's own chat template.
 
     Models without a chat template (base models such as Gemma-3-270M) get ``PLAIN_TEMPLATE`` and the
-    tokenizer's own special tokens (``<bos>``).
+    tokenizer's own special tokens (``<bos>``), and their answers also end at ``PLAIN_STOP`` (``stop``), as
+    lm-evaluation-harness's ``until`` ends a base model's: such a model rarely writes an end-of-text token.
     """
 
     def __init__(self, tokenizer):
         self.tok = tokenizer
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.stop: str | None = None if self.has_template else PLAIN_STOP
 
     def prompt_text(self, instruction: str) -> str:
         if self.has_template:
