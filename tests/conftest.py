@@ -173,8 +173,8 @@ def flower_tree(tiny_llama_dir):
     """The tiny federation every Flower test runs: 2 clients, 1 round, short timeouts."""
     return tiny_tree(str(tiny_llama_dir),
                      # generous for a loaded box (`make test` runs three workers on two cores): a train phase
-                     # over 45 s failed a run once. A dead
-                     # ClientApp is reported sooner, by Flower's own heartbeat after 60 s.
+                     # over 45 s failed a run once. A dead ClientApp is reported sooner, by Flower's own
+                     # heartbeat after 60 s.
                      flower={"phase_timeout_s": 90, "connect_timeout_s": 120, "hello_timeout_s": 60})
 
 

@@ -139,9 +139,9 @@ def test_a_base_models_answer_ends_at_the_templates_next_heading(tiny_gemma3_dir
     toks = free[0].tokens
     text = lambda ids: fmt.tok.decode(ids, skip_special_tokens=True)  # noqa: E731
     # a stop text that the first answer writes with its tokens i and i + 1, and nowhere before
-    i, fmt.stop = next((i, text(toks[:i + 2])[len(text(toks[:i])):]) for i in range(1, 6)
-                       if text(toks[:i + 2])[len(text(toks[:i])):].strip()
-                       and text(toks).index(text(toks[:i + 2])[len(text(toks[:i])):]) == len(text(toks[:i])))
+    piece = lambda i: text(toks[:i + 2])[len(text(toks[:i])):]  # noqa: E731
+    i = next(i for i in range(1, 6) if piece(i).strip() and text(toks).index(piece(i)) == len(text(toks[:i])))
+    fmt.stop = piece(i)
     ended = generate(bb.model, fmt, PROMPTS[:3], max_new_tokens=8, batch_size=3, device=bb.device, dtype=bb.dtype)
     assert ended[0].finished and not free[0].finished
     assert ended[0].tokens == toks[:i] and ended[0].text == text(toks[:i]).strip()

@@ -230,9 +230,8 @@ def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_new_to
     return outputs, logprob
 
 
-def _before_stop(tok, ids: list[int], stop: str) -> list[int]:
-    """The longest prefix of ``ids`` whose text ends before ``stop`` begins."""
-    cut = tok.decode(ids, skip_special_tokens=True).index(stop)
+def _before_stop(tok, ids: list[int], cut: int) -> list[int]:
+    """The longest prefix of ``ids`` whose text ends by character ``cut`` of their whole text."""
     k = len(ids)
     while k and len(tok.decode(ids[:k], skip_special_tokens=True)) > cut:
         k -= 1
@@ -257,12 +256,12 @@ def generate(model: torch.nn.Module, fmt: ChatFormat, instructions: list[str], *
                                       adapters=None if adapters is None else [adapters[i] for i in rows], until=until)
         for i, toks, lp in zip(rows, outs, logprobs):
             text = fmt.tok.decode(toks, skip_special_tokens=True)
-            stopped = bool(fmt.stop) and fmt.stop in text
-            eos = len(toks) < max_new_tokens and not stopped  # lp includes the end-of-turn token's
+            cut = text.find(fmt.stop) if fmt.stop else -1
+            eos = len(toks) < max_new_tokens and cut < 0  # lp includes the end-of-turn token's
             confidence = min(lp / max(len(toks) + eos, 1), 0.0)
-            if stopped:
-                toks, text = _before_stop(fmt.tok, toks, fmt.stop), text[:text.index(fmt.stop)]
-            results[i] = Generation(text.strip(), toks, eos or stopped, confidence)
+            if cut >= 0:
+                toks, text = _before_stop(fmt.tok, toks, cut), text[:cut]
+            results[i] = Generation(text.strip(), toks, eos or cut >= 0, confidence)
         if on_batch:
             on_batch(len(rows))
     return results
