@@ -1,6 +1,7 @@
 import pytest
 
 from semcon.protocol import (
+    CODEC_VERSION,
     AdapterUpdate,
     Download,
     ProtocolError,
@@ -80,12 +81,12 @@ def test_wrong_shape_message_raises_protocol_error():
     def packed(body):
         return zstandard.ZstdCompressor().compress(msgpack.packb(body))
 
-    body = {"v": 2, "kind": "upload", "round": 1, "client": "a", "answers": {"p0000": "x"},
-            "finished": {"p0000": False}, "confidence": {}}
+    body = {"v": CODEC_VERSION, "kind": "upload", "round": 1, "client": "a", "answers": {"p0000": "x"},
+            "finished": {"p0000": False}, "confidence": {}, "competence": {}}
     assert decode(packed(body), LIMITS) == Upload(1, "a", {"p0000": "x"}, {"p0000": False})
     for bad, needle in [({"answers": None}, "lacks field"), ({"round": True}, "'round' has the wrong type"),
-                        ({"round": 1.0}, "'round' has the wrong type"), ({"v": 1.0}, "not a semcon v2"),
-                        ({"v": True}, "not a semcon v2"), ({"v": 1}, "not a semcon v2"),
+                        ({"round": 1.0}, "'round' has the wrong type"), ({"v": 1.0}, f"not a semcon v{CODEC_VERSION}"),
+                        ({"v": True}, f"not a semcon v{CODEC_VERSION}"), ({"v": 1}, f"not a semcon v{CODEC_VERSION}"),
                         ({"answers": ["x"]}, "'answers' has the wrong type"),
                         ({"finished": None}, "lacks field 'finished'"),
                         ({"finished": {"p0000": 1}}, "'finished' has the wrong type"),

@@ -89,14 +89,17 @@ def method_problem(cfg: RunConfig) -> str | None:
     return f"{cfg.method} {why} and needs one base model for all clients; got {models}"
 
 
-def make_algorithm(cfg: RunConfig, prompts: list[Prompt], embedder: Embedder | None = None):
-    """The method of ``cfg``; the server side of semantic consensus embeds with ``embedder``.
-    Raises ConfigError when the method cannot run on these clients (see ``method_problem``)."""
+def make_algorithm(cfg: RunConfig, prompts: list[Prompt], embedder: Embedder | None = None,
+                   experts: dict[str, str] | None = None):
+    """The method of ``cfg``; the server side of semantic consensus embeds with ``embedder`` and knows each
+    domain's ``experts`` for measurement (``data.experts_of``). Raises ConfigError when the method cannot run on
+    these clients (see ``method_problem``)."""
     if problem := method_problem(cfg):
         raise ConfigError(problem)
     names = [c.name for c in cfg.clients]
     if cfg.method == "semantic_consensus":
-        return SemanticConsensus(cfg.consensus, names, prompts, cfg.rounds, embedder, seed=cfg.seed)
+        return SemanticConsensus(cfg.consensus, names, prompts, cfg.rounds, embedder, seed=cfg.seed,
+                                 experts=experts)
     if cfg.method in ("fedavg", "fedprox"):
         return FedAvg(cfg.rounds, names, mu=cfg.train.prox_mu if cfg.method == "fedprox" else 0.0,
                       max_adapter_bytes=int(cfg.train.max_adapter_mb * 2**20))

@@ -11,7 +11,7 @@ import torch
 from semcon.algorithms import make_algorithm
 from semcon.client import Client
 from semcon.config import RunConfig
-from semcon.data import Example, Prompt, build_splits
+from semcon.data import Example, Prompt, build_splits, experts_of
 from semcon.embed import Embedder
 from semcon.models import BackbonePool, pick_device, pick_dtype
 from semcon.protocol import decode
@@ -50,8 +50,9 @@ def assemble(cfg: RunConfig, prompts: list[Prompt] | None = None, node: str | No
     else:
         common_init = cfg.seed if cfg.method in ("fedavg", "fedprox") else None
         clients = [Client(i, c.name, backbones[c.model], splits.private[c.name], cfg.client_settings(c.name),
-                          adapter_seed=common_init) for i, c in members]
-    return Federation(clients, make_algorithm(cfg, splits.public, embedder), splits.public, splits.eval, embedder)
+                          adapter_seed=common_init, embedder=embedder) for i, c in members]
+    algorithm = make_algorithm(cfg, splits.public, embedder, experts=None if node else experts_of(cfg, splits))
+    return Federation(clients, algorithm, splits.public, splits.eval, embedder)
 
 
 def client_round(client: Client, algo, t: int, download: bytes | None, eval_sets: dict[str, list[Example]],

@@ -338,6 +338,9 @@ def _flower_config(config: Path, set_: list[str] | None):
     cfg = _load_run_config(config, set_)
     if cfg.method not in ("semantic_consensus", "fedavg", "fedprox", "local"):
         fail(f"method {cfg.method!r} has no Flower deployment (it pools the data in one place)")
+    if cfg.method == "semantic_consensus" and cfg.consensus.oracle:
+        fail(f"{config}: consensus.rule={cfg.consensus.rule} is a measurement bound (it reads the held-back "
+             "references or who the experts are, which no deployment has): it has no Flower deployment")
     return cfg
 
 

@@ -9,10 +9,13 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from safetensors.torch import load as load_tensors
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_tensors
 
+from semcon.attacks import attack
+from semcon.competence import gain_competence, knn_competence, quantize
 from semcon.config import ClientSettings
 from semcon.data import Example, Prompt
 from semcon.evaluate import evaluate_client, generation_requests, reference_scores
@@ -20,7 +23,7 @@ from semcon.generate import Generation, generate
 from semcon.models import Backbone
 from semcon.names import child
 from semcon.protocol import AdapterUpdate, Download, Upload
-from semcon.train import TokenizedExample, TrainStats, tokenize, train_lora
+from semcon.train import IGNORE, TokenizedExample, TrainStats, nll_sums, tokenize, train_lora
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +37,21 @@ class Client:
     """Trains on private data plus the pseudo-labels it last received, answers public prompts, evaluates itself.
 
     Holds no weights of its own beyond its adapter: ``backbone`` may be shared with other clients.
-    ``adapter_seed`` makes adapters start identical (parameter averaging needs a common start).
+    ``adapter_seed`` makes adapters start identical (parameter averaging needs a common start). ``embedder``:
+    the consensus embedder, for the knn competence signal.
     """
 
+    GAIN_CALIBRATION = 32  # private examples the gain signal is calibrated on
+
     def __init__(self, cid: int, name: str, backbone: Backbone, private: list[Example], settings: ClientSettings,
-                 adapter_seed: int | None = None):
+                 adapter_seed: int | None = None, embedder=None):
         self.cid, self.name, self.backbone, self.settings = cid, name, backbone, settings
-        self.private = private
+        self.private, self.embedder = private, embedder
         self.steps = settings.steps
         self.fmt = backbone.fmt
         self.pseudo: Download | None = None
+        self.sent: dict[str, str] = {}  # prompt id -> the answer this client last uploaded (for skip_own)
+        self._cache: dict[str, object] = {}  # what does not change between rounds: embeddings, base-model scores
         self._private_tok, self.dropped_private = self._tokenize([(e.instruction, e.response, 1.0) for e in private])
         if self.dropped_private:
             log.warning("client %s: dropped %d of %d private examples longer than train.max_length=%d",
@@ -68,9 +76,10 @@ class Client:
         lam = s.train.pseudo_label_weight
         if self.pseudo is not None and lam > 0:
             by_id = {p.id: p.instruction for p in prompts}
+            own = self.sent if s.consensus.skip_own else {}
             for end in (True, False):
                 rows = [(by_id[pid], text, lam) for pid, text in self.pseudo.labels.items()
-                        if pid in by_id and self.pseudo.finished.get(pid, True) is end]
+                        if pid in by_id and self.pseudo.finished.get(pid, True) is end and own.get(pid) != text]
                 tokenized, lost = self._tokenize(rows, end=end)
                 examples, dropped = examples + tokenized, dropped + lost
         torch.manual_seed(self.seed(round))
@@ -85,12 +94,64 @@ class Client:
         return answer_together([self], round, prompts, on_batch)[self.name]
 
     def upload_of(self, round: int, prompts: list[Prompt], outs: list[Generation]) -> Upload:
-        """The upload of these answers. An answer longer than the server accepts (``consensus.max_answer_chars``)
-        is cut to it and flagged as cut, so the upload stays valid."""
+        """The upload of these answers, with the competence signals the run asks for. An answer longer than the
+        server accepts (``consensus.max_answer_chars``) is cut to it and flagged as cut, so the upload stays valid.
+        An attacking client (``attack``) changes only this message."""
         limit = self.settings.max_answer_chars
-        return Upload(round=round, client=self.name, answers={p.id: o.text[:limit] for p, o in zip(prompts, outs)},
-                      finished={p.id: o.finished and len(o.text) <= limit for p, o in zip(prompts, outs)},
-                      confidence={p.id: round_to(o.confidence) for p, o in zip(prompts, outs)})
+        honest = Upload(round=round, client=self.name, answers={p.id: o.text[:limit] for p, o in zip(prompts, outs)},
+                        finished={p.id: o.finished and len(o.text) <= limit for p, o in zip(prompts, outs)},
+                        confidence={p.id: round_to(o.confidence) for p, o in zip(prompts, outs)},
+                        competence=self.competence(prompts, outs))
+        upload = attack(honest, self.settings.attack)
+        self.sent = dict(upload.answers)
+        return upload
+
+    def competence(self, prompts: list[Prompt], outs: list[Generation]) -> dict[str, dict[str, float]]:
+        """Each asked-for signal per prompt, computed from this client's own data and model only, calibrated
+        against its private rows and quantized to ``consensus.competence_levels`` (see ``competence.py``)."""
+        cfg = self.settings.consensus
+        values = {"knn": self._knn, "gain": self._gain}
+        return {signal: {p.id: round_to(float(v)) for p, v in
+                         zip(prompts, quantize(values[signal](prompts, outs), cfg.competence_levels))}
+                for signal in cfg.signals}
+
+    def _knn(self, prompts: list[Prompt], outs: list[Generation]) -> np.ndarray:
+        if self.embedder is None:
+            raise RuntimeError(f"client {self.name!r}: the knn competence signal needs the consensus embedder")
+        if "private_emb" not in self._cache:
+            self._cache["private_emb"] = self.embedder([e.instruction for e in self.private])
+        return knn_competence(self._cache["private_emb"], self.embedder([p.instruction for p in prompts]),
+                              self.settings.consensus.knn_k)
+
+    def _gain(self, prompts: list[Prompt], outs: list[Generation]) -> np.ndarray:
+        """Per answer, its mean token log-probability under this client's adapter (its ``confidence``, from
+        generation) minus that under the frozen base model; calibrated on the same log-ratio of private responses.
+        The end-of-turn token counts where the template ends turns with one; a base model's stop text does not."""
+        eos = self.fmt.tok.eos_token_id if self.fmt.stop is None else None
+        answers = [TokenizedExample(*self._with_prompt(p.instruction, o.tokens + ([eos] if o.finished and eos is not None
+                                                                              else [])))
+                   for p, o in zip(prompts, outs)]
+        adapter = np.array([o.confidence for o in outs])
+        gains = adapter - self._mean_logprob(answers, base=True)
+        if "private_tok" not in self._cache:
+            self._cache["private_tok"] = self._private_tok[:self.GAIN_CALIBRATION]
+            self._cache["private_base"] = self._mean_logprob(self._cache["private_tok"], base=True)
+        calibration = self._mean_logprob(self._cache["private_tok"], base=False) - self._cache["private_base"]
+        return gain_competence(gains, calibration)
+
+    def _with_prompt(self, instruction: str, answer: list[int]) -> tuple[list[int], list[int]]:
+        prompt = self.fmt.prompt_ids(instruction)
+        return prompt + answer, [IGNORE] * len(prompt) + answer
+
+    def _mean_logprob(self, examples: list[TokenizedExample], base: bool) -> np.ndarray:
+        """Mean log-probability per response token of each example, under the base model or this client's adapter
+        (0 for an example without response tokens)."""
+        if not examples:
+            return np.zeros(0)
+        with self.backbone.active(None if base else self.name) as model:
+            sums, counts, _ = nll_sums(model, self.fmt, examples, batch_size=self.settings.eval.batch_size,
+                                       device=self.backbone.device, dtype=self.backbone.dtype)
+        return -np.array(sums) / np.maximum(counts, 1)
 
     def adapter_update(self, round: int) -> AdapterUpdate:
         """This client's adapter tensors, for the parameter-averaging baselines."""

@@ -90,6 +90,20 @@ class LoraConfig(Strict):
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names")
 
 
+OFF_TOPIC = "The mitochondria is the powerhouse of the cell, and bananas are berries."
+
+
+class AttackConfig(Strict):
+    """An adversarial member, for robustness studies: it acts on that client's upload only (it still trains and
+    is evaluated as any client)."""
+
+    kind: Literal["inflate_competence"] = Field(
+        description="inflate_competence: report the highest competence on every prompt")
+    answers: Literal["honest", "constant"] = Field(
+        "honest", description="honest: its own answers; constant: `text` for every prompt")
+    text: str = Field(OFF_TOPIC, min_length=1, description="the fixed text of answers: constant")
+
+
 class ClientConfig(Strict):
     name: str = Field(description="unique client name (1-64 of A-Z a-z 0-9 _ -, unique ignoring case); it names "
                       "its adapter, its folders and its rows in every file")
@@ -102,6 +116,7 @@ class ClientConfig(Strict):
     lr: float | None = Field(None, gt=0, description="default train.lr")
     batch_size: int | None = Field(None, gt=0, description="default train.batch_size")
     max_new_tokens: int | None = Field(None, gt=0, description="default generate.max_new_tokens")
+    attack: AttackConfig | None = Field(None, description="make this client an adversarial member (see AttackConfig)")
 
     _safe_name = field_validator("name")(lambda name: check_name(name, "client name"))
 
@@ -213,8 +228,17 @@ class GenerateConfig(Strict):
     batch_size: int = Field(64, gt=0, description="prompts per batch (sorted by length)")
 
 
+Signal = Literal["knn", "gain"]
+SIGNALS: tuple[str, ...] = ("knn", "gain")
+Rule = Literal["medoid", "weighted_medoid", "gated", "oracle_expert", "oracle_reference"]
+ORACLES: tuple[str, ...] = ("oracle_expert", "oracle_reference")  # measurement bounds, never a deployment
+
+
 class ConsensusConfig(Strict):
-    rule: Literal["medoid"] = Field("medoid", description="semantic medoid: argmax_i sum_j cos(e_i, e_j)")
+    rule: Rule = Field("medoid", description="medoid: argmax_i sum_j cos(e_i, e_j); weighted_medoid: each answer's "
+                       "vote weighted by its client's competence; gated: the medoid among answers whose client "
+                       "passes `gate`; oracle_expert / oracle_reference: measurement bounds (the domain expert's "
+                       "answer / the held-back reference), refused on Flower")
     threshold: float | None = Field(None, ge=-1, le=1,
                                     description="τ: no pseudo-label when the best mean similarity is below it")
     embedder: str = Field("all-minilm-l6-v2", description="sentence-transformers model (embedded name, id, dir)")
@@ -225,6 +249,60 @@ class ConsensusConfig(Strict):
         "(then trained on without an end-of-turn token)")
     degenerate: Literal["drop", "keep"] = Field(
         "drop", description="answers that mostly repeat one n-gram (\"I'm sorry, I'm sorry, ...\"): drop or keep")
+    competence: Literal["none"] | Signal | list[Signal] = Field(
+        "none", validate_default=True, description="what every client computes from its own data and sends, one number in [0, 1] per "
+        "answer and signal: knn (the prompt's similarity to its private instructions), gain (how much more its "
+        "adapter than the base model likes its answer, per token); each calibrated against the client's own data")
+    signal: Signal | None = Field(None, description="the competence signal the rule uses (default: the first of "
+                                  "`competence`)")
+    competence_levels: int | None = Field(None, ge=2, le=1_000_000, description="quantize each competence to this "
+                                          "many levels before it leaves the client (less of the data revealed)")
+    competence_norm: Literal["rank", "raw"] = Field(
+        "rank", description="rank: the server compares each client's competence as its percentile rank over the "
+        "round's prompts, so no client can claim every prompt (the bound against inflated competence); raw: as sent")
+    knn_k: int = Field(5, gt=0, description="knn: mean cosine to this many nearest private instructions")
+    temperature: float = Field(0.1, gt=0, description="weighted_medoid: vote weights softmax(competence / T)")
+    gate: float = Field(0.5, ge=0, le=1, description="gated: an answer is a candidate when its client's competence "
+                        "is at least this (a percentile of the client's own calibration)")
+    fallback: Literal["none", "medoid"] = Field(
+        "none", description="gated and the oracles: a prompt with no eligible answer gets no label, or the medoid")
+    support: float | None = Field(None, ge=-1, le=1, description="an answer is a candidate only when it agrees with "
+                                  "at least one other client's answer at cosine >= this (a lone answer never wins)")
+    skip_own: bool = Field(False, description="a client does not train on a pseudo-label that is its own answer "
+                           "(no extra bytes: it compares the label with what it sent)")
+
+    @field_validator("competence")
+    @classmethod
+    def _signals(cls, value: str | list[str]) -> list[str]:
+        signals = [] if value == "none" else [value] if isinstance(value, str) else list(value)
+        if repeated := sorted({s for s in signals if signals.count(s) > 1}):
+            raise ValueError(f"signal {repeated[0]!r} is listed twice")
+        return signals
+
+    @model_validator(mode="after")
+    def _rule_needs_signal(self) -> ConsensusConfig:
+        if self.signal is not None and self.signal not in self.competence:
+            raise ValueError(f"signal {self.signal!r} is not computed: add it to consensus.competence")
+        if self.rule in ("weighted_medoid", "gated") and not self.competence:
+            raise ValueError(f"rule {self.rule!r} weighs answers by competence: set consensus.competence "
+                             "(knn or gain)")
+        return self
+
+    @property
+    def signals(self) -> list[str]:
+        """The competence signals every client computes (``competence`` as a list)."""
+        return list(self.competence)
+
+    @property
+    def used_signal(self) -> str | None:
+        """The signal the rule reads (None for rules that read none)."""
+        if self.rule not in ("weighted_medoid", "gated"):
+            return None
+        return self.signal or self.competence[0]
+
+    @property
+    def oracle(self) -> bool:
+        return self.rule in ORACLES
 
 
 class EvalConfig(Strict):
@@ -360,7 +438,7 @@ class RunConfig(Strict):
             batch_size=(own and own.batch_size) or self.train.batch_size,
             max_new_tokens=(own and own.max_new_tokens) or self.generate.max_new_tokens,
             gen_batch_size=self.generate.batch_size, max_answer_chars=self.consensus.max_answer_chars,
-            train=self.train, eval=self.eval)
+            train=self.train, eval=self.eval, consensus=self.consensus, attack=own and own.attack)
 
 
 @dataclass(frozen=True)
@@ -377,6 +455,8 @@ class ClientSettings:
     max_answer_chars: int  # the server's limit: a longer answer is cut and flagged as cut
     train: TrainConfig  # max_length, truncate, micro_batch_tokens, pseudo_label_weight
     eval: EvalConfig
+    consensus: ConsensusConfig  # the client's part: competence signals, their levels, skip_own
+    attack: AttackConfig | None = None
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:

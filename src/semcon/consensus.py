@@ -2,6 +2,9 @@
 
 Semantic medoid: c(p) = argmax_i Σ_j cos(e_i, e_j). With unit vectors Σ_j e_i·e_j = e_i·(Σ_j e_j), so
 all prompts take one batched product with their centroid: the medoid is the answer nearest the centroid.
+The competence-aware rules (``weighted_medoid``, ``gated``) read one number per answer that its client
+computed from its own data; ``rank_normalize`` and ``supported`` bound what a client that lies about it
+can take. ``oracle`` is a measurement bound, never a deployment.
 """
 
 from __future__ import annotations
@@ -41,11 +44,85 @@ def semantic_medoid(emb: np.ndarray, valid: np.ndarray | None = None, threshold:
     valid = np.ones((p, n), dtype=bool) if valid is None else valid.astype(bool)
     if n == 0:  # every upload was rejected
         return Consensus(np.full(p, -1), np.full(p, np.nan), np.zeros(p, dtype=int))
-    confidence = np.full((p, n), np.nan) if confidence is None else confidence
     e = emb if valid.all() else np.where(valid[..., None], emb, 0)
-    total = e.sum(axis=1)  # [P, D]
     # Σ_j e_i·e_j over valid j, minus the self term e_i·e_i: the similarity to the others.
-    scores = np.matmul(e, total[..., None])[..., 0] - np.einsum("pnd,pnd->pn", e, e)
+    scores = np.matmul(e, e.sum(axis=1)[..., None])[..., 0] - np.einsum("pnd,pnd->pn", e, e)
+    choice = pick(scores, valid, emb, text_ids, confidence, tie_seed)
+    return finish(emb, valid, choice, threshold)
+
+
+def weighted_medoid(emb: np.ndarray, valid: np.ndarray, competence: np.ndarray, temperature: float, *,
+                    threshold: float | None = None, text_ids: np.ndarray | None = None,
+                    confidence: np.ndarray | None = None, tie_seed: tuple[int, ...] = (0,)) -> Consensus:
+    """Minimum Bayes risk with a prior: c(p) = argmax_i Σ_j w_j cos(e_i, e_j), the own term included, with vote
+    weights w = softmax(competence / T) over the prompt's valid answers. Equal competence is the plain medoid;
+    as T → 0 the most competent client's answer wins unless the others agree with it anyway."""
+    p, n, _ = emb.shape
+    valid = valid.astype(bool)
+    if n == 0:
+        return Consensus(np.full(p, -1), np.full(p, np.nan), np.zeros(p, dtype=int))
+    logits = np.where(valid, competence / temperature, -np.inf)
+    logits = logits - np.where(valid.any(axis=1, keepdims=True), logits.max(axis=1, keepdims=True), 0)
+    weights = np.where(valid, np.exp(logits), 0.0)
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-300)
+    e = np.where(valid[..., None], emb, 0)
+    scores = np.einsum("pnd,pd->pn", e, np.einsum("pn,pnd->pd", weights, e))
+    return finish(emb, valid, pick(scores, valid, emb, text_ids, confidence, tie_seed), threshold)
+
+
+def gated(emb: np.ndarray, valid: np.ndarray, competence: np.ndarray, gate: float, *, fallback: bool = False,
+          threshold: float | None = None, text_ids: np.ndarray | None = None, confidence: np.ndarray | None = None,
+          tie_seed: tuple[int, ...] = (0,)) -> Consensus:
+    """Selective-FD's rule for texts: only answers whose client's competence is at least ``gate`` are
+    candidates, and the medoid runs among them. A prompt no answer passes gets no label, or (``fallback``) the
+    medoid of all valid answers."""
+    valid = valid.astype(bool)
+    passing = valid & (competence >= gate)
+    inner = semantic_medoid(emb, passing, text_ids=text_ids, confidence=confidence, tie_seed=tie_seed)
+    choice = inner.choice
+    if fallback:
+        plain = semantic_medoid(emb, valid, text_ids=text_ids, confidence=confidence, tie_seed=tie_seed)
+        choice = np.where(inner.valid_count > 0, choice, plain.choice)
+    return finish(emb, valid, choice, threshold)
+
+
+def oracle(valid: np.ndarray, expert: np.ndarray, emb: np.ndarray) -> Consensus:
+    """A measurement bound: the answer of each prompt's ``expert`` [P] (client index, -1: none) where it is
+    valid; -1 elsewhere."""
+    p = len(expert)
+    ok = (expert >= 0) & valid[np.arange(p), np.maximum(expert, 0)] if valid.shape[1] else np.zeros(p, dtype=bool)
+    return finish(emb, valid.astype(bool), np.where(ok, expert, -1))
+
+
+def rank_normalize(competence: np.ndarray) -> np.ndarray:
+    """Each client's competence [prompts, clients] as its percentile rank over the round's prompts (mid-ranks
+    for ties, in (0, 1)): every client's numbers then average 0.5, so one that claims the top on every prompt
+    (all ties) ranks 0.5 everywhere and no client outranks the rest on more than its share of prompts."""
+    p = competence.shape[0]
+    out = np.empty(competence.shape, dtype=float)
+    for i in range(competence.shape[1]):
+        column = np.sort(competence[:, i])
+        below = np.searchsorted(column, competence[:, i], side="left")
+        equal = np.searchsorted(column, competence[:, i], side="right") - below
+        out[:, i] = (below + equal / 2) / max(p, 1)
+    return out
+
+
+def supported(emb: np.ndarray, valid: np.ndarray, tau: float) -> np.ndarray:
+    """[P, N]: valid answers that agree with at least one other client's valid answer at cosine >= ``tau``."""
+    valid = valid.astype(bool)
+    e = np.where(valid[..., None], emb, 0)
+    sims = np.einsum("pid,pjd->pij", e, e)
+    n = emb.shape[1]
+    others = valid[:, None, :] & ~np.eye(n, dtype=bool)[None]
+    return valid & ((sims >= tau) & others).any(axis=2)
+
+
+def pick(scores: np.ndarray, valid: np.ndarray, emb: np.ndarray, text_ids: np.ndarray | None,
+         confidence: np.ndarray | None, tie_seed: tuple[int, ...]) -> np.ndarray:
+    """The valid answer with the highest score per prompt, ties broken as ``semantic_medoid`` says (-1: none)."""
+    p, n = scores.shape
+    confidence = np.full((p, n), np.nan) if confidence is None else confidence
     scores = np.where(valid, scores, -np.inf)
     best = scores.max(axis=1, keepdims=True)
     tied = valid & (scores >= best - TIE_TOLERANCE * max(n, 1))
@@ -53,11 +130,21 @@ def semantic_medoid(emb: np.ndarray, valid: np.ndarray | None = None, threshold:
     for k in np.flatnonzero(tied.sum(axis=1) > 1):
         same = text_ids[k] if text_ids is not None else np.unique(emb[k], axis=0, return_inverse=True)[1].ravel()
         choice[k] = break_tie(np.flatnonzero(tied[k]), same, confidence[k], (*tie_seed, int(k)))
+    return np.where(valid.any(axis=1), choice, -1)
+
+
+def finish(emb: np.ndarray, valid: np.ndarray, choice: np.ndarray, threshold: float | None = None) -> Consensus:
+    """The consensus of ``choice``: each chosen answer's mean cosine to the other valid answers (1 when it is
+    the only one, nan without a choice); with ``threshold`` τ, a choice below it is withdrawn."""
+    p = len(choice)
     count = valid.sum(axis=1)
-    best = scores[np.arange(p), choice]
+    at = np.maximum(choice, 0)
+    e = np.where(valid[..., None], emb, 0)
+    chosen = e[np.arange(p), at]  # [P, D]
+    others = np.einsum("pnd,pd->p", e, chosen) - np.einsum("pd,pd->p", chosen, chosen)
     with np.errstate(invalid="ignore", divide="ignore"):
-        agreement = np.where(count > 1, best / np.maximum(count - 1, 1), np.where(count == 1, 1.0, np.nan))
-    choice = np.where(count > 0, choice, -1)
+        agreement = np.where(count > 1, others / np.maximum(count - 1, 1), 1.0)
+    agreement = np.where(choice >= 0, agreement, np.nan)
     if threshold is not None:
         choice = np.where((count > 1) & (agreement < threshold), -1, choice)
     return Consensus(choice=choice, agreement=agreement, valid_count=count)

@@ -182,6 +182,8 @@ class Round:
             messages, undecodable = self.receive(payloads, algo.limits)
             result = algo.aggregate(self.t, messages)
             result.rejected = {**undecodable, **result.rejected}
+            if result.uploads:
+                self.run_dir.uploads(self.t, result.uploads)
         self.quorum("a valid upload", result.accepted, result.rejected)
         return result
 

@@ -34,6 +34,7 @@ class RoundResult:
     labels: list = field(default_factory=list)  # pseudo-labels to write for this round
     metrics: dict = field(default_factory=dict)  # method-specific fields of the round's metrics row
     seconds: dict[str, float] = field(default_factory=dict)  # parts of the aggregate phase timed apart
+    uploads: list = field(default_factory=list)  # the valid uploads as rows, kept in uploads/round_NN.jsonl
 
 
 class Phases:

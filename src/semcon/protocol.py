@@ -18,7 +18,7 @@ import zstandard
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-CODEC_VERSION = 2
+CODEC_VERSION = 3
 ZSTD_LEVEL = 10
 
 
@@ -36,6 +36,8 @@ class Upload:
     answers: dict[str, str]  # prompt id -> answer text
     finished: dict[str, bool] = field(default_factory=dict)  # prompt id -> ended by end-of-turn (else cut at the cap)
     confidence: dict[str, float] = field(default_factory=dict)  # prompt id -> mean token log-prob (<= 0); optional
+    # signal -> prompt id -> the client's competence on that prompt, in [0, 1] (the signals the run asks for)
+    competence: dict[str, dict[str, float]] = field(default_factory=dict)
     kind: str = field(default="upload", init=False)
 
 
@@ -83,10 +85,22 @@ def raw_bytes(msg: Message) -> int:
     return sum(len(t.encode("utf-8")) for t in texts)
 
 
+def digest(msg: Upload) -> str:
+    """A digest of an upload's content (not of its bytes: independent of map order and compression), so that
+    the rows a run keeps of it can be checked against what arrived."""
+    import hashlib
+    import json
+
+    body = {"round": msg.round, "client": msg.client, "answers": msg.answers, "finished": msg.finished,
+            "confidence": msg.confidence, "competence": msg.competence}
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
 def encode(msg: Message) -> bytes:
     if isinstance(msg, Upload):
         body = {"v": CODEC_VERSION, "kind": "upload", "round": msg.round, "client": msg.client, "answers": msg.answers,
-                "finished": msg.finished, "confidence": msg.confidence}
+                "finished": msg.finished, "confidence": msg.confidence, "competence": msg.competence}
     elif isinstance(msg, Download):
         body = {"v": CODEC_VERSION, "kind": "download", "round": msg.round, "labels": msg.labels,
                 "finished": msg.finished}
@@ -193,7 +207,8 @@ def map_of(check: Callable[[object], bool]) -> Callable[[object], bool]:
 
 FIELDS: dict[str, dict[str, Callable[[object], bool]]] = {  # each kind's fields and their wire types
     "upload": {"round": is_int, "client": lambda x: isinstance(x, str), "answers": is_text_map,
-               "finished": map_of(lambda v: isinstance(v, bool)), "confidence": map_of(lambda v: is_number(v))},
+               "finished": map_of(lambda v: isinstance(v, bool)), "confidence": map_of(lambda v: is_number(v)),
+               "competence": map_of(map_of(lambda v: is_number(v)))},
     "download": {"round": is_int, "labels": map_of(lambda v: isinstance(v, str)),
                  "finished": map_of(lambda v: isinstance(v, bool))},
     "adapter": {"round": is_int, "client": lambda x: isinstance(x, str), "tensors": lambda x: isinstance(x, bytes),
@@ -220,9 +235,11 @@ def is_blank(text: str) -> bool:
     return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
 
 
-def validate_upload(msg: Message, *, client: str, round: int, prompt_ids: set[str], max_chars: int) -> list[str]:
+def validate_upload(msg: Message, *, client: str, round: int, prompt_ids: set[str], max_chars: int,
+                    signals: list[str] = ()) -> list[str]:
     """Every reason this message is not a valid upload from ``client`` for ``round`` (empty when valid).
-    ``decode`` has already checked the wire types of its fields."""
+    ``decode`` has already checked the wire types of its fields. ``signals``: the competence signals the run
+    asks for, each one number in [0, 1] per answer."""
     if not isinstance(msg, Upload):
         return [f"expected an upload, got a {msg.kind}"]
     problems = []
@@ -246,6 +263,14 @@ def validate_upload(msg: Message, *, client: str, round: int, prompt_ids: set[st
         problems.append("confidence given for prompts it did not answer")
     if bad := [pid for pid, c in msg.confidence.items() if not (math.isfinite(c) and c <= 0)]:
         problems.append(f"confidence of {bad[0]} is {msg.confidence[bad[0]]!r} (a mean log-probability: finite, <= 0)")
+    if unasked := sorted(set(msg.competence) - set(signals)):
+        problems.append(f"competence signal {unasked[0]!r} was not asked for")
+    for signal in signals:
+        values = msg.competence.get(signal, {})
+        if set(values) != keys:
+            problems.append(f"competence {signal!r} must give one number per answer")
+        elif bad := [pid for pid, c in values.items() if not (math.isfinite(c) and 0 <= c <= 1)]:
+            problems.append(f"competence {signal!r} of {bad[0]} is {values[bad[0]]!r} (a calibrated share: in [0, 1])")
     if not problems and msg.answers and all(is_blank(text) for text in msg.answers.values()):
         problems.append("every answer is empty")
     return problems

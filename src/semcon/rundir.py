@@ -20,14 +20,14 @@ from typing import Any
 
 from semcon.config import METHODS, ConfigError, RunConfig, load_config
 from semcon.data import Prompt
-from semcon.protocol import Message, raw_bytes
+from semcon.protocol import Message, Upload, digest, raw_bytes
 
 log = logging.getLogger(__name__)
 
 # The plots of a report (a compare's, or `semcon report` of one run), each NAME.png next to report.md.
 PLOT_NAMES = ("quality_per_round", "pseudo_label_quality", "bytes_per_round", "seconds_per_phase")
 # What semcon writes into a run directory and into a compare directory; --overwrite removes these only.
-RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "ledger.jsonl", "pseudo_labels", "checkpoints", "summary.json",
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "ledger.jsonl", "pseudo_labels", "uploads", "replay", "checkpoints", "summary.json",
                "adapters", "run_id", "flower.json", "flower", "nodes", "stopped.txt", "public.jsonl", "tensorboard",
                "wandb", "report.md", *(f"{name}.png" for name in PLOT_NAMES))
 COMPARE_ENTRIES = ("report.md", "compare.json", *(f"{name}.png" for name in PLOT_NAMES))
@@ -150,6 +150,7 @@ class RunDir:
         """A new run in ``path`` (see ``claim`` for what may already be there)."""
         run = cls(claim(path, overwrite))
         (run.path / "pseudo_labels").mkdir()
+        (run.path / "uploads").mkdir()
         for name in ("metrics.jsonl", "ledger.jsonl"):
             (run.path / name).write_text("")
         (run.path / "config.yaml").write_text(cfg.dump(), encoding="utf-8")
@@ -169,10 +170,10 @@ class RunDir:
                        and isinstance(r.get("round"), int) and r["round"] < next_round]
                 for name in ("ledger.jsonl", "metrics.jsonl")}
         stale = []
-        for path in (self.path / "pseudo_labels").glob("round_*.jsonl"):
+        for path in [*(self.path / "pseudo_labels").glob("round_*.jsonl"), *(self.path / "uploads").glob("round_*.jsonl")]:
             number = path.stem.removeprefix("round_")
             if not number.isdigit():
-                raise RunDirError(f"{path}: not a pseudo-label file of semcon's (round_NN.jsonl)")
+                raise RunDirError(f"{path}: not a file of semcon's (round_NN.jsonl)")
             if int(number) >= next_round:
                 stale.append(path)
         for name, rows in keep.items():
@@ -192,18 +193,29 @@ class RunDir:
             self.mirror(row)
 
     def ledger(self, round: int, client: str, direction: str, msg: Message, encoded: bytes) -> dict[str, Any]:
-        """Record one encoded message; sizes come from the actual payload."""
-        return self.ledger_row(round, client, direction, msg.kind, raw_bytes(msg), len(encoded))
+        """Record one encoded message; sizes come from the actual payload, and an upload's content digest
+        (``protocol.digest``) lets ``semcon verify`` check the kept upload rows against what arrived."""
+        return self.ledger_row(round, client, direction, msg.kind, raw_bytes(msg), len(encoded),
+                               digest(msg) if isinstance(msg, Upload) else None)
 
-    def ledger_row(self, round: int, client: str, direction: str, kind: str, raw: int, encoded: int) -> dict[str, Any]:
+    def ledger_row(self, round: int, client: str, direction: str, kind: str, raw: int, encoded: int,
+                   content_digest: str | None = None) -> dict[str, Any]:
         row = {"round": round, "client": client, "direction": direction, "kind": kind,
-               "raw_bytes": raw, "encoded_bytes": encoded}
+               "raw_bytes": raw, "encoded_bytes": encoded, **({"digest": content_digest} if content_digest else {})}
         self._append("ledger.jsonl", row)
         return row
 
     def pseudo_labels(self, round: int, labels: list) -> Path:
         path = self.path / "pseudo_labels" / f"round_{round:02d}.jsonl"
         write_atomic(path, jsonl([asdict(lab) for lab in labels]))
+        return path
+
+    def uploads(self, round: int, rows: list[dict[str, Any]]) -> Path:
+        """The round's decoded, validated uploads, one row per answer (``semcon verify`` and ``replay`` read them)."""
+        folder = self.path / "uploads"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"round_{round:02d}.jsonl"
+        write_atomic(path, jsonl(rows))
         return path
 
     def public_prompts(self, draw: Callable[[], list[Prompt]]) -> list[Prompt]:

@@ -16,7 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from semcon.config import ConsensusConfig
-from semcon.consensus import semantic_medoid
+from semcon.consensus import (
+    Consensus,
+    finish,
+    gated,
+    oracle,
+    rank_normalize,
+    semantic_medoid,
+    supported,
+    weighted_medoid,
+)
 from semcon.data import Prompt
 from semcon.embed import Embedder
 from semcon.evaluate import rouge_l
@@ -64,15 +73,122 @@ def is_degenerate(text: str, min_words: int = 12, coverage: float = 0.5, max_n: 
     return False
 
 
+@dataclass
+class Answers:
+    """One round's valid uploads as arrays over [prompts, clients] (client columns in client-id order): what
+    every consensus rule reads, on the server and in ``semcon replay`` and ``semcon verify``."""
+
+    names: list[str]
+    texts: list[list[str]]
+    finished: np.ndarray
+    confidence: np.ndarray  # nan where not sent
+    competence: dict[str, np.ndarray]  # signal -> [P, N] as sent
+
+    @classmethod
+    def of(cls, prompts: list[Prompt], uploads: dict[str, Upload], signals: list[str]) -> Answers:
+        names = list(uploads)
+        shape = (len(prompts), len(names))
+
+        def table(value, dtype):
+            return np.array([[value(uploads[n], p.id) for n in names] for p in prompts], dtype=dtype).reshape(shape)
+
+        return cls(names, [[uploads[n].answers[p.id] for n in names] for p in prompts],
+                   table(lambda u, pid: u.finished[pid], bool), table(lambda u, pid: u.confidence.get(pid, np.nan), float),
+                   {s: table(lambda u, pid, s=s: u.competence[s][pid], float) for s in signals})
+
+    @property
+    def degenerate(self) -> np.ndarray:
+        return np.array([[is_degenerate(t) for t in row] for row in self.texts], dtype=bool).reshape(self.finished.shape)
+
+    @property
+    def blank(self) -> np.ndarray:
+        return np.array([[is_blank(t) for t in row] for row in self.texts], dtype=bool).reshape(self.finished.shape)
+
+    def with_reference(self, prompts: list[Prompt]) -> Answers:
+        """These answers plus the held-back references as one more column, ``reference`` (for the oracle bound;
+        blank where a prompt has none)."""
+        p = len(prompts)
+        column = lambda table, value: np.concatenate([table, np.full((p, 1), value)], axis=1)  # noqa: E731
+        return Answers([*self.names, REFERENCE], [[*row, q.reference or ""] for row, q in zip(self.texts, prompts)],
+                       column(self.finished, True), column(self.confidence, np.nan),
+                       {s: column(c, 1.0) for s, c in self.competence.items()})
+
+
+REFERENCE = "reference"  # the column of held-back references under rule oracle_reference
+
+
+@dataclass
+class Choice:
+    """What a rule chose, with what it saw: the candidates, their embeddings and the rule's consensus."""
+
+    answers: Answers
+    candidate: np.ndarray  # [P, N] answers that could become a pseudo-label
+    consensus: Consensus
+    vectors: np.ndarray  # embeddings of the distinct non-blank texts
+    text_ids: np.ndarray  # [P, N] row of ``vectors`` of each answer (-1: blank)
+    seconds_embed: float
+
+
+def choose(cfg: ConsensusConfig, prompts: list[Prompt], answers: Answers, embedder: Embedder,
+           experts: dict[str, str] | None, tie_seed: tuple[int, ...]) -> Choice:
+    """One consensus step over a round's valid answers under ``cfg.rule``: candidates, one batched embedding of
+    the distinct texts, then the rule (``consensus.py``). The server, replay and verify all call this."""
+    if cfg.rule == "oracle_reference":
+        answers = answers.with_reference(prompts)
+    blank = answers.blank
+    candidate = ~blank
+    if cfg.truncated == "drop":
+        candidate &= answers.finished
+    if cfg.degenerate == "drop":
+        candidate &= ~answers.degenerate
+
+    start = time.perf_counter()
+    texts = answers.texts
+    unique = sorted({t for row, ok in zip(texts, ~blank) for t, v in zip(row, ok) if v})
+    vectors = embedder(unique)
+    index = {t: i for i, t in enumerate(unique)}
+    shape = candidate.shape
+    text_ids = np.array([[index.get(t, -1) for t in row] for row in texts], dtype=int).reshape(shape)
+    emb = np.zeros((*shape, embedder.dim), dtype=np.float32)
+    emb[candidate] = vectors[text_ids[candidate]]
+    seconds = time.perf_counter() - start
+
+    if cfg.support is not None:
+        candidate = supported(emb, candidate, cfg.support)
+    common = {"threshold": cfg.threshold, "text_ids": text_ids, "confidence": answers.confidence, "tie_seed": tie_seed}
+    if cfg.rule in ("weighted_medoid", "gated"):
+        comp = answers.competence[cfg.used_signal]
+        comp = rank_normalize(comp) if cfg.competence_norm == "rank" else comp
+        if cfg.rule == "weighted_medoid":
+            result = weighted_medoid(emb, candidate, comp, cfg.temperature, **common)
+        else:
+            result = gated(emb, candidate, comp, cfg.gate, fallback=cfg.fallback == "medoid", **common)
+    elif cfg.oracle:
+        names = answers.names
+        if cfg.rule == "oracle_reference":
+            expert = np.full(len(prompts), names.index(REFERENCE))
+        else:
+            expert = np.array([names.index(experts[p.domain]) if experts and experts.get(p.domain) in names else -1
+                               for p in prompts], dtype=int)
+        result = oracle(candidate, expert, emb)
+        if cfg.fallback == "medoid":
+            plain = semantic_medoid(emb, candidate, **common)
+            result = finish(emb, candidate, np.where(result.choice >= 0, result.choice, plain.choice), cfg.threshold)
+    else:
+        result = semantic_medoid(emb, candidate, **common)
+    return Choice(answers, candidate, result, vectors, text_ids, seconds)
+
+
 class SemanticConsensus:
-    """Round 0 private only; round t: answers up, semantic medoid, pseudo-labels down, train on the union.
-    The server side holds the embedder and the consensus rule, and no model of its own."""
+    """Round 0 private only; round t: answers up, consensus, pseudo-labels down, train on the union.
+    The server side holds the embedder and the consensus rule, and no model of its own. ``experts`` (each
+    domain's expert client, for measurement: the oracle bound and the expert share of the labels)."""
 
     name, upload_phase = "semantic_consensus", "generate"
 
     def __init__(self, cfg: ConsensusConfig, clients: list[str], prompts: list[Prompt], rounds: int,
-                 embedder: Embedder | None = None, seed: int = 0):
-        self.cfg, self.seed, self.prompts = cfg, seed, prompts
+                 embedder: Embedder | None = None, seed: int = 0, experts: dict[str, str] | None = None):
+        self.cfg, self.seed, self.prompts, self.experts = cfg, seed, prompts, experts or {}
         self.clients = clients  # client id = position; identical texts go to the lowest id
         self.embedder = embedder or Embedder(cfg.embedder, batch_size=cfg.embed_batch_size)
         self.schedule = Schedule(rounds)
@@ -96,65 +212,106 @@ class SemanticConsensus:
 
         def valid(msg, name: str) -> Upload:
             if problems := validate_upload(msg, client=name, round=round, prompt_ids=ids,
-                                           max_chars=self.cfg.max_answer_chars):
+                                           max_chars=self.cfg.max_answer_chars, signals=self.cfg.signals):
                 raise ProtocolError("; ".join(problems))
             return msg
 
         return accept_uploads(round, self.clients, messages, valid)
 
     def aggregate(self, round: int, messages: dict[str, Message]) -> RoundResult:
-        """One consensus step: validate, embed all answers in one batch, medoid over the candidates of all
-        prompts at once."""
-        prompts = self.prompts
+        """One consensus step: validate, embed all answers in one batch, the rule over the candidates of all
+        prompts at once; the valid uploads are kept as rows (``uploads/round_NN.jsonl``)."""
         uploads, rejected = self.accept(round, messages)
-        names = list(uploads)  # in client-id order
-        shape = (len(prompts), len(names))
-        texts = [[uploads[n].answers[p.id] for n in names] for p in prompts]
-        finished = np.array([[uploads[n].finished[p.id] for n in names] for p in prompts], dtype=bool).reshape(shape)
-        degenerate = np.array([[is_degenerate(t) for t in row] for row in texts], dtype=bool).reshape(shape)
-        blank = np.array([[is_blank(t) for t in row] for row in texts], dtype=bool).reshape(shape)
-        confidence = np.array([[uploads[n].confidence.get(p.id, np.nan) for n in names] for p in prompts],
-                              dtype=float).reshape(shape)
-        candidate = ~blank
-        if self.cfg.truncated == "drop":
-            candidate &= finished
-        if self.cfg.degenerate == "drop":
-            candidate &= ~degenerate
-
-        start = time.perf_counter()
-        unique = sorted({t for row, ok in zip(texts, ~blank) for t, v in zip(row, ok) if v})
-        vectors = self.embedder(unique)
-        index = {t: i for i, t in enumerate(unique)}
-        text_ids = np.array([[index.get(t, -1) for t in row] for row in texts], dtype=int).reshape(shape)
-        emb = np.zeros((*shape, self.embedder.dim), dtype=np.float32)
-        emb[candidate] = vectors[text_ids[candidate]]
-        seconds_embed = time.perf_counter() - start
-
-        result = semantic_medoid(emb, candidate, threshold=self.cfg.threshold, text_ids=text_ids,
-                                 confidence=confidence, tie_seed=(self.seed % 2**32, round))
-
-        labels, unlabelled = [], []
-        for pi, p in enumerate(prompts):
-            c = int(result.choice[pi])
-            if c < 0:
-                unlabelled.append(p.id)
-                continue
-            conf = confidence[pi, c]
-            labels.append(PseudoLabel(p.id, p.instruction, names[c], texts[pi][c], round_float(result.agreement[pi]),
-                                      int(result.valid_count[pi]), bool(finished[pi, c]),
-                                      round_float(conf) if np.isfinite(conf) else None))
+        answers = Answers.of(self.prompts, uploads, self.cfg.signals)
+        picked = choose(self.cfg, self.prompts, answers, self.embedder, self.experts, (self.seed % 2**32, round))
+        labels = pseudo_labels(self.prompts, picked)
         download = Download(round=round, labels={lab.prompt_id: lab.text for lab in labels},
                             finished={lab.prompt_id: lab.finished for lab in labels})
-        agreement = [lab.agreement for lab in labels if lab.answers > 1]
-        metrics = {
-            "mean_agreement": round_float(np.mean(agreement), 4) if agreement else None,
-            "pseudo_labels": len(labels), "unlabelled": len(unlabelled), "prompts": len(prompts),
-            "cut_share": {n: round_float(1 - finished[:, i].mean()) for i, n in enumerate(names)},
-            "cut_share_by_domain": share_by_domain(prompts, names, ~finished),
-            "degenerate_share": {n: round_float(degenerate[:, i].mean()) for i, n in enumerate(names)},
-            "answer_quality": answer_quality(prompts, names, texts, result.choice, vectors, text_ids, self.embedder),
-        }
-        return RoundResult(download, names, rejected, labels, metrics, seconds={"embed": seconds_embed})
+        metrics = round_metrics(self.prompts, picked, labels, self.experts, self.embedder)
+        return RoundResult(download, answers.names, rejected, labels, metrics, seconds={"embed": picked.seconds_embed},
+                           uploads=upload_rows(self.prompts, answers))
+
+
+def pseudo_labels(prompts: list[Prompt], picked: Choice) -> list[PseudoLabel]:
+    """The rows of ``pseudo_labels/round_NN.jsonl``: each labelled prompt's chosen answer and who gave it."""
+    a, result = picked.answers, picked.consensus
+    labels = []
+    for pi, p in enumerate(prompts):
+        c = int(result.choice[pi])
+        if c < 0:
+            continue
+        conf = a.confidence[pi, c]
+        labels.append(PseudoLabel(p.id, p.instruction, a.names[c], a.texts[pi][c], round_float(result.agreement[pi]),
+                                  int(result.valid_count[pi]), bool(a.finished[pi, c]),
+                                  round_float(conf) if np.isfinite(conf) else None))
+    return labels
+
+
+def upload_rows(prompts: list[Prompt], answers: Answers) -> list[dict]:
+    """The rows of ``uploads/round_NN.jsonl``: every valid answer with its flags and numbers, client by client."""
+    degenerate = answers.degenerate
+    rows = []
+    for i, name in enumerate(answers.names):
+        for pi, p in enumerate(prompts):
+            conf = answers.confidence[pi, i]
+            rows.append({"prompt_id": p.id, "client": name, "text": answers.texts[pi][i],
+                         "finished": bool(answers.finished[pi, i]), "degenerate": bool(degenerate[pi, i]),
+                         "confidence": float(conf) if np.isfinite(conf) else None,
+                         "competence": {s: float(c[pi, i]) for s, c in answers.competence.items()}})
+    return rows
+
+
+def uploads_from_rows(round: int, rows: list[dict]) -> dict[str, Upload]:
+    """The uploads that ``upload_rows`` wrote, as the server accepted them (client order kept)."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        u = out.setdefault(r["client"], {"answers": {}, "finished": {}, "confidence": {}, "competence": {}})
+        u["answers"][r["prompt_id"]] = r["text"]
+        u["finished"][r["prompt_id"]] = r["finished"]
+        if r.get("confidence") is not None:
+            u["confidence"][r["prompt_id"]] = r["confidence"]
+        for signal, value in (r.get("competence") or {}).items():
+            u["competence"].setdefault(signal, {})[r["prompt_id"]] = value
+    return {name: Upload(round=round, client=name, **fields) for name, fields in out.items()}
+
+
+def round_metrics(prompts: list[Prompt], picked: Choice, labels: list[PseudoLabel], experts: dict[str, str],
+                  embedder: Embedder) -> dict:
+    """The consensus fields of the round's metrics row: agreement, labels given, cut and degenerate answers,
+    whose answers became labels (per client, and per domain the expert's share) and the labels' quality."""
+    a, choice = picked.answers, picked.consensus.choice
+    names = [n for n in a.names if n != REFERENCE]
+    real = len(names)
+    agreement = [lab.agreement for lab in labels if lab.answers > 1]
+    degenerate = a.degenerate[:, :real]
+    return {
+        "mean_agreement": round_float(np.mean(agreement), 4) if agreement else None,
+        "pseudo_labels": len(labels), "unlabelled": len(prompts) - len(labels), "prompts": len(prompts),
+        "cut_share": {n: round_float(1 - a.finished[:, i].mean()) for i, n in enumerate(names)},
+        "cut_share_by_domain": share_by_domain(prompts, names, ~a.finished[:, :real]),
+        "degenerate_share": {n: round_float(degenerate[:, i].mean()) for i, n in enumerate(names)},
+        "label_share": label_share(labels, a.names),
+        "expert_share": expert_share(prompts, labels, experts),
+        "answer_quality": answer_quality(prompts, a.names[:real], a.texts, choice, picked.vectors, picked.text_ids,
+                                         embedder),
+    }
+
+
+def label_share(labels: list[PseudoLabel], names: list[str]) -> dict[str, float]:
+    """The share of this round's pseudo-labels that each client (or the reference) supplied."""
+    counts = Counter(lab.client for lab in labels)
+    return {n: round_float(counts[n] / len(labels)) if labels else 0.0 for n in names}
+
+
+def expert_share(prompts: list[Prompt], labels: list[PseudoLabel], experts: dict[str, str]) -> dict[str, float]:
+    """Per domain with an expert, the share of its labelled prompts whose label is the expert's own answer."""
+    domain = {p.id: p.domain for p in prompts}
+    out = {}
+    for d in sorted({p.domain for p in prompts if p.domain in experts}):
+        mine = [lab for lab in labels if domain[lab.prompt_id] == d]
+        if mine:
+            out[d] = round_float(sum(lab.client == experts[d] for lab in mine) / len(mine))
+    return out
 
 
 def share_by_domain(prompts: list[Prompt], names: list[str], flags: np.ndarray) -> dict[str, dict[str, float]]:
@@ -168,22 +325,24 @@ def answer_quality(prompts: list[Prompt], names: list[str], texts: list[list[str
                    vectors: np.ndarray, text_ids: np.ndarray, embedder: Embedder) -> dict | None:
     """ROUGE-L and embedding cosine to the held-back references, on the labelled prompts that have one: of the
     chosen pseudo-labels, of each client's own answers and of a uniformly random client's answer (its
-    expectation: the mean over clients). The direct check that consensus picks better answers than a client."""
+    expectation: the mean over clients). The direct check that consensus picks better answers than a client.
+    ``texts`` may hold more columns than ``names`` (the reference itself, under oracle_reference)."""
     rows = [k for k, p in enumerate(prompts) if p.reference is not None and choice[k] >= 0]
     if not rows or not names:
         return None
+    columns = range(len(texts[rows[0]]))
     refs = embedder([prompts[k].reference for k in rows])
-    rouge = np.array([[rouge_l(texts[k][i], prompts[k].reference) for i in range(len(names))] for k in rows])
-    cos = np.array([[float(vectors[text_ids[k, i]] @ refs[r]) if text_ids[k, i] >= 0 else 0.0
-                     for i in range(len(names))] for r, k in enumerate(rows)])
+    rouge = np.array([[rouge_l(texts[k][i], prompts[k].reference) for i in columns] for k in rows])
+    cos = np.array([[float(vectors[text_ids[k, i]] @ refs[r]) if text_ids[k, i] >= 0 else 0.0 for i in columns]
+                    for r, k in enumerate(rows)])
     chosen = np.array([choice[k] for k in rows])
-    at = np.arange(len(rows))
+    at, own = np.arange(len(rows)), len(names)
 
     def scores(r: np.ndarray, c: np.ndarray) -> dict[str, float]:
         return {"rouge_l": round_float(r.mean(), 4), "cosine": round_float(c.mean(), 4)}
 
     return {"prompts": len(rows), "consensus": scores(rouge[at, chosen], cos[at, chosen]),
-            "random": scores(rouge.mean(1), cos.mean(1)),
+            "random": scores(rouge[:, :own].mean(1), cos[:, :own].mean(1)),
             "clients": {n: scores(rouge[:, i], cos[:, i]) for i, n in enumerate(names)}}
 
 

@@ -33,8 +33,8 @@ from semcon.data.examples import (
 )
 from semcon.data.jsonl import PUBLIC_FILE_DOMAIN, read_jsonl, read_prompts
 from semcon.data.sources import load_selection
-from semcon.data.splits import MIXED, Splits, build_splits, public_prompts
+from semcon.data.splits import MIXED, Splits, build_splits, experts_of, public_prompts
 
 __all__ = ["ANSWER_LINE", "DEFAULT_CATEGORY", "LETTERS", "MIXED", "PUBLIC_FILE_DOMAIN", "TASKS", "DataError", "Example",
-           "Prompt", "Row", "Splits", "Task", "build_splits", "choice_instruction", "choice_row", "final_number",
+           "Prompt", "Row", "Splits", "Task", "build_splits", "choice_instruction", "experts_of", "choice_row", "final_number",
            "load_selection", "public_prompts", "read_jsonl", "read_prompts"]

@@ -347,3 +347,22 @@ def build_splits(cfg: RunConfig, public: list[Prompt] | None = None, node: str |
              ", ".join(f"{d}={len(e)}" for d, e in eval_sets.items()),
              ", ".join(f"{c}={len(e)}" for c, e in private.items()))
     return splits
+
+
+def experts_of(cfg: RunConfig, splits: Splits | None = None) -> dict[str, str]:
+    """Each domain's expert, for measurement only (the oracle bound and the expert share of the labels): the
+    client whose private domain it is (partition=category, the first such client), else the client holding the
+    most private rows of that domain (ties to the first in config order; needs ``splits``)."""
+    if cfg.data.partition == "category":
+        experts: dict[str, str] = {}
+        for c in cfg.clients:
+            experts.setdefault(c.data.domain, c.name)
+        return experts
+    if splits is None:
+        return {}
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for name, rows in splits.private.items():
+        for ex in rows:
+            counts[ex.domain][name] += 1
+    order = {c.name: i for i, c in enumerate(cfg.clients)}
+    return {d: max(per, key=lambda n: (per[n], -order[n])) for d, per in sorted(counts.items())}

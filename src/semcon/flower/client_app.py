@@ -115,11 +115,15 @@ def _handle(msg: Message, context: Context, phase: str) -> Message:
     cfg, prompts = load_setup(state, int(context.node_config["partition-id"]), context.node_config)
     fed = assemble(cfg, prompts, node=name)
     client, algo = fed.clients[0], fed.algorithm
+    sent = child(state, name, "client name") / "sent.json"  # its last answers, for consensus.skip_own
     if phase == "upload":
         restore(client, state, rec)
         reply["payload"] = encode(algo.upload(client, t))
+        sent.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(sent, json.dumps(client.sent, ensure_ascii=False))
     elif phase == "train":
         restore(client, state, rec)
+        client.sent = json.loads(sent.read_text(encoding="utf-8")) if sent.is_file() else {}
         download = bytes(rec["payload"]) if "payload" in rec else None
         reply["report"] = json.dumps(client_round(client, algo, t, download, fed.eval_sets))
         client.save_state(state, t)

@@ -21,7 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from semcon.algorithms import make_algorithm
 from semcon.config import FILE_SOURCES, RunConfig, load_config
-from semcon.data import public_prompts
+from semcon.data import experts_of, public_prompts
 from semcon.embed import Embedder
 from semcon.federation import FederationError, Tick, federate, setup_messages
 from semcon.flower.launch import run_config_overrides
@@ -242,11 +242,15 @@ def serve(grid: Grid, run_dir: RunDir, run_config: dict | None = None) -> dict:
         cfg = load_config(run_dir.path / "config.yaml")
     if cfg.method == "centralized":
         raise FederationError("centralized training pools data in one place: it has no Flower deployment")
+    if cfg.method == "semantic_consensus" and cfg.consensus.oracle:
+        raise FederationError(f"consensus.rule {cfg.consensus.rule} is a measurement bound that reads what no "
+                              "deployment has: it has no Flower deployment")
     if not cfg.public.own and (own := [c.name for c in cfg.clients if c.data and c.data.source in FILE_SOURCES]):
         raise FederationError(f"clients {', '.join(own)} bring their own data: give public.path or public.data, since the "
                               "server never reads a client's data to draw the public prompts")
     algo = make_algorithm(cfg, run_dir.public_prompts(lambda: public_prompts(cfg)),
-                          Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size))
+                          Embedder(cfg.consensus.embedder, batch_size=cfg.consensus.embed_batch_size),
+                          experts=experts_of(cfg))  # without the clients' data: only partition=category names them
     pins = load_members(cfg.flower.members, [c.name for c in cfg.clients]) if cfg.flower.members else None
     saved = state.saved_rounds() if state else {}
     setup = {m.kind: encode(m) for m in setup_messages(cfg, algo.prompts)}
