@@ -13,7 +13,8 @@ from matplotlib.ticker import MaxNLocator
 from typer.testing import CliRunner
 
 from semcon import cli
-from semcon.compare import (
+from semcon.compare import seed_plan
+from semcon.report import (
     bytes_figure,
     client_spread,
     label_quality_figure,
@@ -24,7 +25,6 @@ from semcon.compare import (
     phase_seconds,
     quality_figure,
     round_bpb,
-    seed_plan,
     seed_scores,
     write_report,
 )

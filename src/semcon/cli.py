@@ -112,6 +112,11 @@ def _claim(out: Path, overwrite: bool) -> None:
         fail(str(e))
 
 
+def _progress() -> Progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=err, transient=True)
+
+
 def _run_one(cfg, out: Path, resume: bool = False, overwrite: bool = False) -> dict:
     """One federation with rich progress bars; bad data ends the command with exit code 2, a federation
     that cannot go on (too few clients) with exit code 1 and its state kept for `semcon resume`."""
@@ -122,9 +127,8 @@ def _run_one(cfg, out: Path, resume: bool = False, overwrite: bool = False) -> d
     from semcon.simulation import resume as resume_federation
     from semcon.simulation import run as run_federation
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=err, transient=True) as progress:
+        with _progress() as progress:
             return resume_federation(out, progress) if resume else run_federation(cfg, out, progress, overwrite)
     except (ConfigError, DataError, RunDirError, FileNotFoundError) as e:
         fail(str(e))
@@ -200,8 +204,9 @@ def compare(
 ) -> None:
     """Run several methods on one setting (same data, models, rounds, budget), each over its seeds, and
     write a report with intervals over seeds."""
-    from semcon.compare import parse_methods, plan, run_dir, seed_plan, write_manifest, write_report
+    from semcon.compare import parse_methods, plan, run_compare, seed_plan, write_manifest
     from semcon.config import ConfigError, load_config
+    from semcon.report import write_report
 
     _setup_logging(verbose)
     try:
@@ -222,20 +227,58 @@ def compare(
         out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
         _claim(out, overwrite)
         write_manifest(out, seed_lists, skipped)
-    runs: dict[str, dict[int, dict]] = {}
-    # seed by seed, so that an interrupted compare already holds paired runs of every method
-    for seed, m in sorted(((s, method) for method in runnable for s in seed_lists[method]), key=lambda pair: pair[0]):
-        console.rule(f"[bold]{m}[/] seed {seed}")
-        where = run_dir(out, m, seed)
-        if resume_ and (where / "summary.json").is_file():
-            runs.setdefault(m, {})[seed] = json.loads((where / "summary.json").read_text(encoding="utf-8"))
-            continue
-        resuming = resume_ and (where / "run_id").is_file()
-        runs.setdefault(m, {})[seed] = _run_one(cfgs[m].model_copy(update={"seed": seed}), where, resume=resuming)
+    def one(cfg, where: Path, resuming: bool) -> dict:
+        console.rule(f"[bold]{cfg.method}[/] seed {cfg.seed}")
+        return _run_one(cfg, where, resume=resuming)
+
+    runs = run_compare(out, {m: cfgs[m] for m in runnable}, seed_lists, one, resume_)
     report = write_report(out, runs, {m: cfgs[m] for m in runnable}, skipped)
     write_manifest(out, {m: sorted(per_seed) for m, per_seed in runs.items()}, skipped)
     console.print(Markdown(report.read_text(encoding="utf-8").split("## Plots")[0]))
     console.print(f"report: [bold]{report}[/]")
+
+
+@app.command()
+def ablate(
+    config: Annotated[Path, typer.Argument(help="YAML config of the setting")],
+    grid: Annotated[list[str], typer.Option("--grid", help="KEY=V1,V2,... (repeatable: the cells are the "
+                                            "cartesian product), e.g. --grid consensus.rule=medoid,gated")],
+    out: Annotated[Path, typer.Option("--out", help="DIR: DIR/<cell>/ per cell, DIR/ablation.md")],
+    methods: Annotated[str, typer.Option("--methods", help="comma-separated, in every cell")] = "semantic_consensus,local",
+    seeds: Annotated[int | None, typer.Option("--seeds", min=1, help="runs per method and cell (default: the "
+                                              "config's `seeds`)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override for every cell, as for `semcon run`")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run a compare in every cell of a grid (finished cells are kept when run again; a failed cell is reported
+    and the others go on) and write DIR/ablation.md with a plot per axis."""
+    from semcon.ablate import ablate as ablate_grid
+    from semcon.ablate import parse_grid
+    from semcon.compare import parse_methods
+    from semcon.config import ConfigError, load_config
+
+    _setup_logging(verbose)
+    try:
+        axes, wanted = parse_grid(grid), parse_methods(methods)
+        load_config(config, set_ or [])
+    except (ConfigError, ValueError) as e:
+        fail(str(e))
+    _quiet_libraries()
+    from semcon import simulation
+
+    with _progress() as progress:
+        def run_one(cfg, where: Path, resuming: bool) -> dict:
+            console.rule(f"[bold]{where.parent.parent.name}[/]: {cfg.method} seed {cfg.seed}")
+            return simulation.resume(where, progress) if resuming else simulation.run(cfg, where, progress)
+
+        def fork(source: Path, cfg, where: Path) -> dict:
+            console.rule(f"[bold]{where.parent.parent.name}[/]: {cfg.method} seed {cfg.seed}, from {source}")
+            return simulation.fork(source, cfg, where, progress)
+
+        cells = ablate_grid(config, axes, out, wanted, set_ or [], seeds, run_one, fork)
+    for cell in cells:
+        console.print(f"{cell.name}: {'failed: ' + cell.error if cell.error else 'done'}", highlight=False)
+    console.print(f"ablation: [bold]{out / 'ablation.md'}[/]")
 
 
 def _check_same_plan(out: Path, seeds: dict[str, list[int]]) -> None:
@@ -296,6 +339,58 @@ def report(
     except RunDirError as e:
         fail(str(e))
     console.print(f"report: [bold]{path}[/]")
+
+
+@app.command()
+def verify(
+    run_dir: Annotated[Path, typer.Argument(help="a semantic-consensus run directory")],
+) -> None:
+    """Recompute every round's pseudo-labels from the kept uploads with the run's config and embedder: exit 0
+    when all match, 1 naming the first round and prompt (or upload) that differs."""
+    _quiet_libraries()
+    from semcon.replay import verify as verify_run
+    from semcon.rundir import RunDirError
+
+    try:
+        rounds, problem = verify_run(run_dir)
+    except RunDirError as e:
+        fail(str(e))
+    if problem:
+        err.print(f"[bold red]differs:[/] {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"{run_dir}: the pseudo-labels of all {rounds} round(s) follow from the kept uploads", highlight=False)
+
+
+@app.command()
+def replay(
+    run_dir: Annotated[Path, typer.Argument(help="a semantic-consensus run directory with kept uploads")],
+    rule: Annotated[list[str], typer.Option("--rule", help="NAME[:key=value,...] with consensus keys, e.g. "
+                                            "gated:gate=0.75,signal=knn (repeatable)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="consensus.KEY=V for every rule (repeatable)")] = None,
+    attack: Annotated[list[str] | None, typer.Option("--attack", help="CLIENT[:answers=constant]: replay that "
+                                                     "client's uploads as inflate_competence (repeatable)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="folder for replay.md and replay.json "
+                                             "(default RUN_DIR/replay)")] = None,
+) -> None:
+    """Recompute each round's consensus from the kept uploads under other rules, in seconds, and tabulate the
+    labels: quality against the held-back references, expert share per domain, share labelled, share per client."""
+    _quiet_libraries()
+    from semcon.config import ConfigError
+    from semcon.replay import replay as replay_run
+    from semcon.report import replay_lines
+    from semcon.rundir import RunDirError
+
+    try:
+        rows = replay_run(run_dir, rule, set_ or [], attack or [])
+    except (RunDirError, ConfigError) as e:
+        fail(str(e))
+    out = out or run_dir / "replay"
+    out.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(replay_lines(rows, str(run_dir)))
+    (out / "replay.md").write_text(text, encoding="utf-8")
+    (out / "replay.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    console.print(Markdown(text))
+    console.print(f"replay: [bold]{out / 'replay.md'}[/]")
 
 
 @app.command()

@@ -193,14 +193,16 @@ class Client:
                                    dtype=self.backbone.dtype, answers=answers)
 
     def save_state(self, directory: Path, round: int, keep: int = 2) -> Path:
-        """Write the adapter as it stands after ``round`` (atomically) and keep only the last ``keep``."""
+        """Write the adapter as it stands after ``round`` (atomically) and keep only the last ``keep``, and round
+        0's (a run that differs only in its consensus starts from it: ``simulation.fork``)."""
         folder = child(directory, self.name, "client name")
         folder.mkdir(parents=True, exist_ok=True)
         path, tmp = folder / f"round_{round:02d}.safetensors", folder / f".round_{round:02d}.tmp"
         save_file(self._adapter_tensors(), tmp)
         os.replace(tmp, path)
         for old in sorted(folder.glob("round_*.safetensors"))[:-keep]:
-            old.unlink()
+            if old.name != "round_00.safetensors":
+                old.unlink()
         return path
 
     def restore_state(self, directory: Path, upto: int) -> int | None:

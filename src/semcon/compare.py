@@ -1,9 +1,7 @@
 """``semcon compare``: several methods on one setting, each over one or more seeds, then one report.
 
-Run directories are ``OUT/<method>/seed-<S>/``. The report gives per method each quality metric as the
-mean over seeds of the client-mean with its 95% t-interval, the paired difference to ``local`` with a
-bootstrap interval, own domain vs the others, per-token NLL per client, bytes, time and energy.
-Plots: quality per round, pseudo-label quality per round, cumulative bytes, seconds per phase.
+Run directories are ``OUT/<method>/seed-<S>/``. ``report.py`` writes the report (intervals over seeds, paired
+differences to ``local``, own vs other domains, bytes, time, plots); this module plans and runs.
 """
 
 from __future__ import annotations
@@ -13,24 +11,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from semcon.algorithms import method_problem
-from semcon.comm import ARCHS, arch_from_config, human_bytes, lora_parameters
 from semcon.config import METHODS, RunConfig
-from semcon.provenance import describe
-from semcon.rundir import PLOT_NAMES, RunDirError, finished_run, kind_of
-from semcon.stats import paired_bootstrap, t_interval
+from semcon.report import Runs, write_report
+from semcon.rundir import RunDirError, finished_run, kind_of
 
 log = logging.getLogger(__name__)
 
 # Quality metrics of the report, comparable across tokenizers (per-token NLL is not: it has its own table).
-METRICS = (("bpb", "bits/byte ↓"), ("rouge_l", "ROUGE-L ↑"), ("cosine", "cosine ↑"), ("accuracy", "MMLU acc ↑"),
-           ("exact_match", "GSM8K EM ↑"))
-LOWER_IS_BETTER = frozenset({"bpb", "nll"})
-BASELINE = "local"
-
-Runs = dict[str, dict[int, dict]]  # method -> seed -> that run's summary
 
 
 def plan(cfgs: dict[str, RunConfig]) -> tuple[list[str], dict[str, str]]:
@@ -62,155 +50,25 @@ def run_dir(out: Path, method: str, seed: int) -> Path:
     return Path(out) / method / f"seed-{seed}"
 
 
+def run_compare(out: Path, cfgs: dict[str, RunConfig], seeds: dict[str, list[int]],
+                run_one: Callable[[RunConfig, Path, bool], dict], resume: bool = False) -> Runs:
+    """Every method's runs, seed by seed (so that an interrupted compare already holds paired runs of every
+    method), with ``run_one(cfg, where, resuming)``; with ``resume``, finished runs are read, not run again."""
+    runs: Runs = {}
+    for seed, m in sorted(((s, method) for method in cfgs for s in seeds[method]), key=lambda pair: pair[0]):
+        where = run_dir(out, m, seed)
+        if resume and (where / "summary.json").is_file():
+            runs.setdefault(m, {})[seed] = json.loads((where / "summary.json").read_text(encoding="utf-8"))
+            continue
+        resuming = resume and (where / "run_id").is_file()
+        runs.setdefault(m, {})[seed] = run_one(cfgs[m].model_copy(update={"seed": seed}), where, resuming)
+    return runs
+
+
 def write_manifest(out: Path, seeds: dict[str, list[int]], skipped: dict[str, str]) -> None:
     """``compare.json``: the methods, the seeds each ran, and the methods skipped with the reason."""
     record = {"methods": list(seeds), "seeds": seeds, "skipped": skipped}
     (Path(out) / "compare.json").write_text(json.dumps(record, indent=2))
-
-
-def client_scores(per_client: dict[str, dict[str, dict[str, float]]], metric: str) -> dict[str, float]:
-    """Per client, the metric averaged over the eval domains where it exists."""
-    scores = {}
-    for client, per_domain in per_client.items():
-        values = [m[metric] for m in per_domain.values() if metric in m]
-        if values:
-            scores[client] = float(np.mean(values))
-    return scores
-
-
-def seed_scores(summary: dict, metric: str) -> dict[str, float]:
-    """Per client of one run, the metric after training averaged over the eval domains."""
-    return client_scores(summary.get("eval_after") or {}, metric)
-
-
-def paired_differences(runs: Runs, method: str, metric: str, baseline: str = BASELINE) -> list[float]:
-    """``method - baseline`` per (client, seed) on the seeds both ran; a method with one model
-    (centralized) pairs it with each of the baseline's clients."""
-    diffs = []
-    for seed, base in runs[baseline].items():
-        if seed not in runs[method]:
-            continue
-        ours, baseline_scores = seed_scores(runs[method][seed], metric), seed_scores(base, metric)
-        single = next(iter(ours.values())) if len(ours) == 1 and not ours.keys() & baseline_scores.keys() else None
-        for client, theirs in baseline_scores.items():
-            value = ours.get(client, single)
-            if value is not None:
-                diffs.append(value - theirs)
-    return diffs
-
-
-def own_other(summary: dict, metric: str) -> tuple[float | None, float | None]:
-    """Client-mean of the metric on each client's own domain, and of its mean over the other domains."""
-    own, other = [], []
-    after = summary.get("eval_after") or {}
-    for client, domain in (summary.get("own_domain") or {}).items():
-        per_domain = after.get(client, {})
-        if domain is None:
-            continue
-        if metric in per_domain.get(domain, {}):
-            own.append(per_domain[domain][metric])
-        if rest := [m[metric] for d, m in per_domain.items() if d != domain and metric in m]:
-            other.append(np.mean(rest))
-    return (float(np.mean(own)) if own else None), (float(np.mean(other)) if other else None)
-
-
-def over_seeds(per_seed: dict[int, dict], value: Callable[[dict], float | None], digits: int = 3) -> str:
-    """Mean over seeds of ``value(summary)`` with its 95% t-interval ("–" where no seed has it)."""
-    values = [v for s in per_seed.values() if (v := value(s)) is not None]
-    if not values:
-        return "–"
-    mean, half = t_interval(values)
-    return f"{mean:.{digits}f}" if half is None else f"{mean:.{digits}f} ± {half:.{digits}f}"
-
-
-def client_spread(per_seed: dict[int, dict], metric: str, digits: int = 3) -> str:
-    """Std over clients within each seed, averaged over seeds ("–" for a single model)."""
-    stds = [np.std(list(sc.values())) for s in per_seed.values() if len(sc := seed_scores(s, metric)) > 1]
-    return f"{np.mean(stds):.{digits}f}" if stds else "–"
-
-
-def _mean(values) -> float | None:
-    return float(np.mean(values)) if values else None
-
-
-def _seed_mean(per_seed: dict[int, dict], value: Callable[[dict], float]) -> float:
-    return float(np.mean([value(s) for s in per_seed.values()]))
-
-
-def per_client_round(summary: dict) -> float:
-    """Mean bytes (up + down) per client per communicating round."""
-    rounds = [r for r in summary["per_round"] if r["bytes_up"] or r["bytes_down"]]
-    total = sum(r["bytes_up"] + r["bytes_down"] for r in rounds)
-    return total / max(len(rounds) * len(summary["clients"]), 1)
-
-
-def analytic_ratio(cfg: RunConfig, summary: dict) -> str | None:
-    """LoRA-FedAvg over semantic-consensus bytes for this run's model, from its shapes and the measured
-    mean answer bytes (so the report puts the analytic figure beside the measured one)."""
-    up = [r for r in summary["per_round"] if r.get("prompts")]
-    if not up:
-        return None
-    model = cfg.clients[0].model
-    try:
-        from semcon.assets import resolve_model
-
-        arch = ARCHS[model] if model in ARCHS else arch_from_config(resolve_model(model))
-    except Exception:  # noqa: BLE001 - a hub id without network: no analytic figure
-        return None
-    lora = cfg.train.lora
-    adapter = 2 * lora_parameters(arch, lora.r, lora.target_modules) * 4  # fp32 adapters up and down
-    text = np.mean([(r["bytes_up"] + r["bytes_down"]) / max(len(r.get("accepted", [])), 1) for r in up])
-    return (f"{adapter / text:,.0f}x per client per round (fp32 adapter {human_bytes(adapter / 2)} each way vs "
-            f"{human_bytes(text)} of encoded text up + down, this run's mean)")
-
-
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
-def _seeds_text(seeds: list[int]) -> str:
-    return f"{len(seeds)} ({', '.join(map(str, seeds))})"
-
-
-def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dict[str, str],
-                 title: str = "semcon compare", missing: list[str] = ()) -> Path:
-    """``out/report.md`` and its PNG plots from each method's per-seed summaries (one run: one method, one seed,
-    written into its own directory). ``missing``: planned runs that have not finished, named in the report."""
-    out = Path(out)
-    plots = make_plots(out, runs)
-    cfg = next(iter(cfgs.values()))
-    single = kind_of(out) == "run"
-    metrics = [(k, label) for k, label in METRICS
-               if any(seed_scores(s, k) for per_seed in runs.values() for s in per_seed.values())]
-    lines = [f"# {title}", "",
-             f"Setting: `{cfg.name}`, {len(cfg.clients)} clients, {cfg.rounds} consensus rounds; split seed "
-             f"{cfg.data.split_seed} (evaluation sets and public prompts are the same in every run, so runs "
-             f"are paired on client and seed); multiple-choice prompt `{cfg.eval.mmlu_prompt}`. Seeds run: "
-             + "; ".join(f"{m} {_seeds_text(sorted(per_seed))}" for m, per_seed in runs.items()) + ".", ""]
-    lines += _provenance_lines(runs)
-    if missing:
-        lines += [f"**Partial report:** planned but not finished, so left out: {', '.join(missing)}.", ""]
-    lines += ["Quality is held-out, per client averaged over the eval domains; each cell is the mean over seeds of "
-              "the client-mean ± the half-width of its 95% t-interval over seeds (no interval from one seed); "
-              "'± clients' is the std over clients within a seed, averaged over seeds (centralized has one "
-              "model). Bytes, time and energy are means over seeds.", ""]
-    lines += _main_table(runs, metrics, skipped)
-    lines += _network_note(cfg)
-    energy = sorted({s["energy_method"] for ps in runs.values() for s in ps.values() if s.get("energy_method")})
-    lines += [f"Energy: {', '.join(energy) or 'not measured'}.", ""]
-    lines += _difference_section(runs, metrics)
-    lines += _own_other_section(runs, metrics)
-    lines += _nll_section(runs, cfg)
-    lines += _dropped_section(runs)
-    lines += _time_section(runs)
-    lines += _communication_section(runs, cfgs)
-    lines += ["## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots), ""]
-    if not single:
-        lines += ["Run directories: " + "; ".join(f"{m}: " + ", ".join(f"[seed-{s}]({m}/seed-{s}/)" for s in sorted(ps))
-                                                  for m, ps in runs.items()), ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
 
 
 def rebuild_report(directory: Path) -> Path:
@@ -238,313 +96,6 @@ def rebuild_report(directory: Path) -> Path:
                 log.warning("%s: not finished, left out of the report: %s", directory, ", ".join(missing))
             return write_report(directory, runs, cfgs, manifest.get("skipped", {}), missing=missing)
     raise RunDirError(f"{directory}: neither a semcon run nor a compare directory")
-
-
-def _provenance_lines(runs: Runs) -> list[str]:
-    """What produced the runs (from their summaries), once if all runs agree, else per run."""
-    found: dict[str, list[str]] = {}
-    for method, per_seed in runs.items():
-        for seed, s in sorted(per_seed.items()):
-            text = (f"Produced by {describe(s['provenance'])}" if s.get("provenance")
-                    else "Provenance not recorded (a run from before semcon recorded it)")
-            found.setdefault(text, []).append(f"{method} seed {seed}")
-    if len(found) == 1:
-        return [f"{next(iter(found))}.", ""]
-    return [*(f"- {text}: {', '.join(names)}." for text, names in found.items()), ""]
-
-
-def _main_table(runs: Runs, metrics: list[tuple[str, str]], skipped: dict[str, str]) -> list[str]:
-    fedavg_bytes = (_seed_mean(runs["fedavg"], lambda s: s["bytes_up"] + s["bytes_down"])
-                    if "fedavg" in runs else None)
-    head = ["method", "seeds", *(c for _, label in metrics for c in (label, "± clients")), "bytes up", "bytes down",
-            "× fedavg bytes", "wall s", "modelled transfer s", "round s (compute + modelled)", "energy kWh"]
-    rows = []
-    for method, per_seed in runs.items():
-        total = _seed_mean(per_seed, lambda s: s["bytes_up"] + s["bytes_down"])
-        transfer = _seed_mean(per_seed, _transfer_s)
-        per_round = _seed_mean(per_seed, lambda s: (_compute_s(s) + _transfer_s(s)) / max(len(s["per_round"]), 1))
-        energy = [s["energy_kwh"] for s in per_seed.values() if s.get("energy_kwh")]
-        cells = []
-        for k, _ in metrics:
-            cells += [over_seeds(per_seed, lambda s, k=k: _mean(list(seed_scores(s, k).values()))),
-                      client_spread(per_seed, k)]
-        rows.append([method, str(len(per_seed)), *cells,
-                     human_bytes(_seed_mean(per_seed, lambda s: s["bytes_up"])),
-                     human_bytes(_seed_mean(per_seed, lambda s: s["bytes_down"])),
-                     f"{total / fedavg_bytes:.2e}" if fedavg_bytes else "–",
-                     f"{_seed_mean(per_seed, lambda s: s['seconds']):.0f}", f"{transfer:.1f}",
-                     f"{per_round:.1f}",
-                     f"{np.mean(energy):.2e}" if energy else "not measured"])
-    rows += [[method, f"not applicable: {why}"] for method, why in skipped.items()]
-    return [*_table(head, rows), ""]
-
-
-def _transfer_s(summary: dict) -> float:
-    return sum(r.get("modelled_transfer_s") or 0 for r in summary["per_round"])
-
-
-def _compute_s(summary: dict) -> float:
-    return sum(sum(r["seconds"].values()) for r in summary["per_round"])
-
-
-def _network_note(cfg: RunConfig) -> list[str]:
-    net = cfg.network
-    return [f"Transfer times are **modelled**, not measured: the in-process run moves bytes for free, so each "
-            f"round's measured bytes are put through a link of {net.uplink_mbps:g} Mbit/s up, "
-            f"{net.downlink_mbps:g} Mbit/s down and {net.latency_ms:g} ms latency per message "
-            "(`network.*`), clients in parallel.", ""]
-
-
-def _difference_section(runs: Runs, metrics: list[tuple[str, str]]) -> list[str]:
-    others = [m for m in runs if m != BASELINE]
-    if BASELINE not in runs or not others:
-        return []
-    rows = []
-    for method in others:
-        cells = []
-        for k, _ in metrics:
-            diffs = paired_differences(runs, method, k)
-            if diffs:
-                mean, lo, hi = paired_bootstrap(diffs)
-                cells.append(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={len(diffs)})")
-            else:
-                cells.append("–")
-        rows.append([method, *cells])
-    lower = [label for k, label in metrics if k in LOWER_IS_BETTER]
-    higher = [label for k, label in metrics if k not in LOWER_IS_BETTER]
-    sign = "; ".join(part for part in (
-        f"negative is better for {', '.join(lower)}" if lower else "",
-        f"positive is better for {', '.join(higher)}" if higher else "") if part)
-    return [f"## Paired difference to {BASELINE}", "",
-            f"Mean of (method − {BASELINE}) over (client, seed) pairs on the same client and seed (a method with "
-            f"fewer seeds pairs on the seeds it has; centralized's one model is paired with each {BASELINE} "
-            f"client), with the 95% percentile interval of 10,000 paired bootstrap resamples (RNG seed 0) and "
-            f"the number of pairs. {sign[:1].upper() + sign[1:]}.", "",
-            *_table(["method", *(label for _, label in metrics)], rows), ""]
-
-
-def _own_other_section(runs: Runs, metrics: list[tuple[str, str]]) -> list[str]:
-    def has_own(per_seed):
-        return any(d is not None for s in per_seed.values() for d in (s.get("own_domain") or {}).values())
-
-    methods = [m for m, per_seed in runs.items() if has_own(per_seed)]
-    if not methods:
-        return []
-    cols = [(k, label, i) for k, label in metrics for i in (0, 1)
-            if any(own_other(s, k)[i] is not None for m in methods for s in runs[m].values())]
-    rows = [[m, *(over_seeds(runs[m], lambda s, k=k, i=i: own_other(s, k)[i]) for k, _, i in cols)]
-            for m in methods]
-    return ["## Own domain vs the other domains", "",
-            "Per client its own private domain vs the mean over the other eval domains, then the mean over "
-            "clients; mean over seeds ± 95% t-interval. Methods without own domains (centralized, iid or "
-            "dirichlet partitions) are left out.", "",
-            *_table(["method", *(f"{label} {('own', 'other')[i]}" for _, label, i in cols)], rows), ""]
-
-
-def _nll_section(runs: Runs, cfg: RunConfig) -> list[str]:
-    clients = list(dict.fromkeys(c for per_seed in runs.values() for s in per_seed.values()
-                                 for c in seed_scores(s, "nll")))
-    if not clients:
-        return []
-    models = {c.name: c.model for c in cfg.clients} | {"centralized": cfg.clients[0].model}
-    rows = [[c, models.get(c, "?"), *(over_seeds(per_seed, lambda s, c=c: seed_scores(s, "nll").get(c))
-                                      for per_seed in runs.values())] for c in clients]
-    return ["## Per-token NLL per client", "",
-            "Held-out reference NLL per token, averaged over the eval domains (mean over seeds ± 95% t-interval). "
-            "Per-token NLL depends on the tokenizer, so compare it only within a row (one client, one model); "
-            "across models use bits per byte.", "",
-            *_table(["client", "model", *runs], rows), ""]
-
-
-def _dropped_section(runs: Runs) -> list[str]:
-    if not any(s.get("dropped_too_long") for per_seed in runs.values() for s in per_seed.values()):
-        return []
-    clients = list(dict.fromkeys(c for per_seed in runs.values() for s in per_seed.values()
-                                 for c in s.get("dropped_too_long") or {}))
-    def dropped(per_seed: dict[int, dict], client: str) -> str:
-        counts = [s["dropped_too_long"].get(client, 0) for s in per_seed.values() if s.get("dropped_too_long")]
-        return f"{np.mean(counts):.3g}" if counts else "–"
-
-    rows = [[c, *(dropped(per_seed, c) for per_seed in runs.values())] for c in clients]
-    return ["## Training examples dropped as too long", "",
-            "Examples of the last round's training set (private and pseudo-labelled) longer than "
-            "`train.max_length`, left out, per client (mean over seeds).", "",
-            *_table(["client", *runs], rows), ""]
-
-
-PHASES = {"train": "training", "answer": "answers", "exchange": "exchange", "rest": "evaluation and setup"}
-
-
-def phase_seconds(summary: dict) -> dict[str, float]:
-    """A run's wall seconds split into training, answering the public prompts, the exchange (upload, embedding,
-    aggregation, transfer) and the rest (evaluation and setup), which the rounds do not time."""
-    phases = dict.fromkeys(("train", "answer", "exchange"), 0.0)
-    for r in summary["per_round"]:
-        for phase, seconds in r["seconds"].items():
-            phases[{"train": "train", "generate": "answer"}.get(phase, "exchange")] += seconds
-    return phases | {"rest": summary["seconds"] - sum(phases.values())}
-
-
-def _time_section(runs: Runs) -> list[str]:
-    every = [phase_seconds(s) for per_seed in runs.values() for s in per_seed.values()]
-    total = {p: sum(e[p] for e in every) for p in PHASES}
-    rows = [[method, str(len(per_seed)),
-             *(f"{_seed_mean(per_seed, lambda s, p=p: phase_seconds(s)[p]):.0f}" for p in PHASES),
-             f"{_seed_mean(per_seed, lambda s: s['seconds']):.0f}"] for method, per_seed in runs.items()]
-    return ["## Where the time went", "",
-            "Wall seconds of a run by phase, mean over seeds: training, answering the public prompts, the exchange "
-            "(upload, embedding, aggregation, transfer) and the rest, mostly the final evaluation and setup. A "
-            "run that was paused counts its pauses in the phase they fell in.", "",
-            *_table(["method", "seeds", *(f"{label} s" for label in PHASES.values()), "wall s"], rows), "",
-            f"All {len(every)} runs: {sum(total.values()):,.0f} s, of which "
-            + ", ".join(f"{label} {total[p]:,.0f} s" for p, label in PHASES.items()) + ".", ""]
-
-
-def _communication_section(runs: Runs, cfgs: dict[str, RunConfig]) -> list[str]:
-    if "semantic_consensus" not in runs or "fedavg" not in runs:
-        return []
-    sc, fa = (runs[m][min(runs[m])] for m in ("semantic_consensus", "fedavg"))
-    if not fa["bytes_up"] + fa["bytes_down"]:
-        return []
-    measured = (fa["bytes_up"] + fa["bytes_down"]) / max(sc["bytes_up"] + sc["bytes_down"], 1)
-    lines = ["## Communication", "",
-             f"- measured in this compare (first seed): fedavg moved **{measured:,.0f}x** the bytes of semantic "
-             f"consensus ({per_client_round(fa) / max(per_client_round(sc), 1):,.0f}x per client per round, up + "
-             "down; fedavg also averages once after the last training round)"]
-    if ratio := analytic_ratio(cfgs["semantic_consensus"], sc):
-        lines.append(f"- analytic for this model (`semcon comm`): {ratio}")
-    lines += ["- for large models see `semcon comm` (Llama-3.1-405B, LoRA r=32 on q_proj,v_proj: about 1000x)", ""]
-    return lines
-
-
-def round_bpb(row: dict) -> float | None:
-    """Held-out bits per byte after this round, mean over clients and domains (None without scores)."""
-    values = [m["bpb"] for per_domain in (row.get("reference") or {}).values() for m in per_domain.values()
-              if "bpb" in m]
-    return _mean(values)
-
-
-def per_round_mean(per_seed: dict[int, dict], value: Callable[[dict], float | None]) -> tuple[list[int], list[float]]:
-    """Rounds and, per round, the mean over seeds of ``value(row)`` where a seed has it."""
-    by_round: dict[int, list[float]] = {}
-    for s in per_seed.values():
-        for r in s["per_round"]:
-            if (v := value(r)) is not None:
-                by_round.setdefault(r["round"], []).append(v)
-    rounds = sorted(by_round)
-    return rounds, [float(np.mean(by_round[r])) for r in rounds]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _round_axis(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def quality_figure(runs: Runs):
-    """Held-out bits per byte per round, mean over clients, domains and seeds."""
-    fig, ax = _plt().subplots(figsize=(6, 4))
-    for method, per_seed in runs.items():
-        xs, ys = per_round_mean(per_seed, round_bpb)
-        if xs:
-            ax.plot(xs, ys, marker="o", label=method)
-    ax.set(xlabel="round", ylabel="held-out bits per byte\n(mean over clients, domains, seeds)",
-           title="quality per round (lower is better)")
-    _round_axis(ax)
-    if ax.lines:
-        ax.legend()
-    else:
-        ax.text(0.5, 0.5, "no per-round reference scores in these runs", ha="center", transform=ax.transAxes)
-    return fig
-
-
-def label_quality_figure(runs: Runs):
-    """Pseudo-label quality per round against the held-back references: the consensus answer, a random
-    client's answer (expected) and each client's own; ROUGE-L and cosine panels, mean over seeds. None
-    when no run recorded it."""
-    methods = {m: ps for m, ps in runs.items() if any(r.get("answer_quality") for s in ps.values()
-                                                         for r in s["per_round"])}
-    if not methods:
-        return None
-    fig, axes = _plt().subplots(1, 2, figsize=(11, 4))
-    for ax, metric, label in zip(axes, ("rouge_l", "cosine"), ("ROUGE-L", "cosine"), strict=True):
-        for method, per_seed in methods.items():
-            prefix = f"{method}: " if len(methods) > 1 else ""
-            clients = dict.fromkeys(c for s in per_seed.values() for r in s["per_round"]
-                                    for c in (r.get("answer_quality") or {}).get("clients", {}))
-            series = [("consensus", ("consensus",), "-"), ("random client", ("random",), "--"),
-                      *((f"{c} own", ("clients", c), ":") for c in clients)]
-            for name, keys, style in series:
-                xs, ys = per_round_mean(per_seed, lambda r, keys=keys, metric=metric:
-                                        _dig(r.get("answer_quality"), *keys, metric))
-                if xs:
-                    ax.plot(xs, ys, style, marker="o", label=prefix + name)
-        ax.set(xlabel="round", ylabel=f"{label} to the reference (mean over seeds)", title=f"pseudo-labels: {label}")
-        _round_axis(ax)
-        ax.legend(fontsize="small")
-    return fig
-
-
-def _dig(node, *keys):
-    for key in keys:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def bytes_figure(runs: Runs):
-    """Cumulative bytes per round of each method's first seed (log scale)."""
-    fig, ax = _plt().subplots(figsize=(6, 4))
-    for method, per_seed in runs.items():
-        s = per_seed[min(per_seed)]
-        rounds = [r["round"] for r in s["per_round"]]
-        total = np.cumsum([r["bytes_up"] + r["bytes_down"] for r in s["per_round"]])
-        if len(total) and total[-1] > 0:
-            ax.plot(rounds, np.maximum(total, 1), marker="o", label=method)
-    ax.set_yscale("log")
-    ax.set(xlabel="round", ylabel="cumulative bytes (up + down, all clients)", title="communication (first seed)")
-    _round_axis(ax)
-    if ax.lines:
-        ax.legend()
-    return fig
-
-
-def seconds_figure(runs: Runs):
-    """A run's wall seconds by phase (``phase_seconds``), mean over seeds, one stacked bar per method."""
-    fig, ax = _plt().subplots(figsize=(7, 4))
-    bottom = np.zeros(len(runs))
-    for phase, label in PHASES.items():
-        values = np.array([_seed_mean(ps, lambda s, p=phase: phase_seconds(s)[p]) for ps in runs.values()])
-        ax.bar(list(runs), values, bottom=bottom, label=label)
-        bottom += values
-    ax.set(ylabel="seconds (mean over seeds)", title="wall seconds per phase")
-    ax.legend()
-    return fig
-
-
-PLOTS = dict(zip(PLOT_NAMES, (quality_figure, label_quality_figure, bytes_figure, seconds_figure), strict=True))
-
-
-def make_plots(out: Path, runs: Runs) -> list[Path]:
-    """The report's PNG plots in ``out`` (a plot without data is left out)."""
-    paths = []
-    for name, figure in PLOTS.items():
-        if (fig := figure(runs)) is not None:
-            fig.tight_layout()
-            fig.savefig(out / f"{name}.png", dpi=110)
-            _plt().close(fig)
-            paths.append(out / f"{name}.png")
-    return paths
 
 
 def parse_methods(text: str | None) -> list[str]:

@@ -250,6 +250,8 @@ class RunDir:
         if path.is_file():
             os.replace(path, path.with_name("state.prev.json"))
         write_atomic(path, json.dumps(state, ensure_ascii=False))
+        if state.get("next_round") == 1:  # the state after round 0, kept for ``simulation.fork``
+            write_atomic(path.with_name("state.round_00.json"), json.dumps(state, ensure_ascii=False))
 
     def has_state(self) -> bool:
         return self.state_path.is_file() or self.state_path.with_name("state.prev.json").is_file()

@@ -6,18 +6,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
 from semcon.assembly import Federation, assemble, client_round
 from semcon.client import answer_together, evaluate_together
-from semcon.config import RunConfig, load_config
+from semcon.config import ConsensusConfig, RunConfig, load_config
 from semcon.data import public_prompts
 from semcon.energy import EnergyMeter
 from semcon.federation import federate
-from semcon.protocol import encode
-from semcon.rundir import RunDir, RunState
+from semcon.protocol import decode, encode
+from semcon.rundir import RunDir, RunState, jsonl, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,11 @@ class LocalGroup:
     Clients run their heavy phases one after another (two trainings at once do not fit in 24 GiB).
     """
 
-    def __init__(self, fed: Federation, checkpoints: Path):
+    def __init__(self, fed: Federation, checkpoints: Path, answered: dict[int, dict[str, bytes]] | None = None):
         self.fed, self.checkpoints = fed, checkpoints
         self.clients = {c.name: c for c in fed.clients}
         self.names = list(self.clients)
+        self.answered = answered or {}  # round -> client -> upload already answered (a fork's round 1)
 
     def train_units(self, members: list[str]) -> int:
         return sum(self.clients[n].steps for n in members)
@@ -62,6 +65,11 @@ class LocalGroup:
 
     def upload(self, t, members, tick):
         algo = self.fed.algorithm
+        if set(members) <= set(self.answered.get(t, {})):  # the same clients answered the same prompts already
+            for name in members:
+                self.clients[name].sent = dict(decode(self.answered[t][name], algo.limits).answers)
+                tick()
+            return {n: self.answered[t][n] for n in members}, {}
         if algo.upload_phase == "generate":  # clients on one base model answer in shared batches
             try:
                 uploads = answer_together([self.clients[n] for n in members], t, algo.prompts)
@@ -123,10 +131,56 @@ def resume(out: Path, progress=None) -> dict:
     return run(cfg, out, progress, overwrite=True)
 
 
-def _session(cfg: RunConfig, run_dir: RunDir, progress, resuming: bool = False) -> dict:
+def fork(source: Path, cfg: RunConfig, out: Path, progress=None) -> dict:
+    """Run ``cfg`` into ``out`` from ``source``'s round 0 and round-1 answers instead of computing them again:
+    for a run that differs from ``source`` only in what the server does with the answers (``prefix_key``), they
+    are the same. Its round-0 rows, state and adapters are copied; round 1 sends the kept uploads again."""
+    from semcon.server import uploads_from_rows
+
+    source, run_dir = Path(source), RunDir.create(out, cfg)
+    if prefix_key(load_config(source / "config.yaml", check_files=False)) != prefix_key(cfg):
+        raise ValueError(f"{source} differs from this run in more than the server's consensus settings")
+    shutil.copy2(source / "public.jsonl", run_dir.path / "public.jsonl")
+    for name in ("metrics.jsonl", "ledger.jsonl"):
+        rows = [r for r in read_rows(source / name) if r.get("event", "round") == "round" and r.get("round") == 0]
+        (run_dir.path / name).write_text(jsonl(rows), encoding="utf-8")
+    for adapter in (source / "checkpoints" / "clients").glob("*/round_00.safetensors"):
+        target = run_dir.path / "checkpoints" / "clients" / adapter.parent.name
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(adapter, target / adapter.name)
+    run_dir.save_state(json.loads((source / "checkpoints" / "state.round_00.json").read_text(encoding="utf-8")))
+    answered = {n: encode(u) for n, u in uploads_from_rows(1, read_rows(source / "uploads" / "round_01.jsonl")).items()}
+    log.info("%s: round 0 and round 1's answers from %s", out, source)
+    return _session(cfg, run_dir, progress, resuming=True, answered={1: answered})
+
+
+def can_fork(source: Path) -> bool:
+    """Whether ``source`` kept what ``fork`` needs: round 0's state and adapters, and round 1's uploads."""
+    source = Path(source)
+    return ((source / "checkpoints" / "state.round_00.json").is_file() and (source / "uploads" / "round_01.jsonl").is_file()
+            and any((source / "checkpoints" / "clients").glob("*/round_00.safetensors")))
+
+
+# Consensus settings that act on the server only: runs that differ only in these share round 0 and round 1's answers.
+SERVER_ONLY = frozenset(ConsensusConfig.model_fields) - {"competence", "competence_levels", "knn_k", "embedder",
+                                                         "max_answer_chars"}
+
+
+def prefix_key(cfg: RunConfig) -> str:
+    """What decides a run's round 0 and its round-1 answers: the whole config but its name, its seeds plan and
+    the server-only consensus settings (``skip_own`` acts only from round 1's training on)."""
+    tree = cfg.model_dump(mode="json")
+    for key in ("name", "seeds", "log"):
+        tree.pop(key, None)
+    tree["consensus"] = {k: v for k, v in tree["consensus"].items() if k not in SERVER_ONLY}
+    return json.dumps(tree, sort_keys=True)
+
+
+def _session(cfg: RunConfig, run_dir: RunDir, progress, resuming: bool = False,
+             answered: dict[int, dict[str, bytes]] | None = None) -> dict:
     with EnergyMeter(cfg.eval.energy) as meter:
         fed = assemble(cfg, prompts=run_dir.public_prompts(lambda: public_prompts(cfg)))
-        group = LocalGroup(fed, run_dir.path / "checkpoints" / "clients")
+        group = LocalGroup(fed, run_dir.path / "checkpoints" / "clients", answered)
         state = None
         if resuming:
             state = RunState.load(run_dir)  # after setup, which seeds: this restores the RNG

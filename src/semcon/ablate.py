@@ -1,0 +1,137 @@
+"""``semcon ablate``: a compare in every cell of a grid of config overrides, then one table and a plot per axis.
+
+Cells are ``DIR/<cell>/`` (each a compare directory: ``<cell>/<method>/seed-<S>/``). Finished cells are read,
+not run again; a failed cell is reported with its reason and the others go on. A semantic-consensus run that
+differs from an earlier cell's run of the same seed only in the server's consensus settings starts from that
+run's round 0 and round-1 answers (``simulation.fork``), since those do not depend on the rule; another method's
+run that does not read the consensus at all is copied from the first cell that ran it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from semcon.compare import plan, run_compare, run_dir, seed_plan, write_manifest
+from semcon.config import ConfigError, RunConfig, load_config
+from semcon.report import Runs, ablation_report, write_report
+from semcon.simulation import can_fork, prefix_key
+
+log = logging.getLogger(__name__)
+RunOne = Callable[[RunConfig, Path, bool], dict]  # run (or resume) one federation into a run directory
+
+
+@dataclass
+class Cell:
+    """One point of the grid: its overrides, its folder, and what came of it."""
+
+    name: str
+    overrides: list[str]
+    runs: Runs = field(default_factory=dict)
+    cfgs: dict[str, RunConfig] = field(default_factory=dict)
+    error: str | None = None
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """``KEY=V1,V2,...`` axes (a value may be YAML: brackets keep a list together, e.g. ``[knn, gain]``)."""
+    axes: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        values = [v.strip() for v in re.split(r",(?![^\[]*\])", raw) if v.strip()]
+        if not sep or not key.strip() or not values:
+            raise ConfigError(f"--grid {item!r} is not KEY=V1,V2,...")
+        if key.strip() in axes:
+            raise ConfigError(f"--grid: {key.strip()!r} is given twice")
+        axes[key.strip()] = values
+    return axes
+
+
+def cells_of(axes: dict[str, list[str]]) -> list[Cell]:
+    """The cartesian product of the axes, in order, each named for its values."""
+    cells = []
+    for values in itertools.product(*axes.values()):
+        overrides = [f"{k}={v}" for k, v in zip(axes, values)]
+        name = "+".join(re.sub(r"[^A-Za-z0-9._=-]+", "_", o).strip("_") for o in overrides)
+        cells.append(Cell(name, overrides))
+    return cells
+
+
+def ablate(config: Path, axes: dict[str, list[str]], out: Path, methods: list[str], sets: list[str],
+           seeds: int | None, run_one: RunOne, fork: Callable[[Path, RunConfig, Path], dict]) -> list[Cell]:
+    """Run every cell that has not finished (``run_one``, or ``fork`` from an earlier cell's run where only the
+    server's consensus differs) and write ``out/ablation.md``, ``ablation.json`` and one plot per axis."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = cells_of(axes)
+    done: list[tuple[RunConfig, Path]] = []  # runs that finished, for sharing
+    for cell in cells:
+        where = out / cell.name
+        try:
+            cfgs = {m: load_config(config, [*sets, *cell.overrides, f"method={m}"]) for m in methods}
+            runnable, skipped = plan(cfgs)
+            if not runnable:
+                raise ConfigError("; ".join(f"{m}: {why}" for m, why in skipped.items()))
+            cell.cfgs = {m: cfgs[m] for m in runnable}
+            plan_seeds = seed_plan(cfgs[methods[0]], runnable, seeds)
+            where.mkdir(exist_ok=True)
+            write_manifest(where, plan_seeds, skipped)
+
+            def one(cfg: RunConfig, target: Path, resuming: bool) -> dict:
+                if not resuming and (source := _shared(cfg, done)) is not None:
+                    summary = _reuse(source, cfg, target, fork)
+                else:
+                    summary = run_one(cfg, target, resuming)
+                return summary
+
+            cell.runs = run_compare(where, cell.cfgs, plan_seeds, one, resume=True)
+            done += [(cell.cfgs[m].model_copy(update={"seed": s}), run_dir(where, m, s))
+                     for m, per_seed in cell.runs.items() for s in per_seed]
+            write_report(where, cell.runs, cell.cfgs, skipped, title=f"semcon ablate cell `{cell.name}`")
+        except Exception as e:  # noqa: BLE001 - a failed cell is reported, the others go on
+            cell.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            log.warning("cell %s failed: %s", cell.name, cell.error)
+    ablation_report(out, axes, cells)
+    return cells
+
+
+def _shared(cfg: RunConfig, done: list[tuple[RunConfig, Path]]) -> Path | None:
+    """A finished run this one can start from: semantic consensus of the same prefix (``prefix_key``) that kept
+    round 0; another method whose config is the same but for the consensus it never reads."""
+    for other, path in done:
+        if other.method != cfg.method:
+            continue
+        if cfg.method == "semantic_consensus" and prefix_key(other) == prefix_key(cfg) and can_fork(path):
+            return path
+        if cfg.method != "semantic_consensus" and _without_consensus(other) == _without_consensus(cfg):
+            return path
+    return None
+
+
+def _without_consensus(cfg: RunConfig) -> str:
+    tree = cfg.model_dump(mode="json")
+    for key in ("name", "seeds", "log", "consensus"):
+        tree.pop(key, None)
+    return json.dumps(tree, sort_keys=True)
+
+
+def _reuse(source: Path, cfg: RunConfig, target: Path, fork) -> dict:
+    """Fork a semantic-consensus run from ``source``, or copy another method's finished run (its results do not
+    depend on the consensus settings, which are all that differ); its config keeps this cell's settings."""
+    if cfg.method == "semantic_consensus":
+        return fork(source, cfg, target)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+    (target / "config.yaml").write_text(cfg.dump(), encoding="utf-8")
+    summary = json.loads((target / "summary.json").read_text(encoding="utf-8"))
+    summary["copied_from"] = str(source)
+    (target / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    log.info("%s: copied from %s (%s does not read the consensus settings)", target, source, cfg.method)
+    return summary
+

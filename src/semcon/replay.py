@@ -1,0 +1,166 @@
+"""``semcon verify`` and ``semcon replay``: a run's consensus recomputed from the uploads it kept, no model needed.
+
+Both read ``uploads/round_NN.jsonl`` and call the server's own ``server.choose``. Verify recomputes every round
+under the run's config and compares with ``pseudo_labels/``; replay recomputes under other rules (and, for
+robustness, with one client's upload turned into an attacker's) and measures the labels: this is how a user
+picks a rule before paying for training runs. Round 1's uploads do not depend on the rule (they follow round
+0, private data only); later rounds' uploads came from clients trained on this run's own labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from semcon.attacks import attack
+from semcon.competence import quantize
+from semcon.config import AttackConfig, ConfigError, RunConfig, load_config
+from semcon.data import Prompt, build_splits, experts_of
+from semcon.embed import Embedder
+from semcon.protocol import Upload, digest
+from semcon.rundir import RunDir, RunDirError, read_rows
+from semcon.server import Answers, choose, pseudo_labels, round_metrics, uploads_from_rows
+
+
+@dataclass
+class Kept:
+    """What a run kept of its consensus rounds: config, prompts, each round's valid uploads, the experts."""
+
+    cfg: RunConfig
+    prompts: list[Prompt]
+    uploads: dict[int, dict[str, Upload]]  # round -> client -> upload
+    experts: dict[str, str]
+    path: Path
+
+    def embedder(self) -> Embedder:
+        return Embedder(self.cfg.consensus.embedder, batch_size=self.cfg.consensus.embed_batch_size)
+
+
+def load_kept(path: Path, need_experts: bool = True) -> Kept:
+    """A run directory's kept uploads; RunDirError (one line) when it has none to recompute from."""
+    path = Path(path)
+    try:
+        cfg = load_config(path / "config.yaml", check_files=False)
+    except ConfigError as e:
+        raise RunDirError(f"{path}: cannot read its config ({e})") from None
+    if cfg.method != "semantic_consensus":
+        raise RunDirError(f"{path}: a {cfg.method} run exchanges no answers: nothing to recompute")
+    files = sorted((path / "uploads").glob("round_*.jsonl"))
+    if not files:
+        raise RunDirError(f"{path}: no uploads/round_NN.jsonl (a run from before semcon kept its uploads, or "
+                          "no consensus round finished)")
+    if not (path / "public.jsonl").is_file():
+        raise RunDirError(f"{path}: no public.jsonl")
+    prompts = RunDir(path).public_prompts(lambda: [])
+    uploads = {int(f.stem.removeprefix("round_")): uploads_from_rows(int(f.stem.removeprefix("round_")), read_rows(f))
+               for f in files}
+    experts = experts_of(cfg)
+    if need_experts and not experts:  # iid / dirichlet: the expert holds the most private rows of a domain
+        experts = experts_of(cfg, build_splits(cfg, prompts))
+    return Kept(cfg, prompts, uploads, experts, path)
+
+
+def verify(path: Path) -> tuple[int, str | None]:
+    """Recompute every round's pseudo-labels from the kept uploads with the run's config and embedder: the
+    number of rounds checked and the first difference (None: every round matches). Each kept upload is also
+    checked against the digest of what arrived (the ledger)."""
+    kept = load_kept(path, need_experts=kept_needs_experts(path))
+    digests = {(r["round"], r["client"]): r.get("digest") for r in read_rows(kept.path / "ledger.jsonl")
+               if r.get("direction") == "up" and r.get("kind") == "upload"}
+    embedder = kept.embedder()
+    for t, uploads in sorted(kept.uploads.items()):
+        for name, upload in uploads.items():
+            if digests.get((t, name)) != digest(upload):
+                return t, (f"round {t}: the kept upload of client {name!r} (uploads/round_{t:02d}.jsonl) differs "
+                           "from what arrived (its digest in ledger.jsonl)")
+        labels = {lab.prompt_id: lab for lab in _labels(kept, t, uploads, kept.cfg, embedder)}
+        stored_path = kept.path / "pseudo_labels" / f"round_{t:02d}.jsonl"
+        stored = {r["prompt_id"]: r for r in read_rows(stored_path)} if stored_path.is_file() else {}
+        for p in kept.prompts:
+            mine, theirs = labels.get(p.id), stored.get(p.id)
+            if (mine and asdict(mine)) != theirs:
+                said = f"the answer of client {theirs['client']!r}" if theirs else "no label"
+                redone = f"the answer of client {mine.client!r}" if mine else "no label"
+                return t, (f"round {t}, prompt {p.id}: pseudo_labels/round_{t:02d}.jsonl has {said}"
+                           f"{' (text edited)' if mine and theirs and mine.client == theirs['client'] else ''}, "
+                           f"recomputed: {redone}")
+    return len(kept.uploads), None
+
+
+def kept_needs_experts(path: Path) -> bool:
+    """Whether verifying needs each domain's expert (only the oracle_expert bound reads it)."""
+    try:
+        return load_config(Path(path) / "config.yaml", check_files=False).consensus.rule == "oracle_expert"
+    except ConfigError:
+        return False
+
+
+def _labels(kept: Kept, t: int, uploads: dict[str, Upload], cfg: RunConfig, embedder: Embedder, experts=None):
+    answers = Answers.of(kept.prompts, uploads, cfg.consensus.signals)
+    picked = choose(cfg.consensus, kept.prompts, answers, embedder, experts or kept.experts, (cfg.seed % 2**32, t))
+    return pseudo_labels(kept.prompts, picked)
+
+
+def parse_rule(spec: str) -> tuple[str, list[str]]:
+    """``NAME[:key=value,...]`` (consensus keys) as a label and ``consensus.*`` overrides."""
+    name, _, rest = spec.partition(":")
+    sets = [f"consensus.rule={name.strip()}"]
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--rule {spec!r}: {item!r} is not key=value")
+        sets.append(f"consensus.{key.strip().removeprefix('consensus.')}={value.strip()}")
+    return spec, sets
+
+
+def parse_attack(spec: str) -> tuple[str, AttackConfig]:
+    """``CLIENT[:answers=constant]`` as the client and its inflate_competence attack."""
+    client, _, rest = spec.partition(":")
+    fields = dict(item.split("=", 1) for item in filter(None, rest.split(",")) if "=" in item)
+    try:
+        return client.strip(), AttackConfig(kind="inflate_competence", **fields)
+    except ValueError as e:
+        raise ConfigError(f"--attack {spec!r}: {str(e).splitlines()[0]}") from None
+
+
+def replay(path: Path, rules: list[str], sets: list[str] = (), attackers: list[str] = ()) -> list[dict]:
+    """One row per rule and round: the labels' quality against the held-back references, the share of
+    prompts labelled, each domain's expert share and each client's share of the labels. ``sets``: consensus
+    overrides for every rule; ``attackers``: clients whose kept uploads are replayed as inflate_competence."""
+    kept = load_kept(path)
+    tree = kept.cfg.model_dump(mode="json")
+    bad = [s for s in sets if not s.startswith("consensus.")]
+    if bad:
+        raise ConfigError(f"--set {bad[0]!r}: replay recomputes the consensus only, so only consensus.* keys apply")
+    attacks = dict(parse_attack(a) for a in attackers)
+    if unknown := sorted(set(attacks) - {c.name for c in kept.cfg.clients}):
+        raise ConfigError(f"--attack: no client {unknown[0]!r} in this run")
+    embedder, out = kept.embedder(), []
+    for spec in rules:
+        label, rule_sets = parse_rule(spec)
+        cfg = load_config(tree=tree, overrides=[*sets, *rule_sets], check_files=False)
+        if cfg.consensus.signals != kept.cfg.consensus.signals:
+            raise ConfigError(f"--rule {spec!r}: the run's uploads carry competence {kept.cfg.consensus.signals or 'none'}; "
+                              "replay reads those (consensus.competence cannot change after the fact)")
+        for t, uploads in sorted(kept.uploads.items()):
+            uploads = {n: attack(_levels(u, cfg.consensus.competence_levels), attacks.get(n)) for n, u in uploads.items()}
+            answers = Answers.of(kept.prompts, uploads, cfg.consensus.signals)
+            picked = choose(cfg.consensus, kept.prompts, answers, embedder, kept.experts, (cfg.seed % 2**32, t))
+            labels = pseudo_labels(kept.prompts, picked)
+            m = round_metrics(kept.prompts, picked, labels, kept.experts, embedder)
+            out.append({"rule": label, "round": t, "labelled": m["pseudo_labels"] / max(m["prompts"], 1),
+                        "quality": m["answer_quality"], "expert_share": m["expert_share"],
+                        "label_share": m["label_share"], "attackers": sorted(attacks),
+                        "bound": cfg.consensus.oracle})
+    return out
+
+
+def _levels(upload: Upload, levels: int | None) -> Upload:
+    """The upload as a client quantizing its competence to ``levels`` would have sent it."""
+    if levels is None:
+        return upload
+    comp = {s: {pid: float(quantize(np.array(v), levels)) for pid, v in values.items()}
+            for s, values in upload.competence.items()}
+    return Upload(upload.round, upload.client, upload.answers, upload.finished, upload.confidence, comp)
