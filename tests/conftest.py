@@ -244,3 +244,19 @@ def one_line_error(result, needle: str) -> None:
     assert result.exit_code == 2, result.output
     assert needle in result.output and "Traceback" not in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.fixture(scope="session")
+def kept_run(tiny_llama_dir, tmp_path_factory, worker_id) -> Path:
+    """A finished tiny semantic-consensus run that kept its uploads with both competence signals (4 levels),
+    one attacking client (math: inflate_competence with a constant text) and skip_own: for verify, replay and
+    the competence tests."""
+    from semcon import simulation
+    from semcon.config import load_config
+
+    tree = tiny_tree(str(tiny_llama_dir), consensus={"truncated": "keep", "competence": ["knn", "gain"],
+                                                     "competence_levels": 4, "rule": "gated", "fallback": "medoid",
+                                                     "skip_own": True})
+    tree["clients"][1]["attack"] = {"kind": "inflate_competence", "answers": "constant"}
+    return built_once(tmp_path_factory, worker_id, "kept-run",
+                      lambda out: simulation.run(load_config(tree=tree), out / "run", overwrite=True)) / "run"
