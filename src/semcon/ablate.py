@@ -2,9 +2,9 @@
 
 Cells are ``DIR/<cell>/`` (each a compare directory: ``<cell>/<method>/seed-<S>/``). Finished cells are read,
 not run again; a failed cell is reported with its reason and the others go on. A semantic-consensus run that
-differs from an earlier cell's run of the same seed only in the server's consensus settings starts from that
-run's round 0 and round-1 answers (``simulation.fork``), since those do not depend on the rule; another method's
-run that does not read the consensus at all is copied from the first cell that ran it.
+differs from a finished run of the same seed in ``DIR`` (this grid's or an earlier one's) only in the server's
+consensus settings starts from that run's round 0 and round-1 answers (``simulation.fork``), since those do not
+depend on the rule; another method's run that does not read the consensus at all is copied from it.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def ablate(config: Path, axes: dict[str, list[str]], out: Path, methods: list[st
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = cells_of(axes)
-    done: list[tuple[RunConfig, Path]] = []  # runs that finished, for sharing
+    done = finished_runs(out)  # runs that finished, in this grid or an earlier one in DIR, for sharing
     for cell in cells:
         where = out / cell.name
         try:
@@ -100,11 +100,22 @@ def ablate(config: Path, axes: dict[str, list[str]], out: Path, methods: list[st
     return cells
 
 
+def finished_runs(out: Path) -> list[tuple[RunConfig, Path]]:
+    """The finished runs of every cell already in ``out`` (``<cell>/<method>/seed-<S>/``), with their configs."""
+    found = []
+    for summary in sorted(Path(out).glob("*/*/seed-*/summary.json")):
+        try:
+            found.append((load_config(summary.parent / "config.yaml", check_files=False), summary.parent))
+        except ConfigError as e:
+            log.warning("%s: not used for sharing (%s)", summary.parent, e)
+    return found
+
+
 def _shared(cfg: RunConfig, done: list[tuple[RunConfig, Path]]) -> Path | None:
     """A finished run this one can start from: semantic consensus of the same prefix (``prefix_key``) that kept
     round 0; another method whose config is the same but for the consensus it never reads."""
     for other, path in done:
-        if other.method != cfg.method:
+        if other.method != cfg.method or other.seed != cfg.seed:
             continue
         if cfg.method == "semantic_consensus" and prefix_key(other) == prefix_key(cfg) and can_fork(path):
             return path
