@@ -79,3 +79,11 @@ def test_clients_send_both_signals_quantized_and_an_attacker_inflates(kept_run):
     assert {r["text"] for r in attacker} == {"The mitochondria is the powerhouse of the cell, and bananas are berries."}
     assert all(v == 1.0 for r in attacker for v in r["competence"].values())
     assert all(r.get("digest") for r in rows(kept_run / "ledger.jsonl") if r["kind"] == "upload")
+
+
+def test_the_codec_carries_competence():
+    from semcon.protocol import decode, encode, text_limits
+
+    msg = upload({"knn": {"p0": 0.25, "p1": 1.0}, "gain": {"p0": 0.0, "p1": 0.5}})
+    assert decode(encode(msg), text_limits(2, 100)) == msg
+    assert len(encode(msg)) > len(encode(upload({})))  # and the ledger counts the bytes it costs

@@ -202,6 +202,7 @@ def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dic
              f"are paired on client and seed); multiple-choice prompt `{cfg.eval.mmlu_prompt}`. Seeds run: "
              + "; ".join(f"{m} {_seeds_text(sorted(per_seed))}" for m, per_seed in runs.items()) + ".", ""]
     lines += _provenance_lines(runs)
+    lines += consensus_lines(cfgs)
     if missing:
         lines += [f"**Partial report:** planned but not finished, so left out: {', '.join(missing)}.", ""]
     lines += ["Quality is held-out, per client averaged over the eval domains; each cell is the mean over seeds of "
@@ -225,6 +226,21 @@ def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dic
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def consensus_lines(cfgs: dict[str, RunConfig]) -> list[str]:
+    """The consensus rule of the semantic-consensus runs, and a warning when it is a measurement bound."""
+    cfg = cfgs.get("semantic_consensus")
+    if cfg is None:
+        return []
+    c = cfg.consensus
+    signal = f" on competence signal `{c.used_signal}` ({c.competence_norm})" if c.used_signal else ""
+    lines = [f"Consensus rule: `{c.rule}`{signal}.", ""]
+    if c.oracle:
+        lines = [f"**A bound, not a method:** semantic_consensus here uses `{c.rule}`, which reads what no deployment "
+                 "has (" + ("who each domain's expert is" if c.rule == "oracle_expert" else "the held-back references")
+                 + "). It bounds what any selection rule, and the text channel itself, can reach.", ""]
+    return lines
 
 
 def _provenance_lines(runs: Runs) -> list[str]:
