@@ -34,8 +34,20 @@ class Kept:
     experts: dict[str, str]
     path: Path
 
-    def embedder(self) -> Embedder:
-        return Embedder(self.cfg.consensus.embedder, batch_size=self.cfg.consensus.embed_batch_size)
+    def embedder(self) -> Remembering:
+        return Remembering(Embedder(self.cfg.consensus.embedder, batch_size=self.cfg.consensus.embed_batch_size))
+
+
+class Remembering:
+    """The embedder, each text embedded once: replay embeds the same answers under every rule."""
+
+    def __init__(self, embedder: Embedder):
+        self.embedder, self.dim, self.seen = embedder, embedder.dim, {}
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if new := sorted({t for t in texts if t not in self.seen}):
+            self.seen.update(zip(new, self.embedder(new)))
+        return np.stack([self.seen[t] for t in texts]) if texts else np.zeros((0, self.dim), dtype=np.float32)
 
 
 def load_kept(path: Path, need_experts: bool = True) -> Kept:
