@@ -51,7 +51,8 @@ class Client:
         self.fmt = backbone.fmt
         self.pseudo: Download | None = None
         self.sent: dict[str, str] = {}  # prompt id -> the answer this client last uploaded (for skip_own)
-        self._cache: dict[str, object] = {}  # what does not change between rounds: embeddings, base-model scores
+        self._private_emb = None  # the private instructions embedded (knn), once
+        self._private_base = None  # the base model's mean log-probability of private responses (gain), once
         self._private_tok, self.dropped_private = self._tokenize([(e.instruction, e.response, 1.0) for e in private])
         if self.dropped_private:
             log.warning("client %s: dropped %d of %d private examples longer than train.max_length=%d",
@@ -118,30 +119,26 @@ class Client:
     def _knn(self, prompts: list[Prompt], outs: list[Generation]) -> np.ndarray:
         if self.embedder is None:
             raise RuntimeError(f"client {self.name!r}: the knn competence signal needs the consensus embedder")
-        if "private_emb" not in self._cache:
-            self._cache["private_emb"] = self.embedder([e.instruction for e in self.private])
-        return knn_competence(self._cache["private_emb"], self.embedder([p.instruction for p in prompts]),
+        if self._private_emb is None:
+            self._private_emb = self.embedder([e.instruction for e in self.private])
+        return knn_competence(self._private_emb, self.embedder([p.instruction for p in prompts]),
                               self.settings.consensus.knn_k)
 
     def _gain(self, prompts: list[Prompt], outs: list[Generation]) -> np.ndarray:
         """Per answer, its mean token log-probability under this client's adapter (its ``confidence``, from
         generation) minus that under the frozen base model; calibrated on the same log-ratio of private responses.
         The end-of-turn token counts where the template ends turns with one; a base model's stop text does not."""
-        eos = self.fmt.tok.eos_token_id if self.fmt.stop is None else None
-        answers = [TokenizedExample(*self._with_prompt(p.instruction, o.tokens + ([eos] if o.finished and eos is not None
-                                                                              else [])))
-                   for p, o in zip(prompts, outs)]
-        adapter = np.array([o.confidence for o in outs])
-        gains = adapter - self._mean_logprob(answers, base=True)
-        if "private_tok" not in self._cache:
-            self._cache["private_tok"] = self._private_tok[:self.GAIN_CALIBRATION]
-            self._cache["private_base"] = self._mean_logprob(self._cache["private_tok"], base=True)
-        calibration = self._mean_logprob(self._cache["private_tok"], base=False) - self._cache["private_base"]
-        return gain_competence(gains, calibration)
-
-    def _with_prompt(self, instruction: str, answer: list[int]) -> tuple[list[int], list[int]]:
-        prompt = self.fmt.prompt_ids(instruction)
-        return prompt + answer, [IGNORE] * len(prompt) + answer
+        eos = self.fmt.tok.eos_token_id
+        end = [eos] if self.fmt.stop is None and eos is not None else []
+        answers = []
+        for p, o in zip(prompts, outs):
+            prompt, answer = self.fmt.prompt_ids(p.instruction), o.tokens + (end if o.finished else [])
+            answers.append(TokenizedExample(prompt + answer, [IGNORE] * len(prompt) + answer))
+        gains = np.array([o.confidence for o in outs]) - self._mean_logprob(answers, base=True)
+        calibration = self._private_tok[:self.GAIN_CALIBRATION]
+        if self._private_base is None:
+            self._private_base = self._mean_logprob(calibration, base=True)
+        return gain_competence(gains, self._mean_logprob(calibration, base=False) - self._private_base)
 
     def _mean_logprob(self, examples: list[TokenizedExample], base: bool) -> np.ndarray:
         """Mean log-probability per response token of each example, under the base model or this client's adapter
