@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from semcon.compare import plan, run_compare, run_dir, seed_plan, write_manifest
+from semcon.compare import plan, run_compare, seed_plan, write_manifest
 from semcon.config import ConfigError, RunConfig, load_config
 from semcon.report import Runs, ablation_report, write_report
 from semcon.simulation import can_fork, prefix_key
@@ -69,7 +69,6 @@ def ablate(config: Path, axes: dict[str, list[str]], out: Path, methods: list[st
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = cells_of(axes)
-    done = finished_runs(out)  # runs that finished, in this grid or an earlier one in DIR, for sharing
     for cell in cells:
         where = out / cell.name
         try:
@@ -83,15 +82,13 @@ def ablate(config: Path, axes: dict[str, list[str]], out: Path, methods: list[st
             write_manifest(where, plan_seeds, skipped)
 
             def one(cfg: RunConfig, target: Path, resuming: bool) -> dict:
-                if not resuming and (source := _shared(cfg, done)) is not None:
+                if not resuming and (source := _shared(cfg, finished_runs(out))) is not None:
                     summary = _reuse(source, cfg, target, fork)
                 else:
                     summary = run_one(cfg, target, resuming)
                 return summary
 
             cell.runs = run_compare(where, cell.cfgs, plan_seeds, one, resume=True)
-            done += [(cell.cfgs[m].model_copy(update={"seed": s}), run_dir(where, m, s))
-                     for m, per_seed in cell.runs.items() for s in per_seed]
             write_report(where, cell.runs, cell.cfgs, skipped, title=f"semcon ablate cell `{cell.name}`")
         except Exception as e:  # noqa: BLE001 - a failed cell is reported, the others go on
             cell.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -111,10 +108,10 @@ def finished_runs(out: Path) -> list[tuple[RunConfig, Path]]:
     return found
 
 
-def _shared(cfg: RunConfig, done: list[tuple[RunConfig, Path]]) -> Path | None:
+def _shared(cfg: RunConfig, finished: list[tuple[RunConfig, Path]]) -> Path | None:
     """A finished run this one can start from: semantic consensus of the same prefix (``prefix_key``) that kept
     round 0; another method whose config is the same but for the consensus it never reads."""
-    for other, path in done:
+    for other, path in finished:
         if other.method != cfg.method or other.seed != cfg.seed:
             continue
         if cfg.method == "semantic_consensus" and prefix_key(other) == prefix_key(cfg) and can_fork(path):

@@ -376,6 +376,7 @@ def replay(
     labels: quality against the held-back references, expert share per domain, share labelled, share per client."""
     _quiet_libraries()
     from semcon.config import ConfigError
+    from semcon.provenance import provenance
     from semcon.replay import replay as replay_run
     from semcon.report import replay_lines
     from semcon.rundir import RunDirError
@@ -386,7 +387,7 @@ def replay(
         fail(str(e))
     out = out or run_dir / "replay"
     out.mkdir(parents=True, exist_ok=True)
-    text = "\n".join(replay_lines(rows, str(run_dir)))
+    text = "\n".join(replay_lines(rows, str(run_dir), provenance()))
     (out / "replay.md").write_text(text, encoding="utf-8")
     (out / "replay.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     console.print(Markdown(text))

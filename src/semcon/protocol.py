@@ -6,6 +6,8 @@ simulation and any network transport move exactly these bytes, so measured traff
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import unicodedata
@@ -88,9 +90,6 @@ def raw_bytes(msg: Message) -> int:
 def digest(msg: Upload) -> str:
     """A digest of an upload's content (not of its bytes: independent of map order and compression), so that
     the rows a run keeps of it can be checked against what arrived."""
-    import hashlib
-    import json
-
     body = {"round": msg.round, "client": msg.client, "answers": msg.answers, "finished": msg.finished,
             "confidence": msg.confidence, "competence": msg.competence}
     text = json.dumps(body, sort_keys=True, ensure_ascii=False, allow_nan=False)

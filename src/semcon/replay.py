@@ -21,7 +21,7 @@ from semcon.data import Prompt, build_splits, experts_of
 from semcon.embed import Embedder
 from semcon.protocol import Upload, digest
 from semcon.rundir import RunDir, RunDirError, read_rows
-from semcon.server import Answers, choose, pseudo_labels, round_metrics, uploads_from_rows
+from semcon.server import Answers, Choice, choose, pseudo_labels, round_metrics, uploads_from_rows
 
 
 @dataclass
@@ -51,7 +51,8 @@ class Remembering:
 
 
 def load_kept(path: Path, need_experts: bool = True) -> Kept:
-    """A run directory's kept uploads; RunDirError (one line) when it has none to recompute from."""
+    """A run directory's kept uploads; RunDirError (one line) when it has none to recompute from. The experts
+    are read when ``need_experts`` or the run's own rule needs them (oracle_expert)."""
     path = Path(path)
     try:
         cfg = load_config(path / "config.yaml", check_files=False)
@@ -69,7 +70,7 @@ def load_kept(path: Path, need_experts: bool = True) -> Kept:
     uploads = {int(f.stem.removeprefix("round_")): uploads_from_rows(int(f.stem.removeprefix("round_")), read_rows(f))
                for f in files}
     experts = experts_of(cfg)
-    if need_experts and not experts:  # iid / dirichlet: the expert holds the most private rows of a domain
+    if (need_experts or cfg.consensus.rule == "oracle_expert") and not experts:  # iid / dirichlet: the expert holds the most private rows of a domain
         experts = experts_of(cfg, build_splits(cfg, prompts))
     return Kept(cfg, prompts, uploads, experts, path)
 
@@ -78,7 +79,7 @@ def verify(path: Path) -> tuple[int, str | None]:
     """Recompute every round's pseudo-labels from the kept uploads with the run's config and embedder: the
     number of rounds checked and the first difference (None: every round matches). Each kept upload is also
     checked against the digest of what arrived (the ledger)."""
-    kept = load_kept(path, need_experts=kept_needs_experts(path))
+    kept = load_kept(path, need_experts=False)
     digests = {(r["round"], r["client"]): r.get("digest") for r in read_rows(kept.path / "ledger.jsonl")
                if r.get("direction") == "up" and r.get("kind") == "upload"}
     embedder = kept.embedder()
@@ -87,7 +88,7 @@ def verify(path: Path) -> tuple[int, str | None]:
             if digests.get((t, name)) != digest(upload):
                 return t, (f"round {t}: the kept upload of client {name!r} (uploads/round_{t:02d}.jsonl) differs "
                            "from what arrived (its digest in ledger.jsonl)")
-        labels = {lab.prompt_id: lab for lab in _labels(kept, t, uploads, kept.cfg, embedder)}
+        labels = {lab.prompt_id: lab for lab in recompute(kept, t, uploads, kept.cfg, embedder)[1]}
         stored_path = kept.path / "pseudo_labels" / f"round_{t:02d}.jsonl"
         stored = {r["prompt_id"]: r for r in read_rows(stored_path)} if stored_path.is_file() else {}
         for p in kept.prompts:
@@ -101,18 +102,11 @@ def verify(path: Path) -> tuple[int, str | None]:
     return len(kept.uploads), None
 
 
-def kept_needs_experts(path: Path) -> bool:
-    """Whether verifying needs each domain's expert (only the oracle_expert bound reads it)."""
-    try:
-        return load_config(Path(path) / "config.yaml", check_files=False).consensus.rule == "oracle_expert"
-    except ConfigError:
-        return False
-
-
-def _labels(kept: Kept, t: int, uploads: dict[str, Upload], cfg: RunConfig, embedder: Embedder, experts=None):
+def recompute(kept: Kept, t: int, uploads: dict[str, Upload], cfg: RunConfig, embedder) -> tuple[Choice, list]:
+    """Round ``t``'s consensus over ``uploads`` under ``cfg``, as the server computed it: the choice and its labels."""
     answers = Answers.of(kept.prompts, uploads, cfg.consensus.signals)
-    picked = choose(cfg.consensus, kept.prompts, answers, embedder, experts or kept.experts, (cfg.seed % 2**32, t))
-    return pseudo_labels(kept.prompts, picked)
+    picked = choose(cfg.consensus, kept.prompts, answers, embedder, kept.experts, (cfg.seed % 2**32, t))
+    return picked, pseudo_labels(kept.prompts, picked)
 
 
 def parse_rule(spec: str) -> tuple[str, list[str]]:
@@ -158,9 +152,7 @@ def replay(path: Path, rules: list[str], sets: list[str] = (), attackers: list[s
                               "replay reads those (consensus.competence cannot change after the fact)")
         for t, uploads in sorted(kept.uploads.items()):
             uploads = {n: attack(_levels(u, cfg.consensus.competence_levels), attacks.get(n)) for n, u in uploads.items()}
-            answers = Answers.of(kept.prompts, uploads, cfg.consensus.signals)
-            picked = choose(cfg.consensus, kept.prompts, answers, embedder, kept.experts, (cfg.seed % 2**32, t))
-            labels = pseudo_labels(kept.prompts, picked)
+            picked, labels = recompute(kept, t, uploads, cfg, embedder)
             m = round_metrics(kept.prompts, picked, labels, kept.experts, embedder)
             out.append({"rule": label, "round": t, "labelled": m["pseudo_labels"] / max(m["prompts"], 1),
                         "quality": m["answer_quality"], "expert_share": m["expert_share"],

@@ -567,8 +567,9 @@ def _share(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.0f}%"
 
 
-def replay_lines(rows: list[dict], run: str) -> list[str]:
-    """The markdown of ``semcon replay``: one row per rule and round, bounds named as bounds."""
+def replay_lines(rows: list[dict], run: str, produced_by: dict) -> list[str]:
+    """The markdown of ``semcon replay``: one row per rule and round, bounds named as bounds; ``produced_by``:
+    the provenance of the session that replayed."""
     domains = sorted({d for r in rows for d in r["expert_share"]})
     clients = list(dict.fromkeys(c for r in rows for c in r["label_share"]))
     head = ["rule", "round", "labelled", "ROUGE-L", "cosine", "random ROUGE-L", "random cosine",
@@ -583,7 +584,7 @@ def replay_lines(rows: list[dict], run: str) -> list[str]:
                       *(_share(r["expert_share"].get(d)) for d in domains),
                       *(_share(r["label_share"].get(c)) for c in clients)])
     attackers = sorted({a for r in rows for a in r["attackers"]})
-    return [f"# semcon replay of `{run}`", "",
+    return [f"# semcon replay of `{run}`", "", f"Produced by {describe(produced_by)}.", "",
             "Each rule recomputed from the run's kept uploads (`uploads/round_NN.jsonl`), no training. ROUGE-L and "
             "cosine: the pseudo-labels against the held-back references (random: a uniformly random client's "
             "answer); expert share: of each domain's labels, the share that is the answer of the client trained "

@@ -107,8 +107,9 @@ class Answers:
     def with_reference(self, prompts: list[Prompt]) -> Answers:
         """These answers plus the held-back references as one more column, ``reference`` (for the oracle bound;
         blank where a prompt has none)."""
-        p = len(prompts)
-        column = lambda table, value: np.concatenate([table, np.full((p, 1), value)], axis=1)  # noqa: E731
+        def column(table: np.ndarray, value) -> np.ndarray:
+            return np.concatenate([table, np.full((len(prompts), 1), value)], axis=1)
+
         return Answers([*self.names, REFERENCE], [[*row, q.reference or ""] for row, q in zip(self.texts, prompts)],
                        column(self.finished, True), column(self.confidence, np.nan),
                        {s: column(c, 1.0) for s, c in self.competence.items()})
