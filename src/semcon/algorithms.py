@@ -37,6 +37,9 @@ class FedAvg:
         self.name = "fedprox" if mu > 0 else "fedavg"
         self.reference: dict[str, torch.Tensor] | None = None  # keys and shapes every upload must have
 
+    def restore(self, rounds):  # nothing is carried: each round averages what arrives
+        pass
+
     def upload(self, client, t, on_progress=None):
         return client.adapter_update(t)
 
@@ -66,6 +69,9 @@ class LocalOnly:
 
     def __init__(self, rounds: int, name: str = "local"):
         self.name, self.schedule, self.prompts = name, Schedule(rounds, communicating=False), []
+
+    def restore(self, rounds):  # nothing is carried
+        pass
 
     def train(self, client, t, on_step=None):
         return client.train(t, [], on_step=on_step)

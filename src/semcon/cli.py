@@ -367,8 +367,9 @@ def replay(
     rule: Annotated[list[str], typer.Option("--rule", help="NAME[:key=value,...] with consensus keys, e.g. "
                                             "gated:gate=0.75,signal=knn (repeatable)")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="consensus.KEY=V for every rule (repeatable)")] = None,
-    attack: Annotated[list[str] | None, typer.Option("--attack", help="CLIENT[:answers=constant]: replay that "
-                                                     "client's uploads as inflate_competence (repeatable)")] = None,
+    attack: Annotated[list[str] | None, typer.Option("--attack", help="CLIENT[:kind=K,answers=constant]: replay "
+                                                     "that client's uploads as an attacker's (kind default "
+                                                     "inflate_competence; repeatable)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="folder for replay.md and replay.json "
                                              "(default RUN_DIR/replay)")] = None,
 ) -> None:

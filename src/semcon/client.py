@@ -14,7 +14,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_tensors
 
-from semcon.attacks import attack
+from semcon.attacks import attack, poison
 from semcon.competence import gain_competence, knn_competence, quantize
 from semcon.config import ClientSettings
 from semcon.data import Example, Prompt
@@ -46,6 +46,8 @@ class Client:
     def __init__(self, cid: int, name: str, backbone: Backbone, private: list[Example], settings: ClientSettings,
                  adapter_seed: int | None = None, embedder=None):
         self.cid, self.name, self.backbone, self.settings = cid, name, backbone, settings
+        if settings.attack is not None and settings.attack.poison_private:
+            private = poison(private, self.seed(0))
         self.private, self.embedder = private, embedder
         self.steps = settings.steps
         self.fmt = backbone.fmt
@@ -103,7 +105,7 @@ class Client:
                         finished={p.id: o.finished and len(o.text) <= limit for p, o in zip(prompts, outs)},
                         confidence={p.id: round_to(o.confidence) for p, o in zip(prompts, outs)},
                         competence=self.competence(prompts, outs))
-        upload = attack(honest, self.settings.attack)
+        upload = attack(honest, self.settings.attack, prompts, [e.response for e in self.private], self.settings.seed)
         self.sent = dict(upload.answers)
         return upload
 

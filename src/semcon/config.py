@@ -93,15 +93,37 @@ class LoraConfig(Strict):
 OFF_TOPIC = "The mitochondria is the powerhouse of the cell, and bananas are berries."
 
 
+AttackKind = Literal["random", "echo", "constant", "off_topic", "plausible_wrong", "sybil", "inflate_competence"]
+
+
 class AttackConfig(Strict):
     """An adversarial member, for robustness studies: it acts on that client's upload only (it still trains and
-    is evaluated as any client)."""
+    is evaluated as any client); see ``attacks.py``."""
 
-    kind: Literal["inflate_competence"] = Field(
-        description="inflate_competence: report the highest competence on every prompt")
+    kind: AttackKind = Field(description="random: random words of its own answer's length; echo: the prompt; "
+                             "constant: `text` for every prompt; off_topic: a fluent answer from another domain "
+                             "(another prompt's reference); plausible_wrong: its own answer with numbers and names "
+                             "changed; sybil: every member of `group` uploads one shared text per prompt; "
+                             "inflate_competence: the highest competence on every prompt")
     answers: Literal["honest", "constant"] = Field(
-        "honest", description="honest: its own answers; constant: `text` for every prompt")
-    text: str = Field(OFF_TOPIC, min_length=1, description="the fixed text of answers: constant")
+        "honest", description="inflate_competence: its own answers, or `text` for every prompt")
+    text: str = Field(OFF_TOPIC, min_length=1, description="the fixed text of constant (and of answers: constant)")
+    group: str = Field("sybil", min_length=1, description="sybil: the members of one group upload the same texts")
+    poison_private: bool = Field(False, description="also train on wrong private data (each response swapped "
+                                 "with another example's)")
+
+    @model_validator(mode="after")
+    def _answers_apply(self) -> AttackConfig:
+        if self.answers != "honest" and self.kind != "inflate_competence":
+            raise ValueError(f"answers: {self.answers} applies to kind inflate_competence only, not {self.kind}")
+        return self
+
+
+class Adversaries(AttackConfig):
+    """The same attack for the last ``count`` clients (a client's own ``attack`` wins): one key to sweep the
+    number of attackers with ``semcon ablate --grid adversaries.count=0,1,2``."""
+
+    count: int = Field(1, ge=0, description="how many clients attack: the last ones in config order")
 
 
 class ClientConfig(Strict):
@@ -270,6 +292,13 @@ class ConsensusConfig(Strict):
                                   "at least one other client's answer at cosine >= this (a lone answer never wins)")
     skip_own: bool = Field(False, description="a client does not train on a pseudo-label that is its own answer "
                            "(no extra bytes: it compares the label with what it sent)")
+    reputation: float | None = Field(None, gt=0, description="defence: β of a per-client reputation carried "
+                                     "across rounds (and checkpoints): each round a client's vote decays by "
+                                     "exp(-β·d), d its distance to the consensus of the others beyond the closest "
+                                     "client's (copies of its own answer left out); off by default")
+    sybil_merge: float | None = Field(None, ge=0, le=1, description="defence: answers of different clients at "
+                                      "cosine >= this count as one voter (0.995: copies); honest clients on one base "
+                                      "model that answer identically are merged too")
 
     @field_validator("competence")
     @classmethod
@@ -376,6 +405,8 @@ class RunConfig(Strict):
     eval: EvalConfig = EvalConfig()
     network: NetworkConfig = NetworkConfig()
     flower: FlowerConfig = FlowerConfig()
+    adversaries: Adversaries | None = Field(None, description="make the last `count` clients attackers, all with "
+                                            "this attack (for robustness sweeps; see AttackConfig)")
     log: list[Literal["tensorboard", "wandb"]] = Field(
         [], description="also show every metrics.jsonl row in TensorBoard (RUN_DIR/tensorboard) and/or Weights & "
         "Biases (offline unless WANDB_MODE says otherwise); metrics.jsonl stays the record")
@@ -422,9 +453,26 @@ class RunConfig(Strict):
             raise ValueError(f"clients_per_round={k} exceeds the {len(self.clients)} clients")
         if self.min_clients is not None and self.min_clients > len(self.clients):
             raise ValueError(f"min_clients={self.min_clients} exceeds the {len(self.clients)} clients")
+        if self.adversaries is not None and self.adversaries.count > len(self.clients):
+            raise ValueError(f"adversaries.count={self.adversaries.count} exceeds the {len(self.clients)} clients")
         if self.min_clients is not None and self.per_round and self.min_clients > self.per_round:
             raise ValueError(f"min_clients={self.min_clients} exceeds the {self.per_round} clients of a round")
         return self
+
+    def attack_of(self, name: str) -> AttackConfig | None:
+        """Client ``name``'s attack: its own, else the run's ``adversaries`` where it is one of the last ``count``."""
+        own = next((c for c in self.clients if c.name == name), None)
+        if own is not None and own.attack is not None:
+            return own.attack
+        adv = self.adversaries
+        if own is None or adv is None or adv.count == 0 or name not in [c.name for c in self.clients[-adv.count:]]:
+            return None
+        return AttackConfig(**adv.model_dump(exclude={"count"}))
+
+    @property
+    def attackers(self) -> list[str]:
+        """The clients that attack, in config order (for measurement: the attackers' share of the labels)."""
+        return [c.name for c in self.clients if self.attack_of(c.name) is not None]
 
     def dump(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
@@ -438,7 +486,7 @@ class RunConfig(Strict):
             batch_size=(own and own.batch_size) or self.train.batch_size,
             max_new_tokens=(own and own.max_new_tokens) or self.generate.max_new_tokens,
             gen_batch_size=self.generate.batch_size, max_answer_chars=self.consensus.max_answer_chars,
-            train=self.train, eval=self.eval, consensus=self.consensus, attack=own and own.attack)
+            train=self.train, eval=self.eval, consensus=self.consensus, attack=self.attack_of(name))
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Semantic medoid: c(p) = argmax_i Σ_j cos(e_i, e_j). With unit vectors Σ_j e_i�
 all prompts take one batched product with their centroid: the medoid is the answer nearest the centroid.
 The competence-aware rules (``weighted_medoid``, ``gated``) read one number per answer that its client
 computed from its own data; ``rank_normalize`` and ``supported`` bound what a client that lies about it
-can take. ``oracle`` is a measurement bound, never a deployment.
+can take. ``oracle`` is a measurement bound, never a deployment. Two defences against adversarial members
+change whose votes count: ``votes`` (each client's reputation, ``update_reputation``) and ``merge`` (near-
+identical answers of different clients count as one voter, against sybils).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 
 TIE_TOLERANCE = 1e-5  # per answer summed over
+COPY = 0.995  # cosine at which two clients' answers count as copies of one text (sybil_merge, reputation)
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,8 @@ def normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 def semantic_medoid(emb: np.ndarray, valid: np.ndarray | None = None, threshold: float | None = None, *,
                     text_ids: np.ndarray | None = None, confidence: np.ndarray | None = None,
-                    tie_seed: tuple[int, ...] = (0,)) -> Consensus:
+                    tie_seed: tuple[int, ...] = (0,), votes: np.ndarray | None = None,
+                    merge: float | None = None) -> Consensus:
     """Medoid per prompt over ``emb`` [prompts, clients, dim] (unit rows), ignoring invalid answers.
 
     Ties (within float32 rounding) between identical texts (same ``text_ids``; without them, the same
@@ -38,25 +42,87 @@ def semantic_medoid(emb: np.ndarray, valid: np.ndarray | None = None, threshold:
     ties between different texts (always the case with two clients) go to the highest ``confidence``
     [prompts, clients] (mean token log-prob, nan when unknown), else to a random text drawn with
     ``tie_seed`` + the prompt index: never to a fixed client. With ``threshold`` τ, a prompt whose best mean
-    similarity to the others is below τ gets no pseudo-label (choice -1).
+    similarity to the others is below τ gets no pseudo-label (choice -1). ``votes`` and ``merge``: see
+    ``voted_scores``.
     """
     p, n, _ = emb.shape
     valid = np.ones((p, n), dtype=bool) if valid is None else valid.astype(bool)
     if n == 0:  # every upload was rejected
         return Consensus(np.full(p, -1), np.full(p, np.nan), np.zeros(p, dtype=int))
-    e = emb if valid.all() else np.where(valid[..., None], emb, 0)
-    # Σ_j e_i·e_j over valid j, minus the self term e_i·e_i: the similarity to the others.
-    scores = np.matmul(e, e.sum(axis=1)[..., None])[..., 0] - np.einsum("pnd,pnd->pn", e, e)
+    if votes is not None or merge is not None:
+        scores = voted_scores(emb, valid, votes, merge)
+    else:
+        e = emb if valid.all() else np.where(valid[..., None], emb, 0)
+        # Σ_j e_i·e_j over valid j, minus the self term e_i·e_i: the similarity to the others.
+        scores = np.matmul(e, e.sum(axis=1)[..., None])[..., 0] - np.einsum("pnd,pnd->pn", e, e)
     choice = pick(scores, valid, emb, text_ids, confidence, tie_seed)
     return finish(emb, valid, choice, threshold)
 
 
+def voted_scores(emb: np.ndarray, valid: np.ndarray, votes: np.ndarray | None = None,
+                 merge: float | None = None) -> np.ndarray:
+    """The medoid's scores [P, N] with a vote per client: score_i = Σ_{j≠i} v_j cos(e_i, e_j) over valid j. With
+    ``merge`` τ, answers at cosine >= τ to each other are copies: they count as one voter (each votes 1/copies)
+    and give no vote to one another, so k sybils sending one text weigh as one client."""
+    valid = valid.astype(bool)
+    p, n, _ = emb.shape
+    e = np.where(valid[..., None], emb, 0)
+    sims = np.einsum("pid,pjd->pij", e, e)
+    voters = valid[:, None, :] & ~np.eye(n, dtype=bool)[None]
+    weight = np.ones((p, n)) if votes is None else np.broadcast_to(votes, (p, n)).astype(float)
+    if merge is not None:
+        same = (sims >= merge) & valid[:, None, :] & valid[:, :, None]
+        weight = weight / np.maximum(same.sum(axis=2), 1)
+        voters &= ~same
+    return np.einsum("pij,pj->pi", np.where(voters, sims, 0.0), weight)
+
+
+def copy_weights(emb: np.ndarray, valid: np.ndarray, merge: float) -> np.ndarray:
+    """[P, N]: 1 / (the number of valid answers at cosine >= ``merge`` to each valid answer, itself included)."""
+    e = np.where(valid[..., None], emb, 0)
+    same = (np.einsum("pid,pjd->pij", e, e) >= merge) & valid[:, None, :] & valid[:, :, None]
+    return np.where(valid, 1.0 / np.maximum(same.sum(axis=2), 1), 0.0)
+
+
+def agreement_with_others(emb: np.ndarray, valid: np.ndarray, reputation: np.ndarray, copy: float = COPY
+                          ) -> np.ndarray:
+    """[N]: each client's mean cosine to the reputation-weighted centroid of the other clients' valid answers,
+    over the prompts it answered; answers that are copies of its own (cosine >= ``copy``) are left out, so agreeing
+    with a copy of oneself earns nothing. nan for a client with no such prompt."""
+    valid = valid.astype(bool)
+    n = emb.shape[1]
+    e = np.where(valid[..., None], emb, 0)
+    sims = np.einsum("pid,pjd->pij", e, e)
+    others = valid[:, None, :] & valid[:, :, None] & ~np.eye(n, dtype=bool)[None] & (sims < copy)
+    w = np.where(others, reputation[None, None, :], 0.0)
+    total = w.sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_prompt = np.where(total > 0, (w * sims).sum(axis=2) / total, np.nan)  # [P, N]
+        counted = np.isfinite(per_prompt)
+        return np.where(counted.any(axis=0), np.nansum(per_prompt, axis=0) / np.maximum(counted.sum(axis=0), 1), np.nan)
+
+
+def update_reputation(reputation: np.ndarray, agreement: np.ndarray, beta: float) -> np.ndarray:
+    """One round of reputation [N] in (0, 1]: each client's weight decays by exp(-β · d) with d its distance to
+    the consensus (1 - ``agreement``) beyond the closest client's, then all are scaled so the best is 1. A client
+    without evidence this round (nan) keeps its weight."""
+    distance = 1.0 - agreement
+    known = np.isfinite(distance)
+    if not known.any():
+        return reputation.copy()
+    new = np.where(known, reputation * np.exp(-beta * (np.where(known, distance, 0) - distance[known].min())),
+                   reputation)
+    return np.maximum(new / new.max(), 1e-6)
+
+
 def weighted_medoid(emb: np.ndarray, valid: np.ndarray, competence: np.ndarray, temperature: float, *,
                     threshold: float | None = None, text_ids: np.ndarray | None = None,
-                    confidence: np.ndarray | None = None, tie_seed: tuple[int, ...] = (0,)) -> Consensus:
+                    confidence: np.ndarray | None = None, tie_seed: tuple[int, ...] = (0,),
+                    votes: np.ndarray | None = None, merge: float | None = None) -> Consensus:
     """Minimum Bayes risk with a prior: c(p) = argmax_i Σ_j w_j cos(e_i, e_j), the own term included, with vote
     weights w = softmax(competence / T) over the prompt's valid answers. Equal competence is the plain medoid;
-    as T → 0 the most competent client's answer wins unless the others agree with it anyway."""
+    as T → 0 the most competent client's answer wins unless the others agree with it anyway. ``votes`` scale
+    the weights; with ``merge``, copies share one weight (``copy_weights``)."""
     p, n, _ = emb.shape
     valid = valid.astype(bool)
     if n == 0:
@@ -64,6 +130,10 @@ def weighted_medoid(emb: np.ndarray, valid: np.ndarray, competence: np.ndarray, 
     logits = np.where(valid, competence / temperature, -np.inf)
     logits = logits - np.where(valid.any(axis=1, keepdims=True), logits.max(axis=1, keepdims=True), 0)
     weights = np.where(valid, np.exp(logits), 0.0)
+    if votes is not None:
+        weights = weights * votes
+    if merge is not None:
+        weights = weights * copy_weights(emb, valid, merge)
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-300)
     e = np.where(valid[..., None], emb, 0)
     scores = np.einsum("pnd,pd->pn", e, np.einsum("pn,pnd->pd", weights, e))
@@ -72,16 +142,18 @@ def weighted_medoid(emb: np.ndarray, valid: np.ndarray, competence: np.ndarray, 
 
 def gated(emb: np.ndarray, valid: np.ndarray, competence: np.ndarray, gate: float, *, fallback: bool = False,
           threshold: float | None = None, text_ids: np.ndarray | None = None, confidence: np.ndarray | None = None,
-          tie_seed: tuple[int, ...] = (0,)) -> Consensus:
+          tie_seed: tuple[int, ...] = (0,), votes: np.ndarray | None = None, merge: float | None = None
+          ) -> Consensus:
     """Selective-FD's rule for texts: only answers whose client's competence is at least ``gate`` are
     candidates, and the medoid runs among them. A prompt no answer passes gets no label, or (``fallback``) the
     medoid of all valid answers."""
     valid = valid.astype(bool)
     passing = valid & (competence >= gate)
-    inner = semantic_medoid(emb, passing, text_ids=text_ids, confidence=confidence, tie_seed=tie_seed)
+    common = {"text_ids": text_ids, "confidence": confidence, "tie_seed": tie_seed, "votes": votes, "merge": merge}
+    inner = semantic_medoid(emb, passing, **common)
     choice = inner.choice
     if fallback:
-        plain = semantic_medoid(emb, valid, text_ids=text_ids, confidence=confidence, tie_seed=tie_seed)
+        plain = semantic_medoid(emb, valid, **common)
         choice = np.where(inner.valid_count > 0, choice, plain.choice)
     return finish(emb, valid, choice, threshold)
 

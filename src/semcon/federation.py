@@ -62,6 +62,7 @@ class Algorithm(Protocol):
     limits: Limits  # what its messages may hold, either way; the codec refuses more before allocating it
 
     def aggregate(self, t: int, messages: dict[str, Message]) -> RoundResult: ...
+    def restore(self, rounds: list[dict]) -> None: ...  # server state carried across rounds, from resumed rows
 
 
 class ClientGroup(Protocol):
@@ -106,6 +107,7 @@ def federate(cfg: RunConfig, run_dir: RunDir, algo: Algorithm, group: ClientGrou
 def _rounds(cfg: RunConfig, run_dir: RunDir, algo: Algorithm, group: ClientGroup, progress,
             state: RunState | None) -> dict:
     state = state or RunState()
+    algo.restore(state.rounds)
     started, earlier = time.perf_counter(), state.seconds
     if state.next_round == 0 and cfg.eval.before:
         with Phases(progress)("evaluate", label="base models"):

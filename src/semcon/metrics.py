@@ -158,6 +158,7 @@ def summarize(cfg: RunConfig, method: str, clients: list[str], state: RunState, 
     rounds = state.rounds
     return {
         "name": cfg.name, "method": method, "rounds": cfg.rounds, "clients": clients,
+        "attackers": cfg.attackers,  # for measurement only: the attackers' share of the labels, honest quality
         "seconds": round(seconds, 2),
         "own_domain": {name: own_domain(cfg, name) for name in clients},
         "eval_before": state.before, "eval_after": after, "per_round": rounds,

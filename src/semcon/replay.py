@@ -82,13 +82,14 @@ def verify(path: Path) -> tuple[int, str | None]:
     kept = load_kept(path, need_experts=False)
     digests = {(r["round"], r["client"]): r.get("digest") for r in read_rows(kept.path / "ledger.jsonl")
                if r.get("direction") == "up" and r.get("kind") == "upload"}
-    embedder = kept.embedder()
+    embedder, reputation = kept.embedder(), None
     for t, uploads in sorted(kept.uploads.items()):
         for name, upload in uploads.items():
             if digests.get((t, name)) != digest(upload):
                 return t, (f"round {t}: the kept upload of client {name!r} (uploads/round_{t:02d}.jsonl) differs "
                            "from what arrived (its digest in ledger.jsonl)")
-        labels = {lab.prompt_id: lab for lab in recompute(kept, t, uploads, kept.cfg, embedder)[1]}
+        picked, redone = recompute(kept, t, uploads, kept.cfg, embedder, reputation)
+        labels, reputation = {lab.prompt_id: lab for lab in redone}, picked.reputation
         stored_path = kept.path / "pseudo_labels" / f"round_{t:02d}.jsonl"
         stored = {r["prompt_id"]: r for r in read_rows(stored_path)} if stored_path.is_file() else {}
         for p in kept.prompts:
@@ -102,10 +103,12 @@ def verify(path: Path) -> tuple[int, str | None]:
     return len(kept.uploads), None
 
 
-def recompute(kept: Kept, t: int, uploads: dict[str, Upload], cfg: RunConfig, embedder) -> tuple[Choice, list]:
-    """Round ``t``'s consensus over ``uploads`` under ``cfg``, as the server computed it: the choice and its labels."""
+def recompute(kept: Kept, t: int, uploads: dict[str, Upload], cfg: RunConfig, embedder,
+              reputation: dict[str, float] | None = None) -> tuple[Choice, list]:
+    """Round ``t``'s consensus over ``uploads`` under ``cfg``, as the server computed it (``reputation``: the
+    weights carried from the round before): the choice and its labels."""
     answers = Answers.of(kept.prompts, uploads, cfg.consensus.signals)
-    picked = choose(cfg.consensus, kept.prompts, answers, embedder, kept.experts, (cfg.seed % 2**32, t))
+    picked = choose(cfg.consensus, kept.prompts, answers, embedder, kept.experts, (cfg.seed % 2**32, t), reputation)
     return picked, pseudo_labels(kept.prompts, picked)
 
 
@@ -122,11 +125,13 @@ def parse_rule(spec: str) -> tuple[str, list[str]]:
 
 
 def parse_attack(spec: str) -> tuple[str, AttackConfig]:
-    """``CLIENT[:answers=constant]`` as the client and its inflate_competence attack."""
+    """``CLIENT[:kind=K,answers=constant,text=...]`` as the client and its attack (default kind:
+    inflate_competence)."""
     client, _, rest = spec.partition(":")
-    fields = dict(item.split("=", 1) for item in filter(None, rest.split(",")) if "=" in item)
+    fields = {"kind": "inflate_competence"}
+    fields |= dict(item.split("=", 1) for item in filter(None, rest.split(",")) if "=" in item)
     try:
-        return client.strip(), AttackConfig(kind="inflate_competence", **fields)
+        return client.strip(), AttackConfig(**fields)
     except ValueError as e:
         raise ConfigError(f"--attack {spec!r}: {str(e).splitlines()[0]}") from None
 
@@ -145,14 +150,17 @@ def replay(path: Path, rules: list[str], sets: list[str] = (), attackers: list[s
         raise ConfigError(f"--attack: no client {unknown[0]!r} in this run")
     embedder, out = kept.embedder(), []
     for spec in rules:
+        reputation = None
         label, rule_sets = parse_rule(spec)
         cfg = load_config(tree=tree, overrides=[*sets, *rule_sets], check_files=False)
         if cfg.consensus.signals != kept.cfg.consensus.signals:
             raise ConfigError(f"--rule {spec!r}: the run's uploads carry competence {kept.cfg.consensus.signals or 'none'}; "
                               "replay reads those (consensus.competence cannot change after the fact)")
         for t, uploads in sorted(kept.uploads.items()):
-            uploads = {n: attack(_levels(u, cfg.consensus.competence_levels), attacks.get(n)) for n, u in uploads.items()}
-            picked, labels = recompute(kept, t, uploads, cfg, embedder)
+            uploads = {n: attack(_levels(u, cfg.consensus.competence_levels), attacks.get(n), kept.prompts,
+                                 seed=cfg.seed) for n, u in uploads.items()}
+            picked, labels = recompute(kept, t, uploads, cfg, embedder, reputation)
+            reputation = picked.reputation
             m = round_metrics(kept.prompts, picked, labels, kept.experts, embedder)
             out.append({"rule": label, "round": t, "labelled": m["pseudo_labels"] / max(m["prompts"], 1),
                         "quality": m["answer_quality"], "expert_share": m["expert_share"],

@@ -613,10 +613,26 @@ def _client_mean(summary: dict, metric: str = "bpb") -> float | None:
     return _mean(list(seed_scores(summary, metric).values()))
 
 
+def honest_mean(summary: dict, metric: str = "bpb") -> float | None:
+    """The metric's mean over the clients that do not attack."""
+    attackers = set(summary.get("attackers") or [])
+    return _mean([v for c, v in seed_scores(summary, metric).items() if c not in attackers])
+
+
+def attacker_share(summary: dict) -> float | None:
+    """The attackers' share of all pseudo-labels, mean over rounds (None: no labels; 0 without attackers)."""
+    attackers = summary.get("attackers") or []
+    shares = [sum((r.get("label_share") or {}).get(a, 0.0) for a in attackers) for r in summary["per_round"]
+              if r.get("label_share")]
+    return _mean(shares)
+
+
 def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
     """``out/ablation.md``, ``ablation.json`` and ``ablation_<axis>.png``: one row per cell and method."""
+    attacked = any(s.get("attackers") for c in cells if not c.error for p in c.runs.values() for s in p.values())
     head = ["cell", "method", "seeds", "bits/byte ↓", f"− {BASELINE} (paired)", "own ↓", "other ↓",
             "label ROUGE-L", "label cosine", "expert share", "bytes", "wall s"]
+    head[6:6] = ["honest bits/byte ↓", "attacker share"] if attacked else []
     rows, record = [], []
     for cell in cells:
         if cell.error:
@@ -628,6 +644,7 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
             label = method + (f" ({rule}{', a bound' if rule.startswith('oracle') else ''})" if rule else "")
             rows.append([cell.name, label, str(len(per_seed)), _over(per_seed, _client_mean), _paired(cell.runs, method),
                          _over(per_seed, lambda s: own_other(s, "bpb")[0]), _over(per_seed, lambda s: own_other(s, "bpb")[1]),
+                         *([_over(per_seed, honest_mean), _over(per_seed, attacker_share, 2)] if attacked else []),
                          _over(per_seed, lambda s: label_quality(s, "rouge_l")),
                          _over(per_seed, lambda s: label_quality(s, "cosine")),
                          _over(per_seed, mean_expert_share, 2),
@@ -638,15 +655,21 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
                            "paired_to_local": paired_differences(cell.runs, method, "bpb")
                            if BASELINE in cell.runs and method != BASELINE else [],
                            "expert_share": [mean_expert_share(s) for s in per_seed.values()],
+                           "honest_bpb": [honest_mean(s) for s in per_seed.values()],
+                           "attacker_share": [attacker_share(s) for s in per_seed.values()],
                            "seconds": [s["seconds"] for s in per_seed.values()]})
-    plots = [_axis_plot(out, axis, axes, record) for axis in axes]
+    panels = [("honest_bpb", "honest clients' bits per byte ↓"), ("attacker_share", "attackers' share of the labels")
+              ] if attacked else [("bpb", "held-out bits per byte (client mean) ↓")]
+    plots = [_axis_plot(out, axis, axes, record, panels) for axis in axes]
     described = "; ".join(f"`{k}` ∈ {{{', '.join(v)}}}" for k, v in axes.items())
     lines = ["# semcon ablate", "", f"Axes: {described}. "
              "Each cell is a compare (its own report.md in its folder). Bits per byte: held-out, client-mean, mean over "
              "seeds ± 95% t-interval; paired: the mean of (method − local) over (client, seed) pairs of the same "
              "cell with its 95% bootstrap interval; own/other: each client's own domain vs the mean of the others; "
              "label ROUGE-L / cosine: the pseudo-labels against the held-back references, mean over rounds; expert "
-             "share: of each domain's labels, the share that is its expert's answer. A run that started from an "
+             "share: of each domain's labels, the share that is its expert's answer; honest bits/byte: the mean over "
+             "the clients that do not attack; attacker share: the attackers' share of all labels, mean over rounds. "
+             "A run that started from an "
              "earlier cell's round 0 and round-1 answers (same seed, only the server's consensus differs) counts "
              "round 0's seconds as that run spent them and round 1's answers as free; a baseline that never reads "
              "the consensus is run once and copied.", "", *md_table(head, rows), "", *(f"![{p.stem}]({p.name})" for p in plots if p), ""]
@@ -656,27 +679,32 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
     return path
 
 
-def _axis_plot(out: Path, axis: str, axes: dict[str, list[str]], record: list[dict]) -> Path | None:
-    """Bits per byte against one axis, one line per method and setting of the other axes (95% t-intervals)."""
+def _axis_plot(out: Path, axis: str, axes: dict[str, list[str]], record: list[dict],
+               panels: list[tuple[str, str]]) -> Path | None:
+    """Each panel's metric against one axis, one line per method and setting of the other axes (95% t-intervals)."""
     at = list(axes).index(axis)
-    series: dict[str, list[tuple[int, float, float]]] = {}
+    series: dict[str, dict[str, list[tuple[int, float, float]]]] = {key: {} for key, _ in panels}
     for r in record:
-        if r.get("error") or not (values := [v for v in r["bpb"] if v is not None]):
+        if r.get("error"):
             continue
         rest = [o for i, o in enumerate(r["overrides"]) if i != at]
         x = axes[axis].index(r["overrides"][at].partition("=")[2])
-        mean, half = t_interval(values)
-        series.setdefault(" ".join([r["method"], *rest]), []).append((x, mean, half or 0.0))
-    if not series:
+        for key, _ in panels:
+            if values := [v for v in r.get(key, []) if v is not None]:
+                mean, half = t_interval(values)
+                series[key].setdefault(" ".join([r["method"], *rest]), []).append((x, mean, half or 0.0))
+    if not any(series.values()):
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, points in series.items():
-        xs, ys, err = zip(*sorted(points))
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
-    ax.set_xticks(range(len(axes[axis])), axes[axis])
-    ax.set(xlabel=axis, ylabel="held-out bits per byte (client mean)", title=f"ablation: {axis} (lower is better)")
-    ax.legend(fontsize="small")
+    fig, axs = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False)
+    for ax, (key, label) in zip(axs[0], panels):
+        for name, points in series[key].items():
+            xs, ys, err = zip(*sorted(points))
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
+        ax.set_xticks(range(len(axes[axis])), axes[axis])
+        ax.set(xlabel=axis, ylabel=label, title=f"ablation: {axis}")
+        if series[key]:
+            ax.legend(fontsize="small")
     fig.tight_layout()
     path = out / f"ablation_{re.sub(r'[^A-Za-z0-9._-]+', '_', axis)}.png"
     fig.savefig(path, dpi=110)

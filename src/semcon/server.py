@@ -18,12 +18,14 @@ import numpy as np
 from semcon.config import ConsensusConfig
 from semcon.consensus import (
     Consensus,
+    agreement_with_others,
     finish,
     gated,
     oracle,
     rank_normalize,
     semantic_medoid,
     supported,
+    update_reputation,
     weighted_medoid,
 )
 from semcon.data import Prompt
@@ -128,12 +130,15 @@ class Choice:
     vectors: np.ndarray  # embeddings of the distinct non-blank texts
     text_ids: np.ndarray  # [P, N] row of ``vectors`` of each answer (-1: blank)
     seconds_embed: float
+    reputation: dict[str, float] | None = None  # each client's weight after this round (consensus.reputation)
 
 
 def choose(cfg: ConsensusConfig, prompts: list[Prompt], answers: Answers, embedder: Embedder,
-           experts: dict[str, str] | None, tie_seed: tuple[int, ...]) -> Choice:
+           experts: dict[str, str] | None, tie_seed: tuple[int, ...], reputation: dict[str, float] | None = None
+           ) -> Choice:
     """One consensus step over a round's valid answers under ``cfg.rule``: candidates, one batched embedding of
-    the distinct texts, then the rule (``consensus.py``). The server, replay and verify all call this."""
+    the distinct texts, the defences' votes, then the rule (``consensus.py``). ``reputation``: each client's weight
+    after the rounds before (absent: 1). The server, replay and verify all call this."""
     if cfg.rule == "oracle_reference":
         answers = answers.with_reference(prompts)
     blank = answers.blank
@@ -156,7 +161,13 @@ def choose(cfg: ConsensusConfig, prompts: list[Prompt], answers: Answers, embedd
 
     if cfg.support is not None:
         candidate = supported(emb, candidate, cfg.support)
-    common = {"threshold": cfg.threshold, "text_ids": text_ids, "confidence": answers.confidence, "tie_seed": tie_seed}
+    votes, carried = None, None
+    if cfg.reputation is not None:  # this round's evidence first, so that round 1 is defended too
+        before = np.array([(reputation or {}).get(n, 1.0) for n in answers.names])
+        votes = update_reputation(before, agreement_with_others(emb, candidate, before), cfg.reputation)
+        carried = {n: round_float(v) for n, v in zip(answers.names, votes) if n != REFERENCE}
+    common = {"threshold": cfg.threshold, "text_ids": text_ids, "confidence": answers.confidence, "tie_seed": tie_seed,
+              "votes": votes, "merge": cfg.sybil_merge}
     if cfg.rule in ("weighted_medoid", "gated"):
         comp = answers.competence[cfg.used_signal]
         comp = rank_normalize(comp) if cfg.competence_norm == "rank" else comp
@@ -177,7 +188,7 @@ def choose(cfg: ConsensusConfig, prompts: list[Prompt], answers: Answers, embedd
             result = finish(emb, candidate, np.where(result.choice >= 0, result.choice, plain.choice), cfg.threshold)
     else:
         result = semantic_medoid(emb, candidate, **common)
-    return Choice(answers, candidate, result, vectors, text_ids, seconds)
+    return Choice(answers, candidate, result, vectors, text_ids, seconds, carried)
 
 
 class SemanticConsensus:
@@ -194,6 +205,11 @@ class SemanticConsensus:
         self.embedder = embedder or Embedder(cfg.embedder, batch_size=cfg.embed_batch_size)
         self.schedule = Schedule(rounds)
         self.limits = text_limits(len(prompts), cfg.max_answer_chars)
+        self.reputation: dict[str, float] = {}  # carried across rounds (consensus.reputation); in each round's row
+
+    def restore(self, rounds: list[dict]) -> None:
+        """Take up the state carried across rounds from a resumed run's completed rows (the last reputation)."""
+        self.reputation = next((r["reputation"] for r in reversed(rounds) if r.get("reputation")), {})
 
     # the client side
     def upload(self, client, t, on_progress=None):
@@ -224,7 +240,9 @@ class SemanticConsensus:
         prompts at once; the valid uploads are kept as rows (``uploads/round_NN.jsonl``)."""
         uploads, rejected = self.accept(round, messages)
         answers = Answers.of(self.prompts, uploads, self.cfg.signals)
-        picked = choose(self.cfg, self.prompts, answers, self.embedder, self.experts, (self.seed % 2**32, round))
+        picked = choose(self.cfg, self.prompts, answers, self.embedder, self.experts, (self.seed % 2**32, round),
+                        self.reputation)
+        self.reputation = picked.reputation or {}
         labels = pseudo_labels(self.prompts, picked)
         download = Download(round=round, labels={lab.prompt_id: lab.text for lab in labels},
                             finished={lab.prompt_id: lab.finished for lab in labels})
@@ -286,6 +304,7 @@ def round_metrics(prompts: list[Prompt], picked: Choice, labels: list[PseudoLabe
     agreement = [lab.agreement for lab in labels if lab.answers > 1]
     degenerate = a.degenerate[:, :real]
     return {
+        **({"reputation": picked.reputation} if picked.reputation is not None else {}),
         "mean_agreement": round_float(np.mean(agreement), 4) if agreement else None,
         "pseudo_labels": len(labels), "unlabelled": len(prompts) - len(labels), "prompts": len(prompts),
         "cut_share": {n: round_float(1 - a.finished[:, i].mean()) for i, n in enumerate(names)},
