@@ -14,6 +14,7 @@ from semcon.config import RunConfig
 from semcon.data import Example, Prompt, build_splits, experts_of
 from semcon.embed import Embedder
 from semcon.models import BackbonePool, pick_device, pick_dtype
+from semcon.privacy import canaries, plant
 from semcon.protocol import decode
 
 
@@ -38,6 +39,9 @@ def assemble(cfg: RunConfig, prompts: list[Prompt] | None = None, node: str | No
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     splits = build_splits(cfg, prompts, node)
+    if (owner := cfg.canary_client) in splits.private:  # the audit's secrets, planted before any method sees the data
+        splits.private[owner] = plant(splits.private[owner], canaries(cfg.privacy.canaries, cfg.seed),
+                                      cfg.privacy.repeats)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
     members = [(i, c) for i, c in enumerate(cfg.clients) if node is None or c.name == node]
@@ -64,4 +68,6 @@ def client_round(client: Client, algo, t: int, download: bytes | None, eval_sets
     report = asdict(algo.train(client, t, on_step=on_step)) if algo.schedule.trains(t) else {}
     if client.settings.eval.every_round:
         report["reference"] = client.reference(eval_sets)
+    if privacy := client.privacy_report():
+        report["privacy"] = privacy
     return report

@@ -22,6 +22,7 @@ from semcon.evaluate import evaluate_client, generation_requests, reference_scor
 from semcon.generate import Generation, generate
 from semcon.models import Backbone
 from semcon.names import child
+from semcon.privacy import NgramIndex, canaries, candidates, exposure, filter_answers, found, withheld_flags
 from semcon.protocol import AdapterUpdate, Download, Upload
 from semcon.train import IGNORE, TokenizedExample, TrainStats, nll_sums, tokenize, train_lora
 
@@ -55,6 +56,8 @@ class Client:
         self.sent: dict[str, str] = {}  # prompt id -> the answer this client last uploaded (for skip_own)
         self._private_emb = None  # the private instructions embedded (knn), once
         self._private_base = None  # the base model's mean log-probability of private responses (gain), once
+        self._ngrams = None  # the hashed n-grams of the private data (privacy.filter: ngram), once
+        self.filtered = {"withheld": 0, "redacted": 0}  # what the filter did to the last upload
         self._private_tok, self.dropped_private = self._tokenize([(e.instruction, e.response, 1.0) for e in private])
         if self.dropped_private:
             log.warning("client %s: dropped %d of %d private examples longer than train.max_length=%d",
@@ -100,9 +103,16 @@ class Client:
         """The upload of these answers, with the competence signals the run asks for. An answer longer than the
         server accepts (``consensus.max_answer_chars``) is cut to it and flagged as cut, so the upload stays valid.
         An attacking client (``attack``) changes only this message."""
-        limit = self.settings.max_answer_chars
-        honest = Upload(round=round, client=self.name, answers={p.id: o.text[:limit] for p, o in zip(prompts, outs)},
-                        finished={p.id: o.finished and len(o.text) <= limit for p, o in zip(prompts, outs)},
+        limit, privacy = self.settings.max_answer_chars, self.settings.privacy
+        answers = {p.id: o.text[:limit] for p, o in zip(prompts, outs)}
+        finished = {p.id: o.finished and len(o.text) <= limit for p, o in zip(prompts, outs)}
+        if privacy.filter:  # before anything leaves: withhold what overlaps the private data, redact PII
+            if "ngram" in privacy.filter and self._ngrams is None:
+                self._ngrams = NgramIndex([t for e in self.private for t in (e.instruction, e.response)], privacy.ngram)
+            filtered = filter_answers(answers, privacy.filter, self._ngrams)
+            answers, finished = filtered.answers, withheld_flags(finished, filtered)
+            self.filtered = {"withheld": filtered.withheld, "redacted": filtered.redacted}
+        honest = Upload(round=round, client=self.name, answers=answers, finished=finished,
                         confidence={p.id: round_to(o.confidence) for p, o in zip(prompts, outs)},
                         competence=self.competence(prompts, outs))
         upload = attack(honest, self.settings.attack, prompts, [e.response for e in self.private], self.settings.seed)
@@ -147,10 +157,41 @@ class Client:
         (0 for an example without response tokens)."""
         if not examples:
             return np.zeros(0)
+        sums, counts = self._nll_sums(examples, base)
+        return -sums / np.maximum(counts, 1)
+
+    def privacy_report(self) -> dict:
+        """The audit's numbers for this client after its training (``privacy.canaries``): how many canaries its
+        last upload, the pseudo-labels it received and its own greedy completions of each canary's question hold,
+        and each canary's exposure under its model (for parameter averaging: the averaged adapter, once it has
+        it); with the filter, what it withheld and redacted."""
+        cfg = self.settings.privacy
+        planted = canaries(cfg.canaries, self.settings.seed)
+        if not planted:
+            return {**self.filtered} if cfg.filter else {}
+        received = list(self.pseudo.labels.values()) if self.pseudo is not None else []
+        bb = self.backbone
+        with bb.active(self.name) as model:
+            outs = generate(model, self.fmt, [c.question for c in planted], max_new_tokens=32,
+                            batch_size=self.settings.gen_batch_size, device=bb.device, dtype=bb.dtype)
+        exposures = []
+        for c in planted:
+            codes = [c.code, *candidates(c, cfg.candidates, self.settings.seed)]
+            examples, _ = self._tokenize([(c.question, c.sentence(code), 1.0) for code in codes])
+            loglik = -self._nll_sums(examples)[0]
+            exposures.append(round(exposure(loglik[0], loglik[1:]), 3))
+        return {"uploaded": sum(any(found(c, t) for t in self.sent.values()) for c in planted),
+                "received": sum(any(found(c, t) for t in received) for c in planted),
+                "completed": sum(found(c, o.text) for c, o in zip(planted, outs)),
+                "exposure": exposures, **(self.filtered if cfg.filter else {})}
+
+    def _nll_sums(self, examples: list[TokenizedExample], base: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Summed negative log-likelihood of each example's response tokens, and their count, under the base
+        model or this client's adapter."""
         with self.backbone.active(None if base else self.name) as model:
             sums, counts, _ = nll_sums(model, self.fmt, examples, batch_size=self.settings.eval.batch_size,
                                        device=self.backbone.device, dtype=self.backbone.dtype)
-        return -np.array(sums) / np.maximum(counts, 1)
+        return np.array(sums), np.array(counts)
 
     def adapter_update(self, round: int) -> AdapterUpdate:
         """This client's adapter tensors, for the parameter-averaging baselines."""

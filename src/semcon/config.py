@@ -6,7 +6,7 @@ A run is fully described by its resolved config: ``semcon run RUN_DIR/config.yam
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -357,6 +357,22 @@ class NetworkConfig(Strict):
     latency_ms: float = Field(50.0, ge=0, description="one-way latency per message")
 
 
+class PrivacyConfig(Strict):
+    """The output-privacy audit (canaries planted in one client's private data, measured every round) and the
+    client-side upload filter; see ``privacy.py``."""
+
+    canaries: int = Field(0, ge=0, le=1000, description="unique random secrets ('The access code of account 4821 "
+                          "is 7391-2284.') planted into `client`'s private rows at the split; 0: no audit")
+    repeats: int = Field(1, ge=1, le=100, description="times each canary is planted")
+    client: str | None = Field(None, description="the client whose data holds the canaries (default: the first)")
+    candidates: int = Field(100, ge=1, le=100_000, description="random codes of the same format each secret's "
+                            "exposure ranks it among (exposure at most log2(candidates + 1))")
+    filter: list[Literal["ngram", "pii"]] = Field([], description="before upload: ngram withholds an answer that "
+                                                  "shares `ngram` tokens in a row with the client's private data; "
+                                                  "pii redacts e-mails, IBANs, card, phone and code-like digit runs")
+    ngram: int = Field(8, ge=2, le=64, description="the run length of the ngram filter, in word tokens")
+
+
 class FlowerConfig(Strict):
     """Deployment on Flower (``semcon flower``): how long the server waits for nodes and replies."""
 
@@ -405,6 +421,7 @@ class RunConfig(Strict):
     eval: EvalConfig = EvalConfig()
     network: NetworkConfig = NetworkConfig()
     flower: FlowerConfig = FlowerConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     adversaries: Adversaries | None = Field(None, description="make the last `count` clients attackers, all with "
                                             "this attack (for robustness sweeps; see AttackConfig)")
     log: list[Literal["tensorboard", "wandb"]] = Field(
@@ -453,6 +470,8 @@ class RunConfig(Strict):
             raise ValueError(f"clients_per_round={k} exceeds the {len(self.clients)} clients")
         if self.min_clients is not None and self.min_clients > len(self.clients):
             raise ValueError(f"min_clients={self.min_clients} exceeds the {len(self.clients)} clients")
+        if self.privacy.client is not None and self.privacy.client not in [c.name for c in self.clients]:
+            raise ValueError(f"privacy.client: no client {self.privacy.client!r}")
         if self.adversaries is not None and self.adversaries.count > len(self.clients):
             raise ValueError(f"adversaries.count={self.adversaries.count} exceeds the {len(self.clients)} clients")
         if self.min_clients is not None and self.per_round and self.min_clients > self.per_round:
@@ -468,6 +487,11 @@ class RunConfig(Strict):
         if own is None or adv is None or adv.count == 0 or name not in [c.name for c in self.clients[-adv.count:]]:
             return None
         return AttackConfig(**adv.model_dump(exclude={"count"}))
+
+    @property
+    def canary_client(self) -> str | None:
+        """The client whose private data holds the canaries (None: no audit)."""
+        return (self.privacy.client or self.clients[0].name) if self.privacy.canaries else None
 
     @property
     def attackers(self) -> list[str]:
@@ -486,7 +510,8 @@ class RunConfig(Strict):
             batch_size=(own and own.batch_size) or self.train.batch_size,
             max_new_tokens=(own and own.max_new_tokens) or self.generate.max_new_tokens,
             gen_batch_size=self.generate.batch_size, max_answer_chars=self.consensus.max_answer_chars,
-            train=self.train, eval=self.eval, consensus=self.consensus, attack=self.attack_of(name))
+            train=self.train, eval=self.eval, consensus=self.consensus, attack=self.attack_of(name),
+            privacy=self.privacy)
 
 
 @dataclass(frozen=True)
@@ -505,6 +530,7 @@ class ClientSettings:
     eval: EvalConfig
     consensus: ConsensusConfig  # the client's part: competence signals, their levels, skip_own
     attack: AttackConfig | None = None
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # the audit's canaries (measured by every client) and the filter
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:

@@ -120,6 +120,7 @@ def round_row(t: int, phases: Phases, ledger: list[dict], reports: dict[str, dic
         "train_tokens": {n: r["tokens"] for n, r in trained.items()},
         "completed": list(reports),  # clients that finished the train phase (their adapter of this round is saved)
         "reference": {n: r["reference"] for n, r in reports.items() if r.get("reference")},
+        "privacy": {n: r["privacy"] for n, r in reports.items() if r.get("privacy")},  # the audit, per client
         "dropped_too_long": {n: r["dropped_too_long"] for n, r in trained.items()},
         "failed": failures,
         "peak_rss_gb": round(peak_rss_gb(), 3),
@@ -159,6 +160,7 @@ def summarize(cfg: RunConfig, method: str, clients: list[str], state: RunState, 
     return {
         "name": cfg.name, "method": method, "rounds": cfg.rounds, "clients": clients,
         "attackers": cfg.attackers,  # for measurement only: the attackers' share of the labels, honest quality
+        "canary_client": cfg.canary_client,  # the privacy audit's planting client (per_round[...]["privacy"])
         "seconds": round(seconds, 2),
         "own_domain": {name: own_domain(cfg, name) for name in clients},
         "eval_before": state.before, "eval_after": after, "per_round": rounds,

@@ -217,6 +217,7 @@ def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dic
     lines += _own_other_section(runs, metrics)
     lines += _nll_section(runs, cfg)
     lines += _dropped_section(runs)
+    lines += _privacy_section(runs)
     lines += _time_section(runs)
     lines += _communication_section(runs, cfgs)
     lines += ["## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots), ""]
@@ -373,6 +374,47 @@ def _dropped_section(runs: Runs) -> list[str]:
             "Examples of the last round's training set (private and pseudo-labelled) longer than "
             "`train.max_length`, left out, per client (mean over seeds).", "",
             *md_table(["client", *runs], rows), ""]
+
+
+def privacy_numbers(summary: dict) -> dict | None:
+    """The audit at the end of a run (its last round's row): canaries in the planting client's uploads, in any
+    pseudo-label, in the other clients' completions; mean exposure for the planting client and the others; and the
+    filter's withheld and redacted answers over all rounds."""
+    owner = summary.get("canary_client")
+    rows = [r.get("privacy") or {} for r in summary["per_round"]]
+    if not any(rows):
+        return None
+    last = next((r for r in reversed(rows) if r), {})
+    others = [v for n, v in last.items() if n != owner]
+    uploads = [r.get(owner, {}).get("uploaded", 0) for r in rows]
+    return {"in_uploads": max(uploads, default=0), "in_labels": max((v.get("received", 0) for r in rows
+                                                                     for v in r.values()), default=0),
+            "in_others_completions": max((v.get("completed", 0) for v in others), default=0),
+            "exposure_owner": _mean(last.get(owner, {}).get("exposure", [])),
+            "exposure_others": _mean([x for v in others for x in v.get("exposure", [])]),
+            "withheld": sum(v.get("withheld", 0) for r in rows for v in r.values()),
+            "redacted": sum(v.get("redacted", 0) for r in rows for v in r.values())}
+
+
+def _privacy_section(runs: Runs) -> list[str]:
+    found = {m: {seed: n for seed, s in per_seed.items() if (n := privacy_numbers(s))} for m, per_seed in runs.items()}
+    if not any(found.values()):
+        return []
+    keys = [("in_uploads", "canaries in its uploads", 0), ("in_labels", "in pseudo-labels", 0),
+            ("in_others_completions", "in others' completions", 0), ("exposure_owner", "exposure, planting client", 2),
+            ("exposure_others", "exposure, others", 2), ("withheld", "answers withheld", 0),
+            ("redacted", "PII redacted", 0)]
+    rows = [[m, *(_over(per_seed, lambda n, k=k: n[k], d) for k, _, d in keys)] for m, per_seed in found.items() if per_seed]
+    some = next(s for ps in runs.values() for s in ps.values() if s.get("canary_client") or privacy_numbers(s))
+    return ["## Output privacy", "",
+            f"The canaries planted in `{some.get('canary_client')}`'s private data: how many of them were found "
+            "(normalised edit similarity >= 0.8 on the secret) in that client's uploads and in any pseudo-label "
+            "(the most in one round), and in another client's greedy completion of a canary's question after "
+            "training (the most of any client, last round); the exposure log2(C+1) − log2(rank) of the true secret "
+            "among C random codes of its format (about 1: chance; log2(C+1): the model prefers it to every one), "
+            "under the planting client's model and, averaged, the others' (parameter averaging: the averaged "
+            "adapter); answers the upload filter withheld and PII it redacted, over all rounds. Mean over seeds.",
+            "", *md_table(["method", *(label for _, label, _ in keys)], rows), ""]
 
 
 PHASES = {"train": "training", "answer": "answers", "exchange": "exchange", "rest": "evaluation and setup"}
