@@ -10,6 +10,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 
 import msgpack
 import pytest
@@ -268,6 +269,131 @@ def test_the_gateway_forwards_the_node_api_and_nothing_else(tmp_path):
     assert gateway.get("/v1/fleet/pull-messages").status_code == 403
 
 
+def test_the_gateway_knows_exactly_the_pinned_flwr_node_endpoints():
+    from flwr.supercore.protobuf import translation
+
+    from semcon.flower.secure import FLEET_ENDPOINTS
+
+    fleet = {path.removeprefix("/v1/fleet/") for method, path in translation.PROTOBUF_REQUEST_TYPES
+             if path.startswith("/v1/fleet/")}
+    assert fleet == set(FLEET_ENDPOINTS)
+
+
+class Recorder(threading.Thread):
+    """A TLS server on 127.0.0.1 standing where the SuperLink would: it records what the gateway forwards."""
+
+    def __init__(self, certs):
+        import ssl
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        super().__init__(daemon=True)
+        seen = self.seen = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                size = len(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "size": size})
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(certs / "server.crt", certs / "server.key")
+        self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def run(self):
+        self.server.serve_forever()
+
+
+def raw_request(port: int, ca, head: str, body: bytes = b"", wait_s: float = 15.0) -> str:
+    """Send ``head`` and ``body`` over TLS as they are and return the status line of the reply ('' if none)."""
+    import socket
+    import ssl
+
+    tls = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as raw, \
+            tls.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        conn.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        try:
+            return conn.recv(4096).split(b"\r\n", 1)[0].decode()
+        except (ConnectionError, TimeoutError):
+            return ""
+
+
+def test_an_outsider_cannot_exhaust_the_gateway_forge_its_source_or_fill_its_log(tmp_path):
+    import time
+
+    import httpx
+    import psutil
+
+    from semcon.flower.launch import Processes, free_port
+    from semcon.flower.secure import make_certs
+
+    certs = make_certs(tmp_path / "certs", nodes=0)
+    upstream = Recorder(certs)
+    upstream.start()
+    procs = Processes(tmp_path / "state", tmp_path / "state" / "logs", certs=certs)
+    port = free_port()
+    try:
+        procs.start_gateway("127.0.0.1", port, upstream.address, body_seconds=2)
+        gateway = psutil.Process(procs.helpers[0].pid)
+        url, ca = f"https://127.0.0.1:{port}", certs / "ca.crt"
+        with httpx.Client(base_url=url, verify=str(ca)) as client:
+            # forwarding headers are the gateway's, never the sender's
+            forged = {"X-Forwarded-For": "6.6.6.6", "Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6"}
+            assert client.post("/v1/fleet/pull-messages", content=b"{}", headers=forged).status_code == 200
+            # the pinned version's node endpoints only, and a body as large as one array chunk still passes
+            assert client.post("/v1/fleet/list-runs", content=b"{}").status_code == 403
+            assert client.post("/v1/fleet/push-object", content=b"x" * (6 << 20)).status_code == 200
+        assert upstream.seen[0]["headers"]["x-forwarded-for"] == "127.0.0.1"
+        assert not {"forwarded", "x-real-ip"} & set(upstream.seen[0]["headers"])
+        assert [(r["path"], r["size"]) for r in upstream.seen] == [("/v1/fleet/pull-messages", 2),
+                                                                   ("/v1/fleet/push-object", 6 << 20)]
+
+        rss = gateway.memory_info().rss
+        for _ in range(2):  # declares 10 MB and starts sending: refused before a byte of it is read
+            head = "POST /v1/fleet/push-messages HTTP/1.1\nHost: x\nContent-Length: 10485760\n"
+            assert raw_request(port, ca, head, b"x" * 65536).endswith("413 Request Entity Too Large")
+        chunked = "POST /v1/fleet/register-node HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n"
+        over = (b"10000\r\n" + b"x" * 65536 + b"\r\n") * 2  # 128 KiB in chunks, no length declared: cut at 64
+        assert raw_request(port, ca, chunked, over).endswith(" 413 Request Entity Too Large")
+        assert (gateway.memory_info().rss - rss) / 2**20 < 8
+        start = time.monotonic()  # declares 1 KB, sends 10 bytes and waits: cut off after body_seconds
+        slow = raw_request(port, ca, "POST /v1/fleet/get-run HTTP/1.1\nHost: x\nContent-Length: 1000\n", b"x" * 10)
+        assert slow.endswith("408 Request Timeout") and time.monotonic() - start < 10
+        abort = "POST /v1/fleet/push-messages HTTP/1.1\nHost: x\nContent-Length: 100000\n"
+        raw_request(port, ca, abort, b"x" * 50000, wait_s=0.2)  # sends half and goes away
+        assert len(upstream.seen) == 2  # none of these reached the SuperLink
+
+        time.sleep(0.5)
+        log = (procs.logs / "gateway.log").read_text()
+        refused = [line for line in log.splitlines() if " refused " in line]
+        assert len(refused) == 6 and "Traceback" not in log, log
+        assert "refused 400 POST /v1/fleet/push-messages" in refused[-1] and "went away" in refused[-1]
+        assert "refused 403 POST /v1/fleet/list-runs from 127.0.0.1:" in refused[0]
+        assert all(oct(path.stat().st_mode & 0o777) == oct(mode) for path, mode in
+                   [(procs.home, 0o700), (procs.logs, 0o700), (procs.logs / "gateway.log", 0o600)])
+    finally:
+        procs.stop_all()
+        upstream.server.shutdown()
+
+
+def test_process_logs_rotate_so_no_one_can_fill_the_disk(tmp_path):
+    from semcon.flower.launch import pump
+
+    log = tmp_path / "gateway.log"
+    pump(io.BytesIO(b"".join(b"refused %04d\n" % i for i in range(1000))), log, max_bytes=1000, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.log", "gateway.log.1", "gateway.log.2"]
+    assert all(p.stat().st_size <= 1000 and p.stat().st_mode & 0o077 == 0 for p in tmp_path.iterdir())
+    assert log.read_text().splitlines()[-1] == "refused 0999"
+
+
 # --- A careless user: nothing of theirs is destroyed, bad input is one line ----------------------------------
 
 COMMANDS = {
@@ -446,6 +572,9 @@ def test_a_closed_deployment_keeps_outsiders_out_and_members_to_their_identities
         link.send_signal(signal.SIGTERM)
         link.wait(timeout=120)
     assert flower_processes(state) == [] and flower_processes(nodes.home) == []
+    # the SuperLink's database and logs hold the run's traffic: this user's only
+    assert [oct(p.stat().st_mode & 0o077) for p in (state, state / "superlink.db", state / "logs" / "superlink.log")
+            ] == ["0o0"] * 3
 
     summary = json.loads((run / "summary.json").read_text())
     refused = {k: v for r in summary["per_round"] for k, v in r["failed"].items() if k.startswith("node ")}

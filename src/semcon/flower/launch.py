@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ clientapp = "semcon.flower.client_app:app"
 [tool.flwr.app.config]
 run-dir = {run_dir}
 """
+
+LOG_BYTES, LOG_KEEP = 10 * 1024 * 1024, 3  # a process's log rotates at 10 MiB and keeps 3 old ones
 
 # The public keys of a run that Flower's run config can override (semcon key -> Flower key).
 RUN_CONFIG_KEYS = ("rounds", "seed", "public.num_prompts", "generate.max_new_tokens", "train.steps")
@@ -124,10 +127,14 @@ class Processes:
     fleet: str = ""  # where SuperNodes connect: the gateway when closed
 
     def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with open(self.logs / f"{name}.log", "ab") as out:  # the child keeps its own copy of the handle
-            return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=flower_env(self.home, env),
-                                    start_new_session=True)
+        """Start a process whose state only this user can read (umask 077: the SuperLink's database holds
+        the run's traffic) and whose output goes to ``logs/NAME.log``, rotated."""
+        private_dir(self.home)
+        private_dir(self.logs)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=flower_env(self.home, env),
+                                start_new_session=True, umask=0o077)
+        threading.Thread(target=pump, args=(proc.stdout, self.logs / f"{name}.log"), daemon=True).start()
+        return proc
 
     def start_superlink(self, port: int | None = None, env: dict[str, str] | None = None,
                         public: tuple[str, int] = ("127.0.0.1", 0)) -> str:
@@ -150,14 +157,18 @@ class Processes:
         self.address = self.fleet = f"127.0.0.1:{port}"
         wait_for_port(port, self.superlink, self.logs / "superlink.log")
         if self.certs is not None:
-            host, gport = public[0], public[1] or free_port()
-            gateway = self._start("gateway", [sys.executable, "-m", "semcon.flower.secure", "gateway", host,
-                                              str(gport), self.address, str(self.certs)])
-            self.helpers.append(gateway)
-            reach = "127.0.0.1" if host == "0.0.0.0" else host  # how this machine reaches it
-            wait_for_port(gport, gateway, self.logs / "gateway.log", host=reach)
-            self.fleet = f"{reach}:{gport}"
+            self.fleet = self.start_gateway(public[0], public[1] or free_port(), self.address)
         return self.address
+
+    def start_gateway(self, host: str, port: int, upstream: str, body_seconds: float | None = None) -> str:
+        """The Fleet-only gateway on HOST:PORT in front of the SuperLink at ``upstream``; returns how this
+        machine reaches it."""
+        args = [sys.executable, "-m", "semcon.flower.secure", "gateway", host, str(port), upstream, str(self.certs)]
+        gateway = self._start("gateway", args + ([str(body_seconds)] if body_seconds else []))
+        self.helpers.append(gateway)
+        reach = "127.0.0.1" if host == "0.0.0.0" else host
+        wait_for_port(port, gateway, self.logs / "gateway.log", host=reach)
+        return f"{reach}:{port}"
 
     def start_node(self, partition: int, state_dir: Path, env: dict[str, str] | None = None,
                    key: Path | None = None, name: str | None = None) -> subprocess.Popen:
@@ -195,6 +206,34 @@ class Processes:
             if proc is not None:
                 stop(proc)
         self.superlink, self.helpers = None, []
+
+
+def private_dir(path: Path) -> Path:
+    """``path``, created if need be, readable by this user only."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def pump(stream, path: Path, max_bytes: int = LOG_BYTES, keep: int = LOG_KEEP) -> None:
+    """Copy a process's output into ``path`` (0600) line by line until it ends, rotating the file to
+    ``path.1`` .. ``path.KEEP`` when it would pass ``max_bytes``, so that no one can fill the disk with it."""
+
+    def opened():
+        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+
+    out = opened()
+    for line in iter(lambda: stream.readline(64 * 1024), b""):
+        if out.tell() and out.tell() + len(line) > max_bytes:
+            out.close()
+            for i in range(keep - 1, 0, -1):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{path}.{i}", f"{path}.{i + 1}")
+            os.replace(path, f"{path}.1")
+            out = opened()
+        out.write(line)
+        out.flush()
+    out.close()
 
 
 def hub_dir(certs: Path) -> Path:
