@@ -114,3 +114,51 @@ def test_a_finished_run_leaves_no_model_alive(tiny_llama_dir, tmp_path, monkeypa
     simulation.run(load_config(tree=tiny_tree(str(tiny_llama_dir))), tmp_path)
     gc.collect()
     assert loaded and all(ref() is None for ref in loaded)
+
+
+def test_config_key_separates_what_decides_round_0_the_answers_and_the_run(tiny_llama_dir):
+    base = tiny_tree(str(tiny_llama_dir))
+
+    def key(level, **top):
+        tree = json.loads(json.dumps(base))
+        for dotted, value in top.items():
+            section, field = dotted.split("__")
+            tree.setdefault(section, {})[field] = value
+        return simulation.config_key(load_config(tree=tree), level)
+
+    # no attackers whatever their kind: the same run
+    assert key("run", adversaries__kind="random", adversaries__count=0) == key("run", adversaries__kind="sybil",
+                                                                               adversaries__count=0) == key("run")
+    # the rule: the same answers, another run
+    assert key("answers", consensus__rule="gated", consensus__competence="knn") != key("answers")
+    assert key("answers", consensus__sybil_merge=0.995) == key("answers") != key("run", consensus__sybil_merge=0.995)
+    # what acts only on uploads: the same round 0, other answers
+    for upload_only in ({"adversaries__kind": "random"}, {"privacy__filter": ["ngram"]}):
+        assert key("round0", **upload_only) == key("round0") and key("answers", **upload_only) != key("answers")
+    # an attacker that trains on poisoned data: another round 0
+    assert key("round0", adversaries__kind="random", adversaries__poison_private=True) != key("round0")
+
+
+def test_a_cell_that_differs_only_in_its_attack_starts_from_the_other_cells_round_0(tiny_llama_dir, tmp_path):
+    import yaml
+    from conftest import cli
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_tree(str(tiny_llama_dir), adversaries={"kind": "random"})))
+    out = tmp_path / "abl"
+    result = cli("ablate", path, "--grid", "adversaries.kind=random,echo", "--grid", "adversaries.count=0,1",
+                 "--methods", "semantic_consensus", "--seeds", "1", "--out", out)
+    assert result.exit_code == 0, result.output
+    run = {c: out / c / "semantic_consensus" / "seed-0" for c in
+           ("adversaries.kind=random+adversaries.count=0", "adversaries.kind=echo+adversaries.count=0",
+            "adversaries.kind=random+adversaries.count=1", "adversaries.kind=echo+adversaries.count=1")}
+    summaries = {c: json.loads((p / "summary.json").read_text()) for c, p in run.items()}
+    first = "adversaries.kind=random+adversaries.count=0"
+    assert summaries["adversaries.kind=echo+adversaries.count=0"]["copied_from"] == str(run[first])
+    round0 = [r for r in rows(run[first] / "metrics.jsonl") if r.get("round") == 0]
+    for cell in ("adversaries.kind=random+adversaries.count=1", "adversaries.kind=echo+adversaries.count=1"):
+        assert [r for r in rows(run[cell] / "metrics.jsonl") if r.get("round") == 0] == round0  # copied, not retrained
+        assert summaries[cell]["attackers"] == ["math"]
+    echoed = {r["text"] for r in rows(run["adversaries.kind=echo+adversaries.count=1"] / "uploads" / "round_01.jsonl")
+              if r["client"] == "math"}
+    assert echoed == {p["instruction"] for p in rows(run[first] / "public.jsonl")}

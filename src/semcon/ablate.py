@@ -1,10 +1,11 @@
 """``semcon ablate``: a compare in every cell of a grid of config overrides, then one table and a plot per axis.
 
 Cells are ``DIR/<cell>/`` (each a compare directory: ``<cell>/<method>/seed-<S>/``). Finished cells are read,
-not run again; a failed cell is reported with its reason and the others go on. A semantic-consensus run that
-differs from a finished run of the same seed in ``DIR`` (this grid's or an earlier one's) only in the server's
-consensus settings starts from that run's round 0 and round-1 answers (``simulation.fork``), since those do not
-depend on the rule; another method's run that does not read the consensus at all is copied from it.
+not run again; a failed cell is reported with its reason and the others go on. A run that a finished run of the
+same seed in ``DIR`` (this grid's or an earlier one's) already is, is copied; a semantic-consensus run that differs
+from one only in the server's consensus settings starts from its round 0 and round-1 answers (``simulation.fork``),
+since those do not depend on the rule, and one that differs also in what acts only on uploads (attacks, the upload
+filter) from its round 0; another method's run that does not read these at all is copied from it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from semcon.compare import plan, run_compare, seed_plan, write_manifest
 from semcon.config import ConfigError, RunConfig, load_config
 from semcon.report import Runs, ablation_report, write_report
-from semcon.simulation import can_fork, prefix_key
+from semcon.simulation import can_fork, config_key
 
 log = logging.getLogger(__name__)
 RunOne = Callable[[RunConfig, Path, bool], dict]  # run (or resume) one federation into a run directory
@@ -82,8 +83,8 @@ def ablate(config: Path, axes: dict[str, list[str]], out: Path, methods: list[st
             write_manifest(where, plan_seeds, skipped)
 
             def one(cfg: RunConfig, target: Path, resuming: bool) -> dict:
-                if not resuming and (source := _shared(cfg, finished_runs(out))) is not None:
-                    summary = _reuse(source, cfg, target, fork)
+                if not resuming and (shared := _shared(cfg, finished_runs(out))) is not None:
+                    summary = _reuse(shared[0], cfg, target, fork, copy=shared[1])
                 else:
                     summary = run_one(cfg, target, resuming)
                 return summary
@@ -108,30 +109,31 @@ def finished_runs(out: Path) -> list[tuple[RunConfig, Path]]:
     return found
 
 
-def _shared(cfg: RunConfig, finished: list[tuple[RunConfig, Path]]) -> Path | None:
-    """A finished run this one can start from: semantic consensus of the same prefix (``prefix_key``) that kept
-    round 0; another method whose config is the same but for the consensus it never reads."""
-    for other, path in finished:
-        if other.method != cfg.method or other.seed != cfg.seed:
-            continue
-        if cfg.method == "semantic_consensus" and prefix_key(other) == prefix_key(cfg) and can_fork(path):
-            return path
-        if cfg.method != "semantic_consensus" and _without_consensus(other) == _without_consensus(cfg):
-            return path
+def _shared(cfg: RunConfig, finished: list[tuple[RunConfig, Path]]) -> tuple[Path, bool] | None:
+    """A finished run this one can copy (``True``: the same run, or another method's whose config differs only in
+    what that method never reads) or, for semantic consensus, fork from (``False``: the same round 0, and the same
+    round-1 answers where only the server's consensus differs: ``config_key``); the closest first."""
+    same = [(other, path) for other, path in finished if other.method == cfg.method and other.seed == cfg.seed]
+    if cfg.method != "semantic_consensus":  # the consensus and what acts on text uploads do not reach it
+        return next(((path, True) for other, path in same
+                     if _without_consensus(other) == _without_consensus(cfg)), None)
+    for level in ("run", "answers", "round0"):
+        for other, path in same:
+            if config_key(other, level) == config_key(cfg, level) and (level == "run" or can_fork(path)):
+                return path, level == "run"
     return None
 
 
 def _without_consensus(cfg: RunConfig) -> str:
-    tree = cfg.model_dump(mode="json")
-    for key in ("name", "seeds", "log", "consensus"):
-        tree.pop(key, None)
+    tree = json.loads(config_key(cfg, "round0"))
+    tree.pop("consensus", None)
     return json.dumps(tree, sort_keys=True)
 
 
-def _reuse(source: Path, cfg: RunConfig, target: Path, fork) -> dict:
-    """Fork a semantic-consensus run from ``source``, or copy another method's finished run (its results do not
-    depend on the consensus settings, which are all that differ); its config keeps this cell's settings."""
-    if cfg.method == "semantic_consensus":
+def _reuse(source: Path, cfg: RunConfig, target: Path, fork, copy: bool) -> dict:
+    """Copy ``source`` (a finished run whose results this one would repeat; its config keeps this cell's
+    settings), or fork this semantic-consensus run from it."""
+    if not copy:
         return fork(source, cfg, target)
     if target.exists():
         shutil.rmtree(target)
@@ -140,6 +142,7 @@ def _reuse(source: Path, cfg: RunConfig, target: Path, fork) -> dict:
     summary = json.loads((target / "summary.json").read_text(encoding="utf-8"))
     summary["copied_from"] = str(source)
     (target / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    log.info("%s: copied from %s (%s does not read the consensus settings)", target, source, cfg.method)
+    log.info("%s: copied from %s (the same results)", target, source)
     return summary
+
 

@@ -11,6 +11,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Literal
 
 from semcon.assembly import Federation, assemble, client_round
 from semcon.client import answer_together, evaluate_together
@@ -132,14 +133,15 @@ def resume(out: Path, progress=None) -> dict:
 
 
 def fork(source: Path, cfg: RunConfig, out: Path, progress=None) -> dict:
-    """Run ``cfg`` into ``out`` from ``source``'s round 0 and round-1 answers instead of computing them again:
-    for a run that differs from ``source`` only in what the server does with the answers (``prefix_key``), they
-    are the same. Its round-0 rows, state and adapters are copied; round 1 sends the kept uploads again."""
+    """Run ``cfg`` into ``out`` from ``source``'s round 0, and its round-1 answers where they are the same
+    (``config_key``: runs that differ only in what the server does with the answers), instead of computing them
+    again. Its round-0 rows, state and adapters are copied; round 1 sends the kept uploads again."""
     from semcon.server import uploads_from_rows
 
     source, run_dir = Path(source), RunDir.create(out, cfg)
-    if prefix_key(load_config(source / "config.yaml", check_files=False)) != prefix_key(cfg):
-        raise ValueError(f"{source} differs from this run in more than the server's consensus settings")
+    other = load_config(source / "config.yaml", check_files=False)
+    if config_key(other, "round0") != config_key(cfg, "round0"):
+        raise ValueError(f"{source} differs from this run in more than what acts on uploads and the consensus")
     shutil.copy2(source / "public.jsonl", run_dir.path / "public.jsonl")
     for name in ("metrics.jsonl", "ledger.jsonl"):
         rows = [r for r in read_rows(source / name) if r.get("event", "round") == "round" and r.get("round") == 0]
@@ -149,6 +151,9 @@ def fork(source: Path, cfg: RunConfig, out: Path, progress=None) -> dict:
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy2(adapter, target / adapter.name)
     run_dir.save_state(json.loads((source / "checkpoints" / "state.round_00.json").read_text(encoding="utf-8")))
+    if config_key(other, "answers") != config_key(cfg, "answers"):
+        log.info("%s: round 0 from %s", out, source)
+        return _session(cfg, run_dir, progress, resuming=True)
     answered = {n: encode(u) for n, u in uploads_from_rows(1, read_rows(source / "uploads" / "round_01.jsonl")).items()}
     log.info("%s: round 0 and round 1's answers from %s", out, source)
     return _session(cfg, run_dir, progress, resuming=True, answered={1: answered})
@@ -166,13 +171,25 @@ SERVER_ONLY = frozenset(ConsensusConfig.model_fields) - {"competence", "competen
                                                          "max_answer_chars"}
 
 
-def prefix_key(cfg: RunConfig) -> str:
-    """What decides a run's round 0 and its round-1 answers: the whole config but its name, its seeds plan and
-    the server-only consensus settings (``skip_own`` acts only from round 1's training on)."""
+def config_key(cfg: RunConfig, level: Literal["run", "answers", "round0"] = "run") -> str:
+    """What decides a run, as a string to compare: ``run``, the whole config but its name, its seeds plan and
+    trackers (an ``adversaries`` of count 0 is none); ``answers``, its round 0 and round-1 answers, which the
+    server-only consensus settings do not change (``skip_own`` acts only from round 1's training on); ``round0``,
+    round 0 alone, which neither what acts only on uploads changes: attacks that leave the private data alone,
+    and the upload filter."""
     tree = cfg.model_dump(mode="json")
     for key in ("name", "seeds", "log"):
         tree.pop(key, None)
-    tree["consensus"] = {k: v for k, v in tree["consensus"].items() if k not in SERVER_ONLY}
+    if tree["adversaries"] and tree["adversaries"]["count"] == 0:
+        tree["adversaries"] = None
+    if level in ("answers", "round0"):
+        tree["consensus"] = {k: v for k, v in tree["consensus"].items() if k not in SERVER_ONLY}
+    if level == "round0":
+        for holder in [tree, *tree["clients"]]:
+            key = "adversaries" if holder is tree else "attack"
+            if holder.get(key) and not holder[key]["poison_private"]:
+                holder[key] = None
+        tree["privacy"] = {k: v for k, v in tree["privacy"].items() if k not in ("filter", "ngram")}
     return json.dumps(tree, sort_keys=True)
 
 
