@@ -109,6 +109,8 @@ def test_ablate_over_the_number_of_attackers_reports_their_share_and_honest_qual
     import yaml
     from conftest import cli, rows, tiny_tree
 
+    from semcon.report import seed_scores
+
     tree = tiny_tree(str(tiny_llama_dir), rounds=2, adversaries={"kind": "plausible_wrong", "poison_private": True})
     tree["consensus"]["reputation"] = 10.0
     path = tmp_path / "c.yaml"
@@ -125,6 +127,8 @@ def test_ablate_over_the_number_of_attackers_reports_their_share_and_honest_qual
                if r["client"] == "math")
     record = {r["cell"]: r for r in json.loads((out / "ablation.json").read_text())}
     assert record["adversaries.count=0"]["attacker_share"] == [0]
+    clean = json.loads((out / "adversaries.count=0" / "semantic_consensus" / "seed-0" / "summary.json").read_text())
+    assert record["adversaries.count=0"]["honest_bpb"] == [seed_scores(clean, "bpb")["geo"]]  # math attacks next door
     assert 0 <= record["adversaries.count=1"]["attacker_share"][0] <= 1
     assert "attacker share" in (out / "ablation.md").read_text() and (out / "ablation_adversaries.count.png").is_file()
     assert cli("verify", attacked).exit_code == 0

@@ -56,8 +56,9 @@ def test_replay_tabulates_every_rule_and_names_the_bounds(kept_run, tmp_path):
     assert by_rule["oracle_reference"]["bound"] and by_rule["oracle_reference"]["quality"]["consensus"]["rouge_l"] == 1.0
     assert by_rule["oracle_reference"]["label_share"]["reference"] == 1.0
     assert all(v == 1.0 for v in by_rule["oracle_expert"]["expert_share"].values())
-    assert all(r["attackers"] == ["geo"] for r in table)
-    assert "(bound)" in (out / "replay.md").read_text()
+    assert all(r["attackers"] == ["geo"] and r["attacks"] == {"geo": "inflate_competence"} for r in table)
+    text = (out / "replay.md").read_text()
+    assert "(bound)" in text and "geo (inflate_competence)" in text and "| attacker share |" in text
     # replayed as the run ran (math attacked in the run itself), the gated rule gives the run's own labels
     same = cli("replay", kept_run, "--rule", "gated", "--out", tmp_path / "same")
     labelled = json.loads((tmp_path / "same" / "replay.json").read_text())[0]["labelled"]

@@ -139,7 +139,7 @@ def parse_attack(spec: str) -> tuple[str, AttackConfig]:
 def replay(path: Path, rules: list[str], sets: list[str] = (), attackers: list[str] = ()) -> list[dict]:
     """One row per rule and round: the labels' quality against the held-back references, the share of
     prompts labelled, each domain's expert share and each client's share of the labels. ``sets``: consensus
-    overrides for every rule; ``attackers``: clients whose kept uploads are replayed as inflate_competence."""
+    overrides for every rule; ``attackers``: ``CLIENT[:kind=K,...]``, clients whose kept uploads are replayed as an attacker's."""
     kept = load_kept(path)
     tree = kept.cfg.model_dump(mode="json")
     bad = [s for s in sets if not s.startswith("consensus.")]
@@ -165,6 +165,8 @@ def replay(path: Path, rules: list[str], sets: list[str] = (), attackers: list[s
             out.append({"rule": label, "round": t, "labelled": m["pseudo_labels"] / max(m["prompts"], 1),
                         "quality": m["answer_quality"], "expert_share": m["expert_share"],
                         "label_share": m["label_share"], "attackers": sorted(attacks),
+                        "attacks": {n: a.kind + (f" ({a.answers} answers)" if a.answers != "honest" else "")
+                                    for n, a in sorted(attacks.items())},
                         "bound": cfg.consensus.oracle})
     return out
 

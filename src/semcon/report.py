@@ -614,8 +614,10 @@ def replay_lines(rows: list[dict], run: str, produced_by: dict) -> list[str]:
     the provenance of the session that replayed."""
     domains = sorted({d for r in rows for d in r["expert_share"]})
     clients = list(dict.fromkeys(c for r in rows for c in r["label_share"]))
+    attacks = {n: kind for r in rows for n, kind in r.get("attacks", {}).items()}
     head = ["rule", "round", "labelled", "ROUGE-L", "cosine", "random ROUGE-L", "random cosine",
-            *(f"expert share {d}" for d in domains), *(f"labels from {c}" for c in clients)]
+            *(["attacker share"] if attacks else []), *(f"expert share {d}" for d in domains),
+            *(f"labels from {c}" for c in clients)]
     table = []
     for r in rows:
         q = r["quality"] or {}
@@ -623,9 +625,9 @@ def replay_lines(rows: list[dict], run: str, produced_by: dict) -> list[str]:
                  _dig(q, "random", "cosine")]
         table.append([f"{r['rule']}{' (bound)' if r['bound'] else ''}", str(r["round"]), _share(r["labelled"]),
                       *("–" if v is None else f"{v:.3f}" for v in cells),
+                      *([_share(sum(r["label_share"].get(n, 0.0) for n in attacks))] if attacks else []),
                       *(_share(r["expert_share"].get(d)) for d in domains),
                       *(_share(r["label_share"].get(c)) for c in clients)])
-    attackers = sorted({a for r in rows for a in r["attackers"]})
     return [f"# semcon replay of `{run}`", "", f"Produced by {describe(produced_by)}.", "",
             "Each rule recomputed from the run's kept uploads (`uploads/round_NN.jsonl`), no training. ROUGE-L and "
             "cosine: the pseudo-labels against the held-back references (random: a uniformly random client's "
@@ -635,8 +637,8 @@ def replay_lines(rows: list[dict], run: str, produced_by: dict) -> list[str]:
             "came from clients trained on this run's own labels, so their rows are indicative only. Rules marked "
             "(bound) read what no deployment has (who the experts are, or the references): they bound what any "
             "rule, and the text channel, can reach.", "",
-            *([f"Replayed with {', '.join(attackers)} as an attacker (inflate_competence): its kept upload changed "
-               "as such a client would have sent it.", ""] if attackers else []),
+            *([f"Replayed with {', '.join(f'{n} ({k})' for n, k in attacks.items())} as attackers: each one's kept "
+               "upload changed as such a client would have sent it.", ""] if attacks else []),
             *md_table(head, table), ""]
 
 
@@ -655,10 +657,11 @@ def _client_mean(summary: dict, metric: str = "bpb") -> float | None:
     return _mean(list(seed_scores(summary, metric).values()))
 
 
-def honest_mean(summary: dict, metric: str = "bpb") -> float | None:
-    """The metric's mean over the clients that do not attack."""
-    attackers = set(summary.get("attackers") or [])
-    return _mean([v for c, v in seed_scores(summary, metric).items() if c not in attackers])
+def honest_mean(summary: dict, metric: str = "bpb", excluded: set[str] = frozenset()) -> float | None:
+    """The metric's mean over the clients that do not attack, and not in ``excluded`` either (a sweep passes
+    every cell's attackers, so that all its cells average the same clients)."""
+    skip = set(summary.get("attackers") or []) | set(excluded)
+    return _mean([v for c, v in seed_scores(summary, metric).items() if c not in skip])
 
 
 def attacker_share(summary: dict) -> float | None:
@@ -671,7 +674,9 @@ def attacker_share(summary: dict) -> float | None:
 
 def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
     """``out/ablation.md``, ``ablation.json`` and ``ablation_<axis>.png``: one row per cell and method."""
-    attacked = any(s.get("attackers") for c in cells if not c.error for p in c.runs.values() for s in p.values())
+    ever = {a for c in cells if not c.error for p in c.runs.values() for s in p.values() for a in s.get("attackers") or []}
+    attacked = bool(ever)
+    honest = lambda s: honest_mean(s, excluded=ever)  # noqa: E731
     head = ["cell", "method", "seeds", "bits/byte ↓", f"− {BASELINE} (paired)", "own ↓", "other ↓",
             "label ROUGE-L", "label cosine", "expert share", "bytes", "wall s"]
     head[6:6] = ["honest bits/byte ↓", "attacker share"] if attacked else []
@@ -686,7 +691,7 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
             label = method + (f" ({rule}{', a bound' if rule.startswith('oracle') else ''})" if rule else "")
             rows.append([cell.name, label, str(len(per_seed)), _over(per_seed, _client_mean), _paired(cell.runs, method),
                          _over(per_seed, lambda s: own_other(s, "bpb")[0]), _over(per_seed, lambda s: own_other(s, "bpb")[1]),
-                         *([_over(per_seed, honest_mean), _over(per_seed, attacker_share, 2)] if attacked else []),
+                         *([_over(per_seed, honest), _over(per_seed, attacker_share, 2)] if attacked else []),
                          _over(per_seed, lambda s: label_quality(s, "rouge_l")),
                          _over(per_seed, lambda s: label_quality(s, "cosine")),
                          _over(per_seed, mean_expert_share, 2),
@@ -697,7 +702,7 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
                            "paired_to_local": paired_differences(cell.runs, method, "bpb")
                            if BASELINE in cell.runs and method != BASELINE else [],
                            "expert_share": [mean_expert_share(s) for s in per_seed.values()],
-                           "honest_bpb": [honest_mean(s) for s in per_seed.values()],
+                           "honest_bpb": [honest(s) for s in per_seed.values()],
                            "attacker_share": [attacker_share(s) for s in per_seed.values()],
                            "seconds": [s["seconds"] for s in per_seed.values()]})
     panels = [("honest_bpb", "honest clients' bits per byte ↓"), ("attacker_share", "attackers' share of the labels")
@@ -710,7 +715,8 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
              "cell with its 95% bootstrap interval; own/other: each client's own domain vs the mean of the others; "
              "label ROUGE-L / cosine: the pseudo-labels against the held-back references, mean over rounds; expert "
              "share: of each domain's labels, the share that is its expert's answer; honest bits/byte: the mean over "
-             "the clients that do not attack; attacker share: the attackers' share of all labels, mean over rounds. "
+             f"the clients that attack in no cell ({', '.join(sorted(ever)) or 'none'} left out of every cell, so "
+             "that all cells average the same clients); attacker share: the attackers' share of all labels, mean over rounds. "
              "A run that started from an "
              "earlier cell's round 0 and round-1 answers (same seed, only the server's consensus differs) counts "
              "round 0's seconds as that run spent them and round 1's answers as free; a baseline that never reads "
