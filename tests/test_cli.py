@@ -39,3 +39,32 @@ def test_bad_jsonl_row_names_file_and_line(tmp_path):
                  "--out", tmp_path / "run")
     one_line_error(result, f"{bad}:2")
     assert "response" in result.output
+
+
+@pytest.mark.long(30)
+def test_quick_config_runs_to_a_complete_directory_and_says_what_happened(tiny_llama_dir, tmp_path):
+    """configs/quick.yaml (make quick) as it ships, on a tiny model: a full run directory, a report, and the
+    outcome a newcomer wants (bits per byte before -> after, example labels, bytes against LoRA-FedAvg)."""
+    import yaml
+
+    from semcon.config import load_config
+
+    tree = yaml.safe_load((ROOT / "configs/quick.yaml").read_text())
+    assert load_config(ROOT / "configs/quick.yaml").rounds == 1 and len({c["data"]["source"] for c in tree["clients"]}) >= 2
+    for client in tree["clients"]:
+        client["model"] = str(tiny_llama_dir)
+    tree["threads"] = 1
+    config, out = tmp_path / "quick.yaml", tmp_path / "run"
+    config.write_text(yaml.safe_dump(tree))
+    result = cli("run", config, "--out", out)
+    assert result.exit_code == 0, result.output
+    for name in ("config.yaml", "summary.json", "ledger.jsonl", "uploads/round_01.jsonl", "pseudo_labels/round_01.jsonl",
+                 "report.md", "bytes_per_round.png", "adapters/chat/adapter_model.safetensors"):
+        assert (out / name).is_file(), name
+    lines = result.output.splitlines()
+    bpb = lines[lines.index("held-out bits per byte, base model -> after (lower is better):") + 1:][:2]
+    assert [line.split()[0] for line in bpb] == ["medicine", "chat"] and all(" -> " in line for line in bpb)
+    assert all("–" not in line for line in bpb)  # eval.before is on: every number before and after is there
+    labels = [line for line in lines if line.startswith("  [")]
+    assert 1 <= len(labels) <= 3 and all(line[3:].split("]")[0] in ("medicine", "chat") for line in labels)
+    assert "LoRA-FedAvg of these adapters" in result.output and f"run directory: {out}" in result.output

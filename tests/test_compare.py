@@ -211,9 +211,18 @@ def test_phase_seconds_split_a_runs_wall_time():
                                                                      "rest": 9.0}
 
 
-def test_per_round_plots_have_integer_round_ticks(runs):
+def one_round_run() -> dict:
+    run = sc_run(0)
+    run["per_round"] = run["per_round"][1:2]
+    return run
+
+
+@pytest.mark.parametrize("one_round", [False, True])
+def test_per_round_plots_have_integer_round_ticks(runs, one_round):
     rounds, values = per_round_mean(runs["semantic_consensus"], round_bpb)
     assert rounds == [0, 1, 2] and values == pytest.approx([3.0, 1.5, 1.0])
+    if one_round:  # one point: matplotlib alone ticks it 0.95, 0.975, ... 1.05
+        runs = {"semantic_consensus": {0: one_round_run()}}
     for fig in (quality_figure(runs), label_quality_figure(runs), bytes_figure(runs)):
         for ax in fig.axes:
             fig.canvas.draw()
@@ -221,9 +230,22 @@ def test_per_round_plots_have_integer_round_ticks(runs):
             lo, hi = ax.get_xlim()
             ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
             assert ticks and all(float(t).is_integer() for t in ticks)
+    if one_round:
+        return
     labels = {line.get_label(): list(line.get_ydata()) for line in label_quality_figure(runs).axes[0].lines}
     assert labels["consensus"] == pytest.approx([0.4, 0.5]) and labels["random client"] == pytest.approx([0.2, 0.2])
     assert "geo own" in labels and "math own" in labels
+
+
+def test_a_plot_without_data_is_neither_written_nor_linked_and_the_report_says_why(cfg, tmp_path):
+    bare = local_run(0)
+    bare["per_round"] = [{k: v for k, v in r.items() if k != "reference"} for r in bare["per_round"]]
+    (tmp_path / "quality_per_round.png").write_bytes(b"an empty frame of an earlier report")
+    report = write_report(tmp_path, {"local": {0: bare}}, {"local": cfg}, {}).read_text()
+    assert not (tmp_path / "quality_per_round.png").exists() and "quality_per_round.png" not in report
+    assert "Not plotted: quality per round: no per-round reference scores in these runs (`eval.every_round: false`)." in report
+    assert "Not plotted: pseudo label quality: no pseudo-labels scored" in report
+    assert (tmp_path / "bytes_per_round.png").is_file() and "![bytes_per_round](bytes_per_round.png)" in report
 
 
 def compare_command(monkeypatch, tmp_path, fake_run) -> list[str]:

@@ -27,7 +27,8 @@ def test_two_clients_one_round_on_embedded_models(tmp_path):
         cmd += ["--set", o]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "held-out bits per byte" in proc.stdout
+    assert "held-out bits per byte" in proc.stdout and "pseudo-labels of round 1" in proc.stdout
+    assert "x more" in proc.stdout.split("LoRA-FedAvg of these adapters")[1] and f"report: {out}/report.md" in proc.stdout
 
     for name in ("config.yaml", "metrics.jsonl", "ledger.jsonl", "summary.json", "pseudo_labels/round_01.jsonl",
                  "adapters/geo/adapter_model.safetensors", "adapters/math/adapter_config.json"):

@@ -80,7 +80,16 @@ def run(
     out = out or default_out(cfg)
     summary = _run_one(cfg, out, overwrite=overwrite)
     print_summary(summary, console)
-    console.print(f"run directory: [bold]{out}[/]")
+    _outcome(out, summary)
+
+
+def _outcome(out: Path, summary: dict) -> None:
+    """The end of a run: its outcome in a few lines, its report written, and where both are."""
+    from semcon.compare import rebuild_report
+    from semcon.report import outcome_lines
+
+    console.print("\n".join(outcome_lines(out, summary)), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"report: [bold]{rebuild_report(out)}[/]\nrun directory: [bold]{out}[/]")
 
 
 def _load_run_config(config: Path, set_: list[str] | None):
@@ -171,7 +180,7 @@ def resume(
     else:
         summary = _run_one(cfg, run_dir, resume=True)
     print_summary(summary, console)
-    console.print(f"run directory: [bold]{run_dir}[/]")
+    _outcome(run_dir, summary)
 
 
 def _check_resumable(run_dir: Path) -> None:
@@ -393,6 +402,25 @@ def replay(
     (out / "replay.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     console.print(Markdown(text))
     console.print(f"replay: [bold]{out / 'replay.md'}[/]")
+
+
+@app.command()
+def inspect(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    client: Annotated[str | None, typer.Option("--client", help="only this member")] = None,
+    round_: Annotated[int | None, typer.Option("--round", help="only this round (0: the setup)")] = None,
+) -> None:
+    """What each member sent and received, round by round: every message with its bytes from the ledger, every
+    answer uploaded with its flags, every pseudo-label received, and the numbers it reported."""
+    from semcon.inspection import describe, exchanges
+    from semcon.rundir import RunDirError
+
+    try:
+        found = exchanges(run_dir, client, round_)
+    except RunDirError as e:
+        fail(str(e))
+    for ex in found:
+        console.print("\n".join(describe(ex)), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -17,7 +17,7 @@ from rich.table import Table
 from semcon.comm import ARCHS, arch_from_config, human_bytes, lora_parameters
 from semcon.config import RunConfig
 from semcon.provenance import describe
-from semcon.rundir import PLOT_NAMES, kind_of
+from semcon.rundir import PLOT_NAMES, kind_of, read_rows
 from semcon.stats import paired_bootstrap, t_interval
 
 Runs = dict[str, dict[int, dict]]  # method -> seed -> that run's summary
@@ -65,6 +65,46 @@ def print_summary(summary: dict, console: Console) -> None:
     console.print(nll_table(summary))
     console.print(f"total: {summary['bytes_up']:,} B up, {summary['bytes_down']:,} B down, "
                   f"{summary['seconds']:.0f} s, peak RSS {summary['peak_rss_gb']:.2f} GiB")
+
+
+def outcome_lines(run_dir: Path, summary: dict, examples: int = 3) -> list[str]:
+    """What a person wants to see when a run ends: per client, held-out bits per byte before -> after on its own
+    domain and the others; a few pseudo-labels with the client each came from; the bytes moved against what
+    LoRA-FedAvg of the same adapters would have moved."""
+    lines = ["held-out bits per byte, base model -> after (lower is better):"]
+    before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
+    for client, domain in (summary.get("own_domain") or {}).items():
+        def bpb(scores: dict, own: bool) -> float | None:
+            return _mean([m["bpb"] for d, m in scores.get(client, {}).items() if (d == domain) == own and "bpb" in m])
+        parts = [f"{label} {_arrow(bpb(before, own), bpb(after, own))}" for label, own in
+                 ((f"own ({domain})", True), ("other domains", False))]
+        lines.append(f"  {client:<12} " + " · ".join(parts))
+    last = sorted(Path(run_dir).glob("pseudo_labels/round_*.jsonl"))
+    labels = read_rows(last[-1]) if last else []
+    picked = list({r["client"]: r for r in labels}.values())[:examples]  # one per source client first
+    picked += [r for r in labels if r not in picked][:examples - len(picked)]
+    if picked:
+        number = int(last[-1].stem.removeprefix("round_"))
+        lines.append(f"pseudo-labels of round {number} ({len(labels)} in all), each with the client it came from:")
+        lines += [f"  [{r['client']}] {_clip(r['prompt'], 70)} -> {_clip(r['text'], 110)}" for r in picked]
+    adapters = sum(f.stat().st_size for f in Path(run_dir).glob("adapters/*/adapter_model.safetensors"))
+    moved = summary["bytes_up"] + summary["bytes_down"]
+    if adapters and summary["method"] == "semantic_consensus":
+        fedavg = 2 * adapters * summary["rounds"]  # each client's adapter up and the average down, every round
+        lines.append(f"bytes moved: {human_bytes(moved)}; LoRA-FedAvg of these adapters ({human_bytes(adapters / len(summary['clients']))} "
+                     f"each, up and down every round) would have moved {human_bytes(fedavg)}: {fedavg / max(moved, 1):,.0f}x more")
+    else:
+        lines.append(f"bytes moved: {human_bytes(moved)}")
+    return lines
+
+
+def _arrow(before: float | None, after: float | None) -> str:
+    return " -> ".join("–" if v is None else f"{v:.3f}" for v in (before, after))
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 log = logging.getLogger(__name__)
@@ -191,7 +231,7 @@ def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dic
     """``out/report.md`` and its PNG plots from each method's per-seed summaries (one run: one method, one seed,
     written into its own directory). ``missing``: planned runs that have not finished, named in the report."""
     out = Path(out)
-    plots = make_plots(out, runs)
+    plots, absent = make_plots(out, runs)
     cfg = next(iter(cfgs.values()))
     single = kind_of(out) == "run"
     metrics = [(k, label) for k, label in METRICS
@@ -221,6 +261,7 @@ def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dic
     lines += _time_section(runs)
     lines += _communication_section(runs, cfgs)
     lines += ["## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots), ""]
+    lines += [*(f"Not plotted: {name.replace('_', ' ')}: {why}." for name, why in absent.items()), ""] if absent else []
     if not single:
         lines += ["Run directories: " + "; ".join(f"{m}: " + ", ".join(f"[seed-{s}]({m}/seed-{s}/)" for s in sorted(ps))
                                                   for m, ps in runs.items()), ""]
@@ -490,36 +531,39 @@ def _plt():
 
 
 def _round_axis(ax) -> None:
+    """Whole rounds only on the x axis, also when the lines have one round."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    xs = sorted({float(x) for line in ax.lines for x in line.get_xdata()})
+    if len(xs) == 1:
+        ax.set_xlim(xs[0] - 1, xs[0] + 1)
 
+
+# Each figure function returns the figure, or why there is none (a sentence for the report).
 
 def quality_figure(runs: Runs):
     """Held-out bits per byte per round, mean over clients, domains and seeds."""
+    series = {m: xy for m, per_seed in runs.items() if (xy := per_round_mean(per_seed, round_bpb))[0]}
+    if not series:
+        return "no per-round reference scores in these runs (`eval.every_round: false`)"
     fig, ax = _plt().subplots(figsize=(6, 4))
-    for method, per_seed in runs.items():
-        xs, ys = per_round_mean(per_seed, round_bpb)
-        if xs:
-            ax.plot(xs, ys, marker="o", label=method)
+    for method, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=method)
     ax.set(xlabel="round", ylabel="held-out bits per byte\n(mean over clients, domains, seeds)",
            title="quality per round (lower is better)")
     _round_axis(ax)
-    if ax.lines:
-        ax.legend()
-    else:
-        ax.text(0.5, 0.5, "no per-round reference scores in these runs", ha="center", transform=ax.transAxes)
+    ax.legend()
     return fig
 
 
 def label_quality_figure(runs: Runs):
     """Pseudo-label quality per round against the held-back references: the consensus answer, a random
-    client's answer (expected) and each client's own; ROUGE-L and cosine panels, mean over seeds. None
-    when no run recorded it."""
+    client's answer (expected) and each client's own; ROUGE-L and cosine panels, mean over seeds."""
     methods = {m: ps for m, ps in runs.items() if any(r.get("answer_quality") for s in ps.values()
                                                          for r in s["per_round"])}
     if not methods:
-        return None
+        return "no pseudo-labels scored against references in these runs (no consensus round)"
     fig, axes = _plt().subplots(1, 2, figsize=(11, 4))
     for ax, metric, label in zip(axes, ("rouge_l", "cosine"), ("ROUGE-L", "cosine"), strict=True):
         for method, per_seed in methods.items():
@@ -549,18 +593,21 @@ def _dig(node, *keys):
 
 def bytes_figure(runs: Runs):
     """Cumulative bytes per round of each method's first seed (log scale)."""
-    fig, ax = _plt().subplots(figsize=(6, 4))
+    series = {}
     for method, per_seed in runs.items():
         s = per_seed[min(per_seed)]
-        rounds = [r["round"] for r in s["per_round"]]
         total = np.cumsum([r["bytes_up"] + r["bytes_down"] for r in s["per_round"]])
         if len(total) and total[-1] > 0:
-            ax.plot(rounds, np.maximum(total, 1), marker="o", label=method)
+            series[method] = ([r["round"] for r in s["per_round"]], np.maximum(total, 1))
+    if not series:
+        return "no bytes moved in these runs (their methods never communicate)"
+    fig, ax = _plt().subplots(figsize=(6, 4))
+    for method, (rounds, total) in series.items():
+        ax.plot(rounds, total, marker="o", label=method)
     ax.set_yscale("log")
     ax.set(xlabel="round", ylabel="cumulative bytes (up + down, all clients)", title="communication (first seed)")
     _round_axis(ax)
-    if ax.lines:
-        ax.legend()
+    ax.legend()
     return fig
 
 
@@ -580,16 +627,20 @@ def seconds_figure(runs: Runs):
 PLOTS = dict(zip(PLOT_NAMES, (quality_figure, label_quality_figure, bytes_figure, seconds_figure), strict=True))
 
 
-def make_plots(out: Path, runs: Runs) -> list[Path]:
-    """The report's PNG plots in ``out`` (a plot without data is left out)."""
-    paths = []
+def make_plots(out: Path, runs: Runs) -> tuple[list[Path], dict[str, str]]:
+    """The report's PNG plots in ``out``, and for each plot without data why it is absent (its file, left by an
+    earlier report, is removed)."""
+    paths, absent = [], {}
     for name, figure in PLOTS.items():
-        if (fig := figure(runs)) is not None:
-            fig.tight_layout()
-            fig.savefig(out / f"{name}.png", dpi=110)
-            _plt().close(fig)
-            paths.append(out / f"{name}.png")
-    return paths
+        fig, path = figure(runs), out / f"{name}.png"
+        if isinstance(fig, str):
+            absent[name], _ = fig, path.unlink(missing_ok=True)
+            continue
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        _plt().close(fig)
+        paths.append(path)
+    return paths, absent
 
 
 # What the consensus rounds chose: shared by the compare, ablation and replay reports.
