@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.semcon-installed
 REQS := requirements.txt requirements-assets.txt requirements-test.txt pyproject.toml
 
-.PHONY: setup setup-qwen quick demo test bench clean
+.PHONY: setup setup-qwen quick demo test docs bench clean
 
 setup: $(STAMP)
 
@@ -33,8 +33,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -n 3 --dist worksteal --durations=15
 
+# The documentation site in site/ (offline; the config and CLI references are generated from the code).
+docs: setup
+	$(VENV)/bin/mkdocs build --strict
+
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

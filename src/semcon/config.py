@@ -84,8 +84,8 @@ HF_ONLY = ("subset", "split", "eval_split", "instruction", "response", "category
 
 
 class LoraConfig(Strict):
-    r: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0)
+    r: int = Field(16, gt=0, description="LoRA rank: adapter parameters grow linearly with it")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator: the update is scaled by alpha / r")
     dropout: float = Field(0.0, ge=0, lt=1, description="0 by default: on CPU the dropout masks cost ~20% of a step")
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names")
 
@@ -229,8 +229,8 @@ class PublicConfig(Strict):
 
 class TrainConfig(Strict):
     steps: int = Field(8, ge=0, description="optimizer steps per client per round")
-    batch_size: int = Field(8, gt=0)
-    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, gt=0, description="examples per optimizer step (private rows and pseudo-labels mixed)")
+    lr: float = Field(2e-4, gt=0, description="AdamW learning rate of the LoRA weights")
     max_length: int = Field(512, gt=8, description="tokens per example (prompt + response); see truncate")
     truncate: Literal["drop", "response"] = Field(
         "drop", description="an example longer than max_length: drop it (counted per client as dropped_too_long), "
@@ -242,11 +242,12 @@ class TrainConfig(Strict):
     prox_mu: float = Field(0.01, ge=0, description="FedProx μ: weight of (μ/2)||w - w_global||² on the adapter")
     max_adapter_mb: float = Field(256.0, gt=0, description="fedavg/fedprox: adapter messages that decompress to "
                                   "more are refused before decoding (r=16 all-linear on SmolLM2-135M: 19 MB)")
-    lora: LoraConfig = LoraConfig()
+    lora: LoraConfig = Field(LoraConfig(), description="every client's LoRA adapter unless its own `lora` says otherwise")
 
 
 class GenerateConfig(Strict):
-    max_new_tokens: int = Field(128, gt=0)
+    max_new_tokens: int = Field(128, gt=0, description="the cap on each answer to a public prompt, in the client's "
+                                "tokens; an answer cut there is flagged (see consensus.truncated)")
     batch_size: int = Field(64, gt=0, description="prompts per batch (sorted by length)")
 
 
@@ -264,7 +265,7 @@ class ConsensusConfig(Strict):
     threshold: float | None = Field(None, ge=-1, le=1,
                                     description="τ: no pseudo-label when the best mean similarity is below it")
     embedder: str = Field("all-minilm-l6-v2", description="sentence-transformers model (embedded name, id, dir)")
-    embed_batch_size: int = Field(64, gt=0)
+    embed_batch_size: int = Field(64, gt=0, description="answers per batch of the server's embedder")
     max_answer_chars: int = Field(4000, gt=0, description="uploads with a longer answer are rejected")
     truncated: Literal["drop", "keep"] = Field(
         "drop", description="answers cut at max_new_tokens: drop (no candidate for a pseudo-label) or keep "
@@ -336,7 +337,7 @@ class ConsensusConfig(Strict):
 
 class EvalConfig(Strict):
     before: bool = Field(True, description="also evaluate the base model before training")
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0, description="held-out items per forward pass")
     generate: bool = Field(True, description="greedy answers to the eval prompts: ROUGE-L, cosine, GSM8K match")
     max_new_tokens: int | None = Field(None, gt=0, description="default: per domain, enough for 95% of its "
                                        "references in the client's tokenizer (at least 256 for numeric tasks)")
@@ -396,7 +397,7 @@ class RunConfig(Strict):
     seeds: int | dict[Method, int] = Field(1, description="semcon compare: runs per method, seeds seed, seed+1, ...; "
                                            "a mapping gives each method its own count (default 1)")
     rounds: int = Field(2, ge=0, description="consensus rounds after round 0 (private-only training)")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible, else cpu")
     precision: Precision = Field("auto", description="dtype of the shared frozen base weights; auto: bf16 "
                                  "where the CPU/GPU has native bf16, else fp32 (LoRA weights stay fp32)")
     resident_models: Literal["auto", "all", "one"] = Field(
@@ -413,15 +414,15 @@ class RunConfig(Strict):
     min_clients: int | None = Field(None, gt=0, description="a round completes when at least this many clients "
                                     "answered and trained; fewer stop the run (resumable). Default: a majority "
                                     "of a round's clients")
-    data: DataConfig = DataConfig()
-    public: PublicConfig = PublicConfig()
-    train: TrainConfig = TrainConfig()
-    generate: GenerateConfig = GenerateConfig()
-    consensus: ConsensusConfig = ConsensusConfig()
-    eval: EvalConfig = EvalConfig()
-    network: NetworkConfig = NetworkConfig()
-    flower: FlowerConfig = FlowerConfig()
-    privacy: PrivacyConfig = PrivacyConfig()
+    data: DataConfig = Field(DataConfig(), description="how private rows, evaluation sets and public prompts are drawn")
+    public: PublicConfig = Field(PublicConfig(), description="the shared public prompts every client answers")
+    train: TrainConfig = Field(TrainConfig(), description="each client's local LoRA training per round")
+    generate: GenerateConfig = Field(GenerateConfig(), description="how clients answer the public prompts")
+    consensus: ConsensusConfig = Field(ConsensusConfig(), description="how the server picks a pseudo-label per prompt")
+    eval: EvalConfig = Field(EvalConfig(), description="held-out evaluation of every client")
+    network: NetworkConfig = Field(NetworkConfig(), description="the modelled link of an in-process run")
+    flower: FlowerConfig = Field(FlowerConfig(), description="timeouts and members of a run on Flower")
+    privacy: PrivacyConfig = Field(PrivacyConfig(), description="the output-privacy audit and the upload filter")
     adversaries: Adversaries | None = Field(None, description="make the last `count` clients attackers, all with "
                                             "this attack (for robustness sweeps; see AttackConfig)")
     log: list[Literal["tensorboard", "wandb"]] = Field(
