@@ -16,3 +16,23 @@ for kind in random plausible_wrong sybil inflate_competence; do
   semcon replay "$run" "${rules[@]}" --attack "medicine:kind=$kind$extra" --attack "chat:kind=$kind$extra" \
       --out "$out/$kind-2"
 done
+# Round 1's attacker share and label ROUGE-L per rule and attack, one table each, from the replay.json files.
+python3 - "$out" <<'PY' > "$out/summary.md"
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+cols = [(k, n) for k in ("random", "plausible_wrong", "sybil", "inflate_competence") for n in (1, 2)]
+cells = {}
+for kind, n in cols:
+    for r in json.loads((out / f"{kind}-{n}" / "replay.json").read_text()):
+        if r["round"] == 1:
+            share = sum(r["label_share"].get(a, 0.0) for a in r["attackers"])
+            cells.setdefault(r["rule"], {})[kind, n] = (share, r["quality"]["consensus"]["rouge_l"], r["labelled"])
+head = "| rule | " + " | ".join(f"{k} ×{n}" for k, n in cols) + " |"
+for title, pick in (("attackers' share of the labels", lambda c: f"{100 * c[0]:.0f}%"),
+                    ("label ROUGE-L to the references (share of prompts labelled)", lambda c: f"{c[1]:.3f} ({100 * c[2]:.0f}%)")):
+    print(f"Round 1, {title}:\n\n{head}\n|---|" + "---|" * len(cols))
+    for rule, row in cells.items():
+        print(f"| `{rule}` | " + " | ".join(pick(row[c]) for c in cols) + " |")
+    print()
+PY
