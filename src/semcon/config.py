@@ -101,14 +101,15 @@ class AttackConfig(Strict):
     is evaluated as any client); see ``attacks.py``."""
 
     kind: AttackKind = Field(description="random: random words of its own answer's length; echo: the prompt; "
-                             "constant: `text` for every prompt; off_topic: a fluent answer from another domain "
-                             "(another prompt's reference); plausible_wrong: its own answer with numbers and names "
-                             "changed; sybil: every member of `group` uploads one shared text per prompt; "
+                             "constant: `text` for every prompt; off_topic: a fluent text of another question (one of "
+                             "its own private responses, at random); plausible_wrong: its own answer with numbers "
+                             "and names changed; sybil: the members of a group all upload their group's `text`; "
                              "inflate_competence: the highest competence on every prompt")
     answers: Literal["honest", "constant"] = Field(
         "honest", description="inflate_competence: its own answers, or `text` for every prompt")
     text: str = Field(OFF_TOPIC, min_length=1, description="the fixed text of constant (and of answers: constant)")
-    group: str = Field("sybil", min_length=1, description="sybil: the members of one group upload the same texts")
+    group: str = Field("sybil", min_length=1, description="sybil: the group's name; its members send the same "
+                       "`text`, so two groups of sybils are two `text`s")
     poison_private: bool = Field(False, description="also train on wrong private data (each response swapped "
                                  "with another example's)")
 
