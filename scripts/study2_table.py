@@ -1,0 +1,50 @@
+"""The second study's table (docs/results/study2/summary.md): each rule and baseline over its seeds, from the
+committed runs' summary.json files. The medoid, local and FedAvg are the first study's runs (docs/results/study),
+reused because local seed 0 re-run at the second study's commit gave the same bits per byte."""
+
+import json
+import sys
+from pathlib import Path
+
+from semcon.report import label_quality, mean_expert_share, over_seeds, own_other, paired_differences, seed_scores
+from semcon.stats import paired_bootstrap
+
+ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results")
+ROWS = [  # label, folder of seed-N directories
+    ("local (first study)", "study/local"),
+    ("medoid (first study)", "study/semantic_consensus"),
+    ("gated on knn, gate 0.75 (the chosen rule)", "study2/consensus.rule=gated/semantic_consensus"),
+    ("oracle_expert (a bound)", "study2/consensus.rule=oracle_expert/semantic_consensus"),
+    ("oracle_reference (a bound)", "study2/consensus.rule=oracle_reference/semantic_consensus"),
+    ("FedAvg (first study)", "study/fedavg"),
+]
+
+
+def runs_in(folder: Path) -> dict[int, dict]:
+    return {int(p.parent.name.removeprefix("seed-")): json.loads(p.read_text()) for p in sorted(folder.glob("seed-*/summary.json"))}
+
+
+def client_mean(summary: dict) -> float:
+    scores = seed_scores(summary, "bpb")
+    return sum(scores.values()) / len(scores)
+
+
+def main() -> None:
+    local = runs_in(ROOT / "study/local")
+    print("| method | seeds | bits/byte ↓ | − local, paired (95% bootstrap) | own ↓ | other ↓ | label ROUGE-L | expert share |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, folder in ROWS:
+        per_seed = runs_in(ROOT / folder)
+        paired = "–"
+        if "local" not in folder:
+            diffs = paired_differences({"local": local, "x": per_seed}, "x", "bpb")
+            mean, lo, hi = paired_bootstrap(diffs)
+            paired = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={len(diffs)})"
+        share = over_seeds(per_seed, mean_expert_share, 2)
+        print(f"| {label} | {', '.join(map(str, sorted(per_seed)))} | {over_seeds(per_seed, client_mean)} | {paired} | "
+              f"{over_seeds(per_seed, lambda s: own_other(s, 'bpb')[0])} | {over_seeds(per_seed, lambda s: own_other(s, 'bpb')[1])} | "
+              f"{over_seeds(per_seed, lambda s: label_quality(s, 'rouge_l'))} | {share} |")
+
+
+if __name__ == "__main__":
+    main()
