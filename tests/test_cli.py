@@ -68,3 +68,9 @@ def test_quick_config_runs_to_a_complete_directory_and_says_what_happened(tiny_l
     labels = [line for line in lines if line.startswith("  [")]
     assert 1 <= len(labels) <= 3 and all(line[3:].split("]")[0] in ("medicine", "chat") for line in labels)
     assert "LoRA-FedAvg of these adapters" in result.output and f"run directory: {out}" in result.output
+
+
+def test_arguments_keep_their_help():
+    """typer 0.20 on click 8.5 printed arguments without their help: requirements.txt pins click below it."""
+    result = cli("inspect", "--help")
+    assert result.exit_code == 0 and "a run directory" in result.output
