@@ -28,6 +28,10 @@ for kind, n in cols:
         if r["round"] == 1:
             share = sum(r["label_share"].get(a, 0.0) for a in r["attackers"])
             cells.setdefault(r["rule"], {})[kind, n] = (share, r["quality"]["consensus"]["rouge_l"], r["labelled"])
+import subprocess
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+print(f"Tabulated by scripts/robustness_replay.sh at commit `{commit}` from the replay.json files below (each "
+      "replay.md names the commit that replayed it).\n")
 head = "| rule | " + " | ".join(f"{k} ×{n}" for k, n in cols) + " |"
 for title, pick in (("attackers' share of the labels", lambda c: f"{100 * c[0]:.0f}%"),
                     ("label ROUGE-L to the references (share of prompts labelled)", lambda c: f"{c[1]:.3f} ({100 * c[2]:.0f}%)")):

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from semcon.provenance import describe, provenance
 from semcon.report import label_quality, mean_expert_share, over_seeds, own_other, paired_differences, seed_scores
 from semcon.stats import paired_bootstrap
 
@@ -31,6 +32,9 @@ def client_mean(summary: dict) -> float:
 
 def main() -> None:
     local = runs_in(ROOT / "study/local")
+    print(f"Tabulated by `python scripts/study2_table.py` with {describe(provenance())}, from the runs' summary.json "
+          "files (each names the commit it ran at: the first study's in docs/results/study/README.md, the second's "
+          "`10dc51a`).\n")
     print("| method | seeds | bits/byte ↓ | − local, paired (95% bootstrap) | own ↓ | other ↓ | label ROUGE-L | expert share |")
     print("|---|---|---|---|---|---|---|---|")
     for label, folder in ROWS:

@@ -173,4 +173,4 @@ def _cell(text: str) -> str:
 
 def _anchor(path: str) -> str:
     """The id MkDocs gives the heading ``path`` (its toc slugify: lower case, word characters and dashes)."""
-    return re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", f"{path}".lower())).strip("-")
+    return re.sub(r"\s+", "-", re.sub(r"[^\w\s-]", "", path.lower())).strip("-")

@@ -74,11 +74,8 @@ def outcome_lines(run_dir: Path, summary: dict, examples: int = 3) -> list[str]:
     lines = ["held-out bits per byte, base model -> after (lower is better):"]
     before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
     for client, domain in (summary.get("own_domain") or {}).items():
-        def bpb(scores: dict, own: bool) -> float | None:
-            return _mean([m["bpb"] for d, m in scores.get(client, {}).items() if (d == domain) == own and "bpb" in m])
-        parts = [f"{label} {_arrow(bpb(before, own), bpb(after, own))}" for label, own in
-                 ((f"own ({domain})", True), ("other domains", False))]
-        lines.append(f"  {client:<12} " + " · ".join(parts))
+        was, now = (split_own(scores.get(client, {}), domain, "bpb") for scores in (before, after))
+        lines.append(f"  {client:<12} own ({domain}) {_arrow(was[0], now[0])} · other domains {_arrow(was[1], now[1])}")
     last = sorted(Path(run_dir).glob("pseudo_labels/round_*.jsonl"))
     labels = read_rows(last[-1]) if last else []
     picked = list({r["client"]: r for r in labels}.values())[:examples]  # one per source client first
@@ -153,18 +150,22 @@ def paired_differences(runs: Runs, method: str, metric: str, baseline: str = BAS
     return diffs
 
 
+def split_own(per_domain: dict[str, dict], domain: str | None, metric: str) -> tuple[float | None, float | None]:
+    """One client's metric on its own domain, and its mean over the other domains (None where absent)."""
+    rest = [m[metric] for d, m in per_domain.items() if d != domain and metric in m]
+    return per_domain.get(domain, {}).get(metric), (float(np.mean(rest)) if rest else None)
+
+
 def own_other(summary: dict, metric: str) -> tuple[float | None, float | None]:
     """Client-mean of the metric on each client's own domain, and of its mean over the other domains."""
     own, other = [], []
     after = summary.get("eval_after") or {}
     for client, domain in (summary.get("own_domain") or {}).items():
-        per_domain = after.get(client, {})
         if domain is None:
             continue
-        if metric in per_domain.get(domain, {}):
-            own.append(per_domain[domain][metric])
-        if rest := [m[metric] for d, m in per_domain.items() if d != domain and metric in m]:
-            other.append(np.mean(rest))
+        mine, rest = split_own(after.get(client, {}), domain, metric)
+        own += [mine] if mine is not None else []
+        other += [rest] if rest is not None else []
     return (float(np.mean(own)) if own else None), (float(np.mean(other)) if other else None)
 
 
@@ -634,7 +635,8 @@ def make_plots(out: Path, runs: Runs) -> tuple[list[Path], dict[str, str]]:
     for name, figure in PLOTS.items():
         fig, path = figure(runs), out / f"{name}.png"
         if isinstance(fig, str):
-            absent[name], _ = fig, path.unlink(missing_ok=True)
+            absent[name] = fig
+            path.unlink(missing_ok=True)
             continue
         fig.tight_layout()
         fig.savefig(path, dpi=110)
@@ -771,7 +773,9 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
              "A run that started from an "
              "earlier cell's round 0 and round-1 answers (same seed, only the server's consensus differs) counts "
              "round 0's seconds as that run spent them and round 1's answers as free; a baseline that never reads "
-             "the consensus is run once and copied.", "", *md_table(head, rows), "", *(f"![{p.stem}]({p.name})" for p in plots if p), ""]
+             "the consensus is run once and copied.", "",
+             *_provenance_lines({f"{c.name}: {m}": ps for c in cells if not c.error for m, ps in c.runs.items()}),
+             *md_table(head, rows), "", *(f"![{p.stem}]({p.name})" for p in plots if p), ""]
     (out / "ablation.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     path = out / "ablation.md"
     path.write_text("\n".join(lines), encoding="utf-8")
