@@ -125,7 +125,10 @@ def test_ablate_shares_round_0_between_consensus_cells_and_reports_a_failed_one(
     assert "failed: ConfigError" in table and "weighs answers by competence" in table  # gated without a signal
     assert "oracle_expert, a bound" in table and (out / "ablation_consensus.rule.png").is_file()
     assert "Produced by semcon" in table  # the commit and machine of the cells' runs
-    assert "A bound, not a method" in (out / "consensus.rule=oracle_expert" / "report.md").read_text()
+    cell_report = out / "consensus.rule=oracle_expert" / "report.md"
+    assert "A bound, not a method" in cell_report.read_text()
+    assert cli("report", cell_report.parent).exit_code == 0  # rebuilt, it is still the ablation's cell
+    assert cell_report.read_text().startswith("# semcon ablate cell `consensus.rule=oracle_expert`")
     # the second cell started from the first's round 0 and round-1 answers: the same bytes, no generation
     round0 = [r for r in rows(first / "ledger.jsonl") if r["round"] == 0]
     assert round0 == [r for r in rows(second / "ledger.jsonl") if r["round"] == 0]

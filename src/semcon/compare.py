@@ -94,7 +94,9 @@ def rebuild_report(directory: Path) -> Path:
                 raise RunDirError(f"{directory}: none of the compare's runs has finished")
             if missing:
                 log.warning("%s: not finished, left out of the report: %s", directory, ", ".join(missing))
-            return write_report(directory, runs, cfgs, manifest.get("skipped", {}), missing=missing)
+            in_ablation = (directory.parent / "ablation.json").is_file()
+            title = f"semcon ablate cell `{directory.name}`" if in_ablation else "semcon compare"
+            return write_report(directory, runs, cfgs, manifest.get("skipped", {}), title=title, missing=missing)
     raise RunDirError(f"{directory}: neither a semcon run nor a compare directory")
 
 
