@@ -21,11 +21,14 @@ SWEEPS = [  # folder, what it varies
 
 
 def cells(folder: Path) -> list[tuple[dict[str, str], dict]]:
-    """(the cell's overrides, its seed-0 summary) for each finished cell of one sweep."""
+    """(the cell's overrides, its seed-0 summary) for each finished cell of one sweep, in the sweep's order."""
+    if not (folder / "ablation.json").is_file():
+        return []
     found = []
-    for path in sorted(folder.glob("*/semantic_consensus/seed-0/summary.json")):
-        overrides = dict(o.split("=", 1) for o in path.parents[2].name.split("+"))
-        found.append((overrides, json.loads(path.read_text(encoding="utf-8"))))
+    for name in dict.fromkeys(r["cell"] for r in json.loads((folder / "ablation.json").read_text(encoding="utf-8"))):
+        if (path := folder / name / "semantic_consensus" / "seed-0" / "summary.json").is_file():
+            overrides = dict(o.split("=", 1) for o in name.split("+"))
+            found.append((overrides, json.loads(path.read_text(encoding="utf-8"))))
     return found
 
 
