@@ -16,6 +16,7 @@ ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/robustness")
 SWEEPS = [  # folder, what it varies
     ("sweep", "each kind against the medoid, without and with `reputation` (β = 10)"),
     ("sybil_merge", "two sybils against the medoid, without and with `sybil_merge` (0.995)"),
+    ("dose", "two sybils against the medoid with 8x the training (8 steps of 8 a round)"),
     ("competence", "inflated competence with a constant text against the gated rule on knn (rank-normalized)"),
 ]
 
@@ -32,11 +33,21 @@ def cells(folder: Path) -> list[tuple[dict[str, str], dict]]:
     return found
 
 
+def consensus_rounds(summary: dict) -> list[dict]:
+    return [r for r in summary["per_round"] if r.get("label_share")]
+
+
+def labelled(summary: dict) -> str:
+    """How many prompts got a label in each consensus round, e.g. '16, 11 of 16'."""
+    rounds = consensus_rounds(summary)
+    return f"{', '.join(str(r['pseudo_labels']) for r in rounds)} of {rounds[0]['prompts']}" if rounds else "–"
+
+
 def shares(summary: dict) -> str:
-    """The attackers' share of each consensus round's labels, e.g. '6% → 0%'."""
+    """The attackers' share of each consensus round's labels, with how many got one: '6% → 0% (16, 11 of 16)'."""
     attackers = summary.get("attackers") or []
-    per_round = [sum(r["label_share"].get(a, 0.0) for a in attackers) for r in summary["per_round"] if r.get("label_share")]
-    return " → ".join(f"{100 * s:.0f}%" for s in per_round) if attackers else "–"
+    per_round = [sum(r["label_share"].get(a, 0.0) for a in attackers) for r in consensus_rounds(summary)]
+    return " → ".join(f"{100 * s:.0f}%" for s in per_round) + f" ({labelled(summary)})"
 
 
 def table(found: list[tuple[dict[str, str], dict]]) -> None:
@@ -50,12 +61,13 @@ def table(found: list[tuple[dict[str, str], dict]]) -> None:
         rows.setdefault(key, {})[int(overrides["adversaries.count"])] = summary
     print(f"Honest clients: {', '.join(sorted(set(found[0][1]['clients']) - ever))} (they attack in no cell).", "", sep="\n")
     attacked = [n for n in counts if n]
-    print("| setting | ×0: honest bits/byte | ×0: label ROUGE-L | " + " | ".join(
+    print("| setting | ×0: labels per round | ×0: honest bits/byte | ×0: label ROUGE-L | " + " | ".join(
         f"×{n}: attacker share per round | ×{n}: honest bits/byte (Δ to ×0) | ×{n}: label ROUGE-L" for n in attacked) + " |")
-    print("|---|---|---|" + "---|---|---|" * len(attacked))
+    print("|---|---|---|---|" + "---|---|---|" * len(attacked))
     for key, by_count in rows.items():
         base = honest_mean(by_count[0], excluded=ever) if 0 in by_count else None
-        cols = [f"{base:.3f}", f"{label_quality(by_count[0], 'rouge_l'):.3f}"] if base is not None else ["not run"] * 2
+        cols = [labelled(by_count[0]), f"{base:.3f}", f"{label_quality(by_count[0], 'rouge_l'):.3f}"
+                ] if base is not None else ["not run"] * 3
         for n in attacked:
             if (s := by_count.get(n)) is None:
                 cols += ["not run"] * 3
@@ -64,7 +76,18 @@ def table(found: list[tuple[dict[str, str], dict]]) -> None:
             delta = f" ({honest - base:+.3f})" if base is not None else ""
             cols += [shares(s), f"{honest:.3f}{delta}", f"{label_quality(s, 'rouge_l'):.3f}"]
         print(f"| {key} | " + " | ".join(cols) + " |")
+    print("", "The one client that supplied the most labels in each consensus round (attackers marked *):", "",
+          "| setting | " + " | ".join(f"×{n}" for n in counts) + " |", "|---|" + "---|" * len(counts), sep="\n")
+    for key, by_count in rows.items():
+        print(f"| {key} | " + " | ".join(top(by_count[n]) if n in by_count else "not run" for n in counts) + " |")
     print()
+
+
+def top(summary: dict) -> str:
+    """The client with the largest share of each round's labels, e.g. 'math 100% → geography* 56%'."""
+    attackers = set(summary.get("attackers") or [])
+    tops = [max(r["label_share"].items(), key=lambda kv: kv[1]) for r in consensus_rounds(summary)]
+    return " → ".join(f"{c}{'*' if c in attackers else ''} {100 * v:.0f}%" for c, v in tops)
 
 
 def main() -> None:

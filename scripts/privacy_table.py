@@ -1,0 +1,56 @@
+"""The privacy audit's table (docs/results/privacy/summary.md), from the committed runs' summary.json files: per
+filter setting and method, where the planted canaries were found, their exposure, what the filter withheld, and
+the clients' held-out bits per byte.
+
+    python scripts/privacy_table.py [docs/results/privacy] > summary.md
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from semcon.provenance import describe, provenance
+from semcon.report import privacy_numbers, seed_scores
+
+ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/privacy")
+COLUMNS = [("in_uploads", "canaries in its uploads", 0), ("in_labels", "in pseudo-labels", 0),
+           ("in_others_completions", "in others' completions", 0), ("withheld", "answers withheld", 0)]
+
+
+def exposures(summary: dict) -> tuple[str, str]:
+    """Mean exposure after round 0 (before any exchange: the others have never seen a canary, so theirs is the
+    base model's prior over codes, not chance) → after the last round, for the planting client and the others."""
+    owner = summary.get("canary_client")
+    rows = [r["privacy"] for r in summary["per_round"] if r.get("privacy")]
+
+    def mean(row: dict, mine: bool) -> float:
+        values = [x for c, v in row.items() if (c == owner) == mine for x in v.get("exposure", [])]
+        return sum(values) / len(values) if values else float("nan")
+
+    return tuple(f"{mean(rows[0], mine):.2f} → {mean(rows[-1], mine):.2f}" for mine in (True, False))
+
+
+def main() -> None:
+    print(f"Tabulated by `python scripts/privacy_table.py` with {describe(provenance())}, from the runs' "
+          "summary.json files (the README names the commit they ran at). One seed. Canaries: found verbatim or nearly "
+          "(normalised edit similarity ≥ 0.8 on the secret), the most in one round; exposure: log2(C + 1) − "
+          "log2(rank) among C random codes, mean over canaries (and over the other clients), after round 0 (before "
+          "any exchange) → after the last round; "
+          "withheld: over all rounds and clients.", "", sep="\n")
+    print("| filter | method | " + " | ".join(label for _, label, _ in COLUMNS) +
+          " | exposure, planting client | exposure, others | bits/byte, planting client ↓ | bits/byte, others ↓ |")
+    print("|---|---|" + "---|" * (len(COLUMNS) + 4))
+    for path in sorted(ROOT.glob("*/*/seed-0/summary.json")):
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        numbers = privacy_numbers(summary) or {}
+        owner = summary.get("canary_client")
+        scores = seed_scores(summary, "bpb")
+        others = [v for c, v in scores.items() if c != owner]
+        owner_bpb = f"{scores[owner]:.3f}" if owner in scores else "–"  # one averaged model: no per-client score
+        cols = ["–" if numbers.get(k) is None else f"{numbers[k]:.{d}f}" for k, _, d in COLUMNS]
+        print(f"| {path.parents[2].name.partition('=')[2] or 'none'} | {summary['method']} | " + " | ".join([*cols, *exposures(summary)]) +
+              f" | {owner_bpb} | {sum(others) / len(others):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
