@@ -13,8 +13,8 @@ from semcon.provenance import describe, provenance
 from semcon.report import privacy_numbers, seed_scores
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/privacy")
-COLUMNS = [("in_uploads", "canaries in its uploads", 0), ("in_labels", "in pseudo-labels", 0),
-           ("in_others_completions", "in others' completions", 0), ("withheld", "answers withheld", 0)]
+COUNTS = {"in_uploads": "canaries in its uploads", "in_labels": "in pseudo-labels",
+          "in_others_completions": "in others' completions", "withheld": "answers withheld"}
 
 
 def exposures(summary: dict) -> tuple[str, str]:
@@ -35,11 +35,10 @@ def main() -> None:
           "summary.json files (the README names the commit they ran at). One seed. Canaries: found verbatim or nearly "
           "(normalised edit similarity ≥ 0.8 on the secret), the most in one round; exposure: log2(C + 1) − "
           "log2(rank) among C random codes, mean over canaries (and over the other clients), after round 0 (before "
-          "any exchange) → after the last round; "
-          "withheld: over all rounds and clients.", "", sep="\n")
-    print("| filter | method | " + " | ".join(label for _, label, _ in COLUMNS) +
+          "any exchange) → after the last round; withheld: over all rounds and clients.", "", sep="\n")
+    print("| filter | method | " + " | ".join(COUNTS.values()) +
           " | exposure, planting client | exposure, others | bits/byte, planting client ↓ | bits/byte, others ↓ |")
-    print("|---|---|" + "---|" * (len(COLUMNS) + 4))
+    print("|---|---|" + "---|" * (len(COUNTS) + 4))
     for path in sorted(ROOT.glob("*/*/seed-0/summary.json")):
         summary = json.loads(path.read_text(encoding="utf-8"))
         numbers = privacy_numbers(summary) or {}
@@ -47,8 +46,9 @@ def main() -> None:
         scores = seed_scores(summary, "bpb")
         others = [v for c, v in scores.items() if c != owner]
         owner_bpb = f"{scores[owner]:.3f}" if owner in scores else "–"  # one averaged model: no per-client score
-        cols = ["–" if numbers.get(k) is None else f"{numbers[k]:.{d}f}" for k, _, d in COLUMNS]
-        print(f"| {path.parents[2].name.partition('=')[2] or 'none'} | {summary['method']} | " + " | ".join([*cols, *exposures(summary)]) +
+        counts = [str(numbers.get(k, "–")) for k in COUNTS]
+        setting = path.parents[2].name.partition("=")[2].strip("_") or "none"  # the cell privacy.filter=_ngram
+        print(f"| {setting} | {summary['method']} | " + " | ".join([*counts, *exposures(summary)]) +
               f" | {owner_bpb} | {sum(others) / len(others):.3f} |")
 
 

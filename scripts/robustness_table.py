@@ -59,10 +59,12 @@ def table(found: list[tuple[dict[str, str], dict]]) -> None:
     for overrides, summary in found:
         key = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items() if k != "adversaries.count") or "–"
         rows.setdefault(key, {})[int(overrides["adversaries.count"])] = summary
-    print(f"Honest clients: {', '.join(sorted(set(found[0][1]['clients']) - ever))} (they attack in no cell).", "", sep="\n")
+    names = ", ".join(sorted(set(found[0][1]["clients"]) - ever))
+    print(f"Honest clients: {names} (they attack in no cell).", "", sep="\n")
     attacked = [n for n in counts if n]
-    print("| setting | ×0: labels per round | ×0: honest bits/byte | ×0: label ROUGE-L | " + " | ".join(
-        f"×{n}: attacker share per round | ×{n}: honest bits/byte (Δ to ×0) | ×{n}: label ROUGE-L" for n in attacked) + " |")
+    per_count = (f"×{n}: attacker share per round | ×{n}: honest bits/byte (Δ to ×0) | ×{n}: label ROUGE-L"
+                 for n in attacked)
+    print("| setting | ×0: labels per round | ×0: honest bits/byte | ×0: label ROUGE-L | " + " | ".join(per_count) + " |")
     print("|---|---|---|---|" + "---|---|---|" * len(attacked))
     for key, by_count in rows.items():
         base = honest_mean(by_count[0], excluded=ever) if 0 in by_count else None
