@@ -18,6 +18,7 @@ SWEEPS = [  # folder, what it varies
     ("sybil_merge", "two sybils against the medoid, without and with `sybil_merge` (0.995)"),
     ("dose", "two sybils against the medoid with 8x the training (8 steps of 8 a round)"),
     ("competence", "inflated competence with a constant text against the gated rule on knn (rank-normalized)"),
+    ("competence_raw", "the same without the rank bound (`competence_norm: raw`)"),
 ]
 
 
