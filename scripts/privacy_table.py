@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 from semcon.provenance import describe, provenance
 from semcon.report import privacy_numbers, seed_scores
 
@@ -45,9 +47,10 @@ def main() -> None:
         owner = summary.get("canary_client")
         scores = seed_scores(summary, "bpb")
         others = [v for c, v in scores.items() if c != owner]
-        owner_bpb = f"{scores[owner]:.3f}" if owner in scores else "–"  # one averaged model: no per-client score
+        owner_bpb = f"{scores[owner]:.3f}" if owner in scores else "–"
         counts = [str(numbers.get(k, "–")) for k in COUNTS]
-        setting = path.parents[2].name.partition("=")[2].strip("_") or "none"  # the cell privacy.filter=_ngram
+        run_filter = yaml.safe_load((path.parent / "config.yaml").read_text(encoding="utf-8"))["privacy"]["filter"]
+        setting = ", ".join(run_filter) or "none"
         print(f"| {setting} | {summary['method']} | " + " | ".join([*counts, *exposures(summary)]) +
               f" | {owner_bpb} | {sum(others) / len(others):.3f} |")
 

@@ -26,11 +26,11 @@ def cells(folder: Path) -> list[tuple[dict[str, str], dict]]:
     """(the cell's overrides, its seed-0 summary) for each finished cell of one sweep, in the sweep's order."""
     if not (folder / "ablation.json").is_file():
         return []
+    records = {r["cell"]: r["overrides"] for r in json.loads((folder / "ablation.json").read_text(encoding="utf-8"))}
     found = []
-    for name in dict.fromkeys(r["cell"] for r in json.loads((folder / "ablation.json").read_text(encoding="utf-8"))):
+    for name, overrides in records.items():
         if (path := folder / name / "semantic_consensus" / "seed-0" / "summary.json").is_file():
-            overrides = dict(o.split("=", 1) for o in name.split("+"))
-            found.append((overrides, json.loads(path.read_text(encoding="utf-8"))))
+            found.append((dict(o.split("=", 1) for o in overrides), json.loads(path.read_text(encoding="utf-8"))))
     return found
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from semcon.compare import plan, run_compare, seed_plan, write_manifest
 from semcon.config import ConfigError, RunConfig, load_config
-from semcon.report import Runs, ablation_report, write_report
+from semcon.report import Runs, ablation_report, cell_title, write_report
 from semcon.simulation import can_fork, config_key
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def ablate(config: Path, axes: dict[str, list[str]], out: Path, methods: list[st
                 return summary
 
             cell.runs = run_compare(where, cell.cfgs, plan_seeds, one, resume=True)
-            write_report(where, cell.runs, cell.cfgs, skipped, title=f"semcon ablate cell `{cell.name}`")
+            write_report(where, cell.runs, cell.cfgs, skipped, title=cell_title(cell.name))
         except Exception as e:  # noqa: BLE001 - a failed cell is reported, the others go on
             cell.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             log.warning("cell %s failed: %s", cell.name, cell.error)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from semcon.algorithms import method_problem
 from semcon.config import METHODS, RunConfig
-from semcon.report import Runs, write_report
+from semcon.report import Runs, cell_title, write_report
 from semcon.rundir import RunDirError, finished_run, kind_of
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def rebuild_report(directory: Path) -> Path:
             if missing:
                 log.warning("%s: not finished, left out of the report: %s", directory, ", ".join(missing))
             in_ablation = (directory.parent / "ablation.json").is_file()
-            title = f"semcon ablate cell `{directory.name}`" if in_ablation else "semcon compare"
+            title = cell_title(directory.name) if in_ablation else "semcon compare"
             return write_report(directory, runs, cfgs, manifest.get("skipped", {}), title=title, missing=missing)
     raise RunDirError(f"{directory}: neither a semcon run nor a compare directory")
 

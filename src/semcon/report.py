@@ -227,6 +227,11 @@ def _seeds_text(seeds: list[int]) -> str:
     return f"{len(seeds)} ({', '.join(map(str, seeds))})"
 
 
+def cell_title(name: str) -> str:
+    """The report title of an ablation's cell (written by ``semcon ablate``, and again by ``semcon report``)."""
+    return f"semcon ablate cell `{name}`"
+
+
 def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dict[str, str],
                  title: str = "semcon compare", missing: list[str] = ()) -> Path:
     """``out/report.md`` and its PNG plots from each method's per-seed summaries (one run: one method, one seed,
