@@ -169,14 +169,23 @@ def flower_group(tmp_path, grid, **flower):
     return FlowerGroup(grid, cfg, "abc123", cfg.rounds, setup, **flower), cfg, prompts
 
 
+DEEP = "[" * 50_000  # the probe's train report: it took the ServerApp down with RecursionError
 MALFORMED = {  # message type -> (reply, what the failure says)
     "query.upload": [({"client": "math"}, "KeyError"), ({"client": "math", "payload": "text"}, "not bytes"),
+                     ({"client": "math", "payload": 7}, "not bytes"), ({"client": 7, "payload": b"x"}, "claims client 7"),
                      ({"client": "geo", "payload": b"x"}, "claims client 'geo'")],
-    "train": [({"client": "math", "report": "{not json"}, "JSONDecodeError"),
+    "train": [({"client": "math", "report": "{not json"}, "not JSON"),
               ({"client": "math", "report": "[1, 2]"}, "not an object"),
+              ({"client": "math", "report": DEEP}, "nests deeper than 16"),
+              ({"client": "math", "report": "[" * 10 + "]" * 10}, "not an object"),
+              ({"client": "math", "report": " " * (2 << 20)}, "characters (limit"),
+              ({"client": "math", "report": b"{}"}, "bytes, not text"),
+              ({"client": "math", "report": ["{}"]}, "list, not text"),
               ({"client": "math", "report": '{"steps": 1}'}, "needs numbers"),
               ({"client": "math", "report": '{"reference": {"wiki": {"nll": "low"}}}'}, "mapping of names to numbers")],
     "evaluate": [({"client": "math", "report": '{"wiki": 3}'}, "mapping of names to numbers"),
+                 ({"client": "math", "report": DEEP}, "nests deeper"),
+                 ({"client": "math", "report": 3.5}, "float, not text"),
                  ({"client": "math"}, "KeyError")],
 }
 
@@ -191,10 +200,33 @@ def test_a_malformed_reply_is_that_clients_failure(kind, reply, needle, tmp_path
     elif kind == "train":
         ok, failed = group.train(1, None, group.names, None)
     else:
-        ok, failed = group.evaluate(base=False), {}
+        ok, failed = group.evaluate(base=False), group.eval_failures["after"]
     assert "math" not in ok and set(ok) == {"geo", "chat"}
-    if kind != "evaluate":
-        assert needle in failed["math"], failed
+    assert needle in failed["math"] and "\n" not in failed["math"], failed
+
+
+def test_a_reply_that_raises_anything_in_a_decoder_fails_only_its_client_and_the_run_finishes(
+        tmp_path, flower_identity, embedder, monkeypatch):
+    from semcon.algorithms import make_algorithm
+    from semcon.federation import federate
+    from semcon.flower import server_app
+
+    decode_eval = server_app.parse_eval
+
+    def parse_eval(rec):  # a decoder bug reached by one peer's bytes: not a ValueError
+        if rec["client"] == "chat":
+            raise RuntimeError("a decoder bug\nover two lines")
+        return decode_eval(rec)
+
+    monkeypatch.setattr(server_app, "parse_eval", parse_eval)
+    nodes = {11: honest("geo"), 12: honest("math", train={"client": "math", "report": DEEP}), 13: honest("chat")}
+    group, cfg, prompts = flower_group(tmp_path, FakeGrid(nodes))
+    run_dir = RunDir.create(tmp_path / "run", cfg)
+    group.wait_for_nodes()
+    summary = federate(cfg, run_dir, make_algorithm(cfg, prompts, embedder), group)
+    assert "nests deeper than 16" in summary["per_round"][0]["failed"]["math"]
+    assert set(summary["eval_after"]) == {"geo", "math"}
+    assert group.eval_failures["after"]["chat"] == "malformed evaluate reply (RuntimeError: a decoder bug over two lines)"
 
 
 def test_errors_and_silence_are_failures_and_a_round_goes_on(tmp_path, flower_identity, embedder):
@@ -254,134 +286,14 @@ def test_pinned_clients_go_only_to_their_registered_nodes(tmp_path, flower_ident
     assert "pinned to node 99" in failed["node 12"] and failed["math"] == "not connected"
 
 
-def test_the_gateway_forwards_the_node_api_and_nothing_else(tmp_path):
-    from starlette.testclient import TestClient
-
-    from semcon.flower.secure import gateway_app, make_certs
-
-    certs = make_certs(tmp_path, nodes=0)
-    gateway = TestClient(gateway_app("127.0.0.1:9", certs / "ca.crt"))  # nothing listens upstream
-    assert gateway.post("/v1/fleet/pull-messages").status_code == 503  # forwarded; the SuperLink is away
-    for path in ("/v1/control/start-run", "/v1/control/register-node", "/v1/runtime/acquire-task", "/docs",
-                 "/v1/fleet/../control/list-runs", "/v1/fleet/%2e%2e/control/list-runs", "/v1/fleet//control",
-                 "/v1/fleet/a/b"):
-        assert gateway.post(path).status_code == 403, path
-    assert gateway.get("/v1/fleet/pull-messages").status_code == 403
-
-
-def test_the_gateway_knows_exactly_the_pinned_flwr_node_endpoints():
-    from flwr.supercore.protobuf import translation
-
-    from semcon.flower.secure import FLEET_ENDPOINTS
-
-    fleet = {path.removeprefix("/v1/fleet/") for method, path in translation.PROTOBUF_REQUEST_TYPES
-             if path.startswith("/v1/fleet/")}
-    assert fleet == set(FLEET_ENDPOINTS)
-
-
-class Recorder(threading.Thread):
-    """A TLS server on 127.0.0.1 standing where the SuperLink would: it records what the gateway forwards."""
-
-    def __init__(self, certs):
-        import ssl
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        super().__init__(daemon=True)
-        seen = self.seen = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                size = len(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "size": size})
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        tls.load_cert_chain(certs / "server.crt", certs / "server.key")
-        self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-
-    def run(self):
-        self.server.serve_forever()
-
-
-def raw_request(port: int, ca, head: str, body: bytes = b"", wait_s: float = 15.0) -> str:
-    """Send ``head`` and ``body`` over TLS as they are and return the status line of the reply ('' if none)."""
-    import socket
-    import ssl
-
-    tls = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as raw, \
-            tls.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
-        conn.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
-        try:
-            return conn.recv(4096).split(b"\r\n", 1)[0].decode()
-        except (ConnectionError, TimeoutError):
-            return ""
-
-
-def test_an_outsider_cannot_exhaust_the_gateway_forge_its_source_or_fill_its_log(tmp_path):
-    import time
-
-    import httpx
-    import psutil
-
-    from semcon.flower.launch import Processes, free_port
-    from semcon.flower.secure import make_certs
-
-    certs = make_certs(tmp_path / "certs", nodes=0)
-    upstream = Recorder(certs)
-    upstream.start()
-    procs = Processes(tmp_path / "state", tmp_path / "state" / "logs", certs=certs)
-    port = free_port()
-    try:
-        procs.start_gateway("127.0.0.1", port, upstream.address, body_seconds=2)
-        gateway = psutil.Process(procs.helpers[0].pid)
-        url, ca = f"https://127.0.0.1:{port}", certs / "ca.crt"
-        with httpx.Client(base_url=url, verify=str(ca)) as client:
-            # forwarding headers are the gateway's, never the sender's
-            forged = {"X-Forwarded-For": "6.6.6.6", "Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6"}
-            assert client.post("/v1/fleet/pull-messages", content=b"{}", headers=forged).status_code == 200
-            # the pinned version's node endpoints only, and a body as large as one array chunk still passes
-            assert client.post("/v1/fleet/list-runs", content=b"{}").status_code == 403
-            assert client.post("/v1/fleet/push-object", content=b"x" * (6 << 20)).status_code == 200
-        assert upstream.seen[0]["headers"]["x-forwarded-for"] == "127.0.0.1"
-        assert not {"forwarded", "x-real-ip"} & set(upstream.seen[0]["headers"])
-        assert [(r["path"], r["size"]) for r in upstream.seen] == [("/v1/fleet/pull-messages", 2),
-                                                                   ("/v1/fleet/push-object", 6 << 20)]
-
-        rss = gateway.memory_info().rss
-        for _ in range(2):  # declares 10 MB and starts sending: refused before a byte of it is read
-            head = "POST /v1/fleet/push-messages HTTP/1.1\nHost: x\nContent-Length: 10485760\n"
-            assert raw_request(port, ca, head, b"x" * 65536).endswith("413 Request Entity Too Large")
-        chunked = "POST /v1/fleet/register-node HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n"
-        over = (b"10000\r\n" + b"x" * 65536 + b"\r\n") * 2  # 128 KiB in chunks, no length declared: cut at 64
-        assert raw_request(port, ca, chunked, over).endswith(" 413 Request Entity Too Large")
-        assert (gateway.memory_info().rss - rss) / 2**20 < 8
-        start = time.monotonic()  # declares 1 KB, sends 10 bytes and waits: cut off after body_seconds
-        slow = raw_request(port, ca, "POST /v1/fleet/get-run HTTP/1.1\nHost: x\nContent-Length: 1000\n", b"x" * 10)
-        assert slow.endswith("408 Request Timeout") and time.monotonic() - start < 10
-        abort = "POST /v1/fleet/push-messages HTTP/1.1\nHost: x\nContent-Length: 100000\n"
-        raw_request(port, ca, abort, b"x" * 50000, wait_s=0.2)  # sends half and goes away
-        assert len(upstream.seen) == 2  # none of these reached the SuperLink
-
-        time.sleep(0.5)
-        log = (procs.logs / "gateway.log").read_text()
-        refused = [line for line in log.splitlines() if " refused " in line]
-        assert len(refused) == 6 and "Traceback" not in log, log
-        assert "refused 400 POST /v1/fleet/push-messages" in refused[-1] and "went away" in refused[-1]
-        assert "refused 403 POST /v1/fleet/list-runs from 127.0.0.1:" in refused[0]
-        assert all(oct(path.stat().st_mode & 0o777) == oct(mode) for path, mode in
-                   [(procs.home, 0o700), (procs.logs, 0o700), (procs.logs / "gateway.log", 0o600)])
-    finally:
-        procs.stop_all()
-        upstream.server.shutdown()
+def test_keys_are_their_owners_only_and_the_certificate_names_each_address_once(tmp_path):
+    for host in ("10.0.0.5", "127.0.0.1"):
+        out = tmp_path / host
+        said = " ".join(cli("flower", "certs", out, "--host", host, "--nodes", "1").output.split())
+        names = "10.0.0.5, 127.0.0.1, localhost" if host == "10.0.0.5" else "127.0.0.1, localhost"
+        assert f"(for {names})" in said and said.count("127.0.0.1") == 1, said
+        assert out.stat().st_mode & 0o777 == 0o700
+        assert all(p.stat().st_mode & 0o077 == 0 for p in out.rglob("*")), oct(out.stat().st_mode)
 
 
 def test_process_logs_rotate_so_no_one_can_fill_the_disk(tmp_path):
@@ -551,17 +463,22 @@ def test_a_closed_deployment_keeps_outsiders_out_and_members_to_their_identities
         code, out = flwr_cli(tmp_path / "outsider", "ls", target)
         assert code != 0 and "403" in out, out
 
-        # a node whose key nobody registered is refused
+        # a node whose key nobody registered is refused at the gateway
         unregistered = nodes.start_node(0, tmp_path / "n-stranger", key=stranger, name="stranger")
         assert unregistered.wait(timeout=60) != 0
-        assert "Failed to activate" in (nodes.logs / "stranger.log").read_text()
+        assert "not registered" in (state / "logs" / "gateway.log").read_text()
 
         # the members, and the impostor claiming partition 1; math's node loses its state after round 0
         nodes.start_node(0, tmp_path / "n0")
         nodes.start_node(1, tmp_path / "n1")
         nodes.start_node(1, tmp_path / "n-impostor", key=impostor, name="impostor")
-        done = threading.Event()
+        done, attacked = threading.Event(), {}
         threading.Thread(target=wipe_when_saved, args=(tmp_path / "n1", "math", done), daemon=True).start()
+        # the probe: member math pushes an instruction to geo's node, through the gateway and, as if the
+        # gateway were not there, straight to the SuperLink (which stores it: flwr 1.42 checks no sender)
+        attack = (tmp_path / "n0", certs, pins, {"gateway": f"127.0.0.1:{gateway}", "superlink": f"127.0.0.1:{api}"},
+                  state / "superlink.db", attacked, done)
+        threading.Thread(target=instruct_when_running, args=attack, daemon=True).start()
         config, run = tmp_path / "tiny.yaml", tmp_path / "run"
         config.write_text(yaml.safe_dump({**flower_tree, "min_clients": 1}))
         proc = semcon_cli("flower", "run", config, "--certs", certs, "--superlink", f"127.0.0.1:{api}", "--out", run)
@@ -585,6 +502,75 @@ def test_a_closed_deployment_keeps_outsiders_out_and_members_to_their_identities
     assert {(r["client"], r["direction"]) for r in rows(run / "ledger.jsonl")} == {
         ("geo", "up"), ("geo", "down"), ("math", "down")}
     assert set(summary["eval_after"]) == {"geo"}
+
+    # the instruction: refused by the gateway; delivered by the SuperLink itself, refused by geo's ClientApp
+    assert attacked == {"gateway": 403, "superlink": 200}, attacked
+    assert "pushes an instruction to node" in (state / "logs" / "gateway.log").read_text()
+    logs = "".join(p.read_text() for p in nodes.logs.glob("node0*.log"))
+    assert "refused a train message: unsigned" in logs, logs[-3000:]
+    kept = list((tmp_path / "n0").glob("*/config.yaml"))
+    assert len(kept) == 1 and kept[0].read_text() == (run / "config.yaml").read_text()  # the coordinator's setup
+    assert rows(run / "pseudo_labels" / "round_01.jsonl") and all(  # geo's own answers, not a sybil's text
+        "signed" not in r["text"] for r in rows(run / "pseudo_labels" / "round_01.jsonl"))
+
+
+def instruct_when_running(victim_state, certs, pins, addresses, database, attacked, done) -> None:
+    """Once geo's node holds the run's setup, push member math's instruction to it at each address."""
+    import sqlite3
+
+    from semcon.protocol import RunSetup, encode
+
+    while not done.wait(0.2):
+        if kept := list(victim_state.glob("*/config.yaml")):
+            break
+    else:
+        return
+    with sqlite3.connect(database) as db:
+        run_id = db.execute("SELECT run_id FROM run").fetchone()[0] % (1 << 64)
+    evil = "attack: {kind: sybil, clients: [math, geo], text: signed by nobody}\n" + kept[0].read_text()
+    record = {"run-id": kept[0].parent.name, "round": 1, "saved-round": 0, "clients": ["geo", "math"],
+              "config": encode(RunSetup("config", config=evil))}
+    for where, address in addresses.items():
+        attacked[where] = push_instruction(address, certs / "ca.crt", certs / "node1_key", pins[1], run_id, pins[0],
+                                           record)
+
+
+def push_instruction(address: str, ca, key_file, member: int, run_id: int, victim: int, record: dict) -> int:
+    """What the probe did, with Flower's own Fleet client and a member's key: push a message without
+    ``reply_to``, in the SuperLink's name, to another member's node, then its objects; the HTTP status."""
+    import httpx
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.app.message.message import remove_content_from_message
+    from flwr.common.serde import message_to_proto
+    from flwr.proto.fleet_pb2 import PushMessagesRequest
+    from flwr.proto.message_pb2 import PushObjectRequest
+    from flwr.proto.node_pb2 import Node
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
+    from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+    from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+
+    key = load_ssh_private_key(key_file.read_bytes(), password=None)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, 1  # src 1: the SuperLink's id
+    msg = Message(RecordDict({"semcon": ConfigRecord(record)}), dst_node_id=victim, message_type="train")
+    msg.metadata.__dict__["_message_id"] = msg.object_id
+    objects = get_all_nested_objects(msg)
+    request = PushMessagesRequest(node=Node(node_id=member), message_object_trees=[get_object_tree(msg)],
+                                  messages_list=[message_to_proto(remove_content_from_message(msg))])
+    interceptors = [RuntimeVersionHttpInterceptor(component_name="SuperNode"),
+                    NodeAuthHttpInterceptor(key, key.public_key())]
+    with FleetHttpClient.from_server_address(address, False, ca.read_bytes(), interceptors) as client:
+        try:
+            pushed = client.PushMessages(request)
+            for object_id in pushed.objects_to_push:
+                client.PushObject(PushObjectRequest(node=Node(node_id=member), run_id=run_id, object_id=object_id,
+                                                    object_content=objects[object_id].deflate(),
+                                                    session_id=pushed.session_id))
+        except httpx.HTTPStatusError as e:
+            return e.response.status_code
+    return 200
 
 
 def semcon_cli(*args):

@@ -518,13 +518,13 @@ def flower_run(
     ServerApp writes the run directory). With --certs: TLS, the app signed by the coordinator's key, and
     each client pinned to its registered node (certs/members.yaml)."""
     _setup_logging(False)
-    from semcon.flower.launch import flwr_run, mark, write_connection
+    from semcon.flower.launch import closed_settings, flwr_run, mark, write_connection
     from semcon.report import print_summary
     from semcon.simulation import default_out
 
     if certs is not None:
         _check_certs(certs, "ca.crt", "signer", "members.yaml")
-        set_ = [*(set_ or []), f"flower.members={(certs / 'members.yaml').resolve()}"]
+        set_ = [*(set_ or []), *closed_settings(certs)]
     cfg = _flower_config(config, with_log(set_, log))
     _check_members(cfg)
     out = out or default_out(cfg)
@@ -567,7 +567,8 @@ def flower_certs(
     if out.exists() and any(out.iterdir()):
         fail(f"{out} is not empty: keys are never overwritten; choose a new folder")
     make_certs(out, host, nodes)
-    console.print(f"{out}: ca.crt, server.crt/.key (for {host} and 127.0.0.1), signer (the coordinator's app-"
+    where = ", ".join(dict.fromkeys([host, "127.0.0.1", "localhost"]))  # the certificate's names, each once
+    console.print(f"{out}: ca.crt, server.crt/.key (for {where}), signer (the coordinator's app-"
                   f"signing key), node0..node{nodes - 1}: give organisation N the folder {out}/nodeN", highlight=False)
 
 

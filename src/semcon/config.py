@@ -386,6 +386,10 @@ class FlowerConfig(Strict):
     members: Path | None = Field(None, description="members.yaml from `semcon flower register`: each partition "
                                  "id pinned to the Flower node id of the one registered node that may hold it; "
                                  "without it a client goes to the first node that claims it")
+    signer: Path | None = Field(None, description="the coordinator's Ed25519 key (`signer` from `semcon flower "
+                                "certs`, set by `semcon flower run --certs`): the ServerApp signs every message to "
+                                "a node with it, and a node whose node config names `coordinator-key` acts on "
+                                "nothing else")
 
 
 class RunConfig(Strict):

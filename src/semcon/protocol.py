@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -298,16 +299,16 @@ def check_adapter(msg: Message, client: str, round: int, reference: dict | None)
 
 def accept_uploads(round: int, clients: list[str], messages: dict[str, Message],
                    check: Callable[[Message, str], T]) -> tuple[dict[str, T], dict[str, str]]:
-    """``check`` each client's decoded upload (in client order); one that fails is rejected for this round
-    with a logged reason naming the client, and the others go on."""
+    """``check`` each client's decoded upload (in client order); one that fails, whatever it raises, is
+    rejected for this round with a logged reason naming the client, and the others go on."""
     accepted, rejected = {}, {}
     for name in clients:
         if name not in messages:
             continue
         try:
             accepted[name] = check(messages[name], name)
-        except ValueError as e:  # ProtocolError included
-            rejected[name] = str(e)
+        except Exception as e:  # noqa: BLE001 - a peer's upload: ProtocolError and ValueError, or any check's bug
+            rejected[name] = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
             log.warning("round %d: rejected the upload of client %r: %s", round, name, e)
     return accepted, rejected
 
@@ -326,6 +327,42 @@ def check_scores(obj, what: str) -> dict[str, float]:
     if not isinstance(obj, dict) or not all(isinstance(k, str) and (v is None or is_number(v)) for k, v in obj.items()):
         raise ProtocolError(f"{what} is not a mapping of names to numbers")
     return obj
+
+
+MAX_REPORT_CHARS = 1 << 20  # a train or evaluation report's JSON text (a real one is a few KB)
+MAX_DEPTH = 16  # nesting of a peer's JSON (a real report nests 3 deep)
+_JSON_SYNTAX = re.compile(r'["\\\[\]{}]')
+
+
+def load_report(text, what: str, max_chars: int = MAX_REPORT_CHARS, max_depth: int = MAX_DEPTH):
+    """A peer's JSON text parsed, its size and nesting bounded before the parser sees it (a reply of 50,000
+    brackets would otherwise take the parser's recursion down); ProtocolError for anything else."""
+    if not isinstance(text, str):
+        raise ProtocolError(f"{what} is {type(text).__name__}, not text")
+    if len(text) > max_chars:
+        raise ProtocolError(f"{what} has {len(text):,} characters (limit {max_chars:,})")
+    depth, in_string, escaped = 0, False, False
+    for match in _JSON_SYNTAX.finditer(text):  # only quotes, backslashes and brackets: linear in the text
+        ch, at = match.group(), match.start()
+        if in_string:
+            if escaped and at == escaped:
+                continue
+            if ch == "\\":
+                escaped = at + 1
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise ProtocolError(f"{what} nests deeper than {max_depth}")
+        elif ch in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError(f"{what} is not JSON ({type(e).__name__}: {str(e)[:80]})") from None
 
 
 def check_train_report(obj) -> dict:

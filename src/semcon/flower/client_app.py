@@ -8,13 +8,17 @@ round (``STATE_DIR/RUN_ID/CLIENT/round_NN.safetensors``). A base model loads fro
 in about a second.
 
 Node config (``flower-supernode --node-config``): ``partition-id`` (index into the config's ``clients``,
-required), ``state-dir`` (default ``./semcon-state``), and optionally ``model`` and ``data-path`` (a local
-JSONL file) to replace that client's model and private data on this machine.
+required), ``state-dir`` (default ``./semcon-state``), ``coordinator-key`` (the node's
+``trusted-entities.yaml``: in a closed deployment the node acts only on messages the coordinator signed,
+``signing.py``), and optionally ``model`` and ``data-path`` (a local JSONL file) to replace that client's
+model and private data on this machine. A run's setup (client list, config, public prompts) is kept once:
+a message that carries a different one is refused.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -24,28 +28,57 @@ from flwr.clientapp import ClientApp
 
 from semcon.config import RunConfig, load_config
 from semcon.data import Prompt
+from semcon.flower.signing import Refused, check_order, trusted_key
 from semcon.names import check_name, child
 from semcon.protocol import SETUP_LIMITS, RunSetup, decode, encode
 from semcon.rundir import write_atomic
 
 app = ClientApp()
+log = logging.getLogger("semcon.node")
 
 
-def node_client(msg: Message, context: Context) -> tuple[str, Path]:
+def state_root(context: Context) -> Path:
+    return Path(str(context.node_config.get("state-dir", "semcon-state"))).expanduser()
+
+
+def admit(msg: Message, context: Context) -> dict:
+    """The message's semcon record, once this node may act on it: where the node config names the coordinator's
+    key, only a record the coordinator signed for this node and message type, each sequence number once."""
+    rec = dict(msg.content["semcon"])
+    if "coordinator-key" in context.node_config:
+        root = state_root(context)
+        seen = root / "sequence"  # the newest sequence number acted on, for every run of this node
+        last = int(seen.read_text(encoding="utf-8")) if seen.is_file() else 0
+        key = trusted_key(Path(str(context.node_config["coordinator-key"])).expanduser())
+        sequence = check_order(rec, context.node_id, msg.metadata.message_type, key, last)
+        root.mkdir(parents=True, exist_ok=True)
+        write_atomic(seen, str(sequence))
+    return rec
+
+
+def keep_once(path: Path, text: str, what: str) -> None:
+    """Write ``text`` to ``path`` (0600) unless it holds something else already: a run's setup is set once."""
+    if path.is_file():
+        if path.read_text(encoding="utf-8") != text:
+            raise Refused(f"this run's {what} is kept already; a different one is refused")
+        return
+    write_atomic(path, text)
+
+
+def node_client(rec: dict, context: Context) -> tuple[str, Path]:
     """This node's client name (from the run's client list, sent with every hello) and its state directory."""
-    rec = msg.content["semcon"]
     node = context.node_config
     if "partition-id" not in node:
         raise ValueError("node config lacks partition-id (flower-supernode --node-config 'partition-id=N ...')")
     pid = int(node["partition-id"])
-    state = child(Path(str(node.get("state-dir", "semcon-state"))).expanduser(), rec["run-id"], "run id")
+    state = child(state_root(context), rec["run-id"], "run id")
     names_file = state / "clients.json"
     names = list(rec["clients"]) if "clients" in rec else json.loads(names_file.read_text(encoding="utf-8"))
     if not 0 <= pid < len(names):
         raise ValueError(f"partition-id={pid} but the run has {len(names)} clients")
     if "clients" in rec:
         state.mkdir(parents=True, exist_ok=True)
-        write_atomic(names_file, json.dumps(names))
+        keep_once(names_file, json.dumps(names), "client list")
     return check_name(names[pid], "client name"), state
 
 
@@ -55,18 +88,18 @@ def has_setup(state: Path) -> bool:
 
 def save_setup(state: Path, rec) -> None:
     """Keep the run's config and public prompts (sent once per run, with the first phase message this node
-    gets) in the node's state directory."""
+    gets) in the node's state directory; a setup that differs from the one kept is refused."""
     for kind in ("config", "public"):
         if kind in rec:
             msg = decode(bytes(rec[kind]), SETUP_LIMITS)
             if not isinstance(msg, RunSetup) or msg.kind != kind:
                 raise ValueError(f"setup field {kind!r} holds a {msg.kind} message")
             if kind == "config":
-                write_atomic(state / "config.yaml", msg.config)
+                keep_once(state / "config.yaml", msg.config, "config")
             else:
-                write_atomic(state / "public.json", json.dumps(msg.prompts, ensure_ascii=False))
+                keep_once(state / "public.json", json.dumps(msg.prompts, ensure_ascii=False), "public prompts")
     if "public" not in rec:  # parameter averaging answers no prompts
-        write_atomic(state / "public.json", "{}")
+        keep_once(state / "public.json", "{}", "public prompts")
 
 
 def load_setup(state: Path, pid: int, node: dict) -> tuple[RunConfig, list[Prompt]]:
@@ -100,8 +133,15 @@ def restore(client, state: Path, rec) -> None:
 
 
 def _handle(msg: Message, context: Context, phase: str) -> Message:
-    name, state = node_client(msg, context)
-    rec = msg.content["semcon"]
+    os.umask(0o077)  # the node's state (setup, adapters, answers) is its owner's only
+    try:
+        rec = admit(msg, context)
+        name, state = node_client(rec, context)
+        if "config" in rec:  # the run's setup, with this node's first phase message
+            save_setup(state, rec)
+    except Refused as e:  # a logged failure of this message; Flower returns it to the sender as an error
+        log.warning("semcon node %s refused a %s message: %s", context.node_id, msg.metadata.message_type, e)
+        raise
     t = int(rec["round"])
     reply = {"client": name}
     if phase == "hello":  # answered before torch is imported: seconds less per node and run
@@ -110,8 +150,6 @@ def _handle(msg: Message, context: Context, phase: str) -> Message:
     _fault(name, phase, t)
     from semcon.assembly import assemble, client_round
 
-    if "config" in rec:  # the run's setup, with this node's first phase message
-        save_setup(state, rec)
     cfg, prompts = load_setup(state, int(context.node_config["partition-id"]), context.node_config)
     fed = assemble(cfg, prompts, node=name)
     client, algo = fed.clients[0], fed.algorithm

@@ -160,10 +160,13 @@ class Processes:
             self.fleet = self.start_gateway(public[0], public[1] or free_port(), self.address)
         return self.address
 
-    def start_gateway(self, host: str, port: int, upstream: str, body_seconds: float | None = None) -> str:
-        """The Fleet-only gateway on HOST:PORT in front of the SuperLink at ``upstream``; returns how this
-        machine reaches it."""
-        args = [sys.executable, "-m", "semcon.flower.secure", "gateway", host, str(port), upstream, str(self.certs)]
+    def start_gateway(self, host: str, port: int, upstream: str, body_seconds: float | None = None,
+                      database: Path | None = None) -> str:
+        """The Fleet-only gateway on HOST:PORT in front of the SuperLink at ``upstream``, for the nodes registered
+        in its ``database`` (default: this launcher's SuperLink's); returns how this machine reaches it."""
+        database = database or self.home / "superlink.db"
+        args = [sys.executable, "-m", "semcon.flower.secure", "gateway", host, str(port), upstream, str(self.certs),
+                str(database)]
         gateway = self._start("gateway", args + ([str(body_seconds)] if body_seconds else []))
         self.helpers.append(gateway)
         reach = "127.0.0.1" if host == "0.0.0.0" else host
@@ -176,6 +179,9 @@ class Processes:
         partition's own key in the certificates folder). ``name``: its log's and ``nodes``' key, for a
         second node claiming one partition."""
         node_config = f"partition-id={partition} state-dir={json.dumps(str(state_dir.resolve()))}"
+        if self.certs is not None:  # the node acts only on messages the coordinator signed
+            trusted = self.certs / f"node{partition}" / "trusted-entities.yaml"
+            node_config += f" coordinator-key={json.dumps(str(trusted.resolve()))}"
         runtime = free_port()  # the node's Runtime API, which its SuperExec polls for ClientApp tasks
         args = [flwr_bin("flower-supernode"), "--superlink", self.fleet, "--host", "127.0.0.1",
                 "--port", str(runtime), "--node-config", node_config, "--isolation", "process"]
@@ -320,13 +326,21 @@ def mark(run_dir: Path, superlink: str, local: bool = False, certs: Path | None 
     (run_dir / "flower.json").write_text(json.dumps(where) + "\n", encoding="utf-8")
 
 
-def pin_members(run_dir: Path, members: Path) -> None:
-    """Set ``flower.members`` in the run's config (the ServerApp pins each client to its registered node)."""
+def closed_settings(certs: Path) -> list[str]:
+    """The config overrides of a closed deployment: each client pinned to its registered node
+    (``flower.members``) and every message to a node signed by the coordinator (``flower.signer``)."""
+    return [f"flower.members={(certs / 'members.yaml').resolve()}", f"flower.signer={(certs / 'signer').resolve()}"]
+
+
+def close_run(run_dir: Path, certs: Path) -> None:
+    """Apply ``closed_settings`` to the run's config."""
     import yaml
 
     path = run_dir / "config.yaml"
     tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    tree.setdefault("flower", {})["members"] = str(members.resolve())
+    for setting in closed_settings(certs):
+        key, value = setting.split("=", 1)
+        tree.setdefault("flower", {})[key.removeprefix("flower.")] = value
     path.write_text(yaml.safe_dump(tree, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
@@ -348,7 +362,7 @@ def run_local(run_dir: Path, num_nodes: int, node_env: dict[int, dict[str, str]]
         if certs is not None:
             if not (certs / "members.yaml").is_file():
                 register_nodes(certs, home, connection, flower_env(home))
-            pin_members(run_dir, certs / "members.yaml")
+            close_run(run_dir, certs)
         for i in range(num_nodes):
             procs.start_node(i, run_dir / "nodes" / f"node{i}", (node_env or {}).get(i))
         mark(run_dir, procs.address, local=True, certs=certs)

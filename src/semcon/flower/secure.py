@@ -6,13 +6,13 @@ port, and its open-source build has no authentication on the Control API: whoeve
 register a node and run code on the SuperLink's machine and on every node. So, here:
 
 - the SuperLink listens on 127.0.0.1 only, with TLS and ``--enable-supernode-auth``;
-- the **gateway** (``serve_gateway``) is the one public port: TLS, it forwards ``POST`` to Flower's node
-  endpoints (``FLEET_ENDPOINTS``, all a SuperNode ever calls) to the SuperLink, each body bounded in size and
-  in the time to send it, sets ``X-Forwarded-For`` itself, and answers everything else with 403, one log
-  line each;
+- the **gateway** (``gateway.py``) is the one public port: TLS, it forwards Flower's node endpoints to the
+  SuperLink for registered nodes only, refuses what a node may not do (instruct another node, read another
+  node's objects), and bounds what an outsider can hold (connections, heads, bodies), one log line each;
 - nodes start with ``--trusted-entities`` holding the coordinator's Ed25519 key, and Flower runs an app on
-  them only if a signature by that key comes with it. Flower attaches signatures only to apps it fetches
-  from an app hub (``flwr run @publisher/app==version``), so the coordinator signs each run's app
+  them only if a signature by that key comes with it; semcon's ClientApp, given the same file as its
+  ``coordinator-key``, acts only on messages that key signed (``signing.py``). Flower attaches signatures
+  only to apps it fetches from an app hub (``flwr run @publisher/app==version``), so the coordinator signs each run's app
   (``publish_signed_app``) into a folder that the **hub** (``serve_hub``, 127.0.0.1 only) serves to the
   SuperLink (``FLWR_SUPERGRID_API_URL``).
 
@@ -23,8 +23,10 @@ partition to its node id in ``members.yaml``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,124 +37,20 @@ from pathlib import Path
 import yaml
 
 from semcon.flower.launch import flwr_bin
+from semcon.flower.signing import TRUSTED_KEY_ID
 from semcon.protocol import is_int
 
-TRUSTED_KEY_ID = "fpk_semcon_coordinator"  # the key id in the nodes' trusted-entities.yaml
 APP_ID = "@semcon/semcon-flower"
-KIB, MIB = 1024, 1024 * 1024
-# The node API of the pinned flwr 1.42 (flwr.supercore.protobuf.translation), each with the largest request body
-# the gateway reads. Messages travel as objects; arrays are cut into chunks of at most 5 MiB
-# (FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE), so 8 MiB leaves room for one chunk and its framing.
-FLEET_ENDPOINTS = {
-    "register-node": 64 * KIB, "activate-node": 64 * KIB, "deactivate-node": 64 * KIB,
-    "unregister-node": 64 * KIB, "send-node-heartbeat": 64 * KIB, "pull-messages": 64 * KIB,
-    "push-messages": 1 * MIB, "get-run": 64 * KIB, "get-fab": 64 * KIB, "push-object": 8 * MIB,
-    "pull-object": 64 * KIB, "confirm-message-received": 64 * KIB,
-}
-BODY_SECONDS = 60.0  # the time a request may take to send its body (a slow sender is cut off with 408)
-IN_FLIGHT = 64 * MIB  # bodies the gateway holds at once, all requests together (beyond: 503, try again)
-# headers that belong to one connection, not to the request (the node-auth headers are end to end), and the
-# forwarding headers a client could forge (the gateway sets X-Forwarded-For itself)
-HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
-               "upgrade", "proxy-authorization", "proxy-authenticate"}
-FORWARDING = {"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
-              "x-real-ip", "x-client-ip", "true-client-ip"}
 
 
-class Refused(Exception):
-    """A request the gateway answers itself with ``status``; logged as one line."""
-
-    def __init__(self, status: int, why: str):
-        super().__init__(why)
-        self.status = status
-
-
-def gateway_app(upstream: str, ca: Path, body_seconds: float = BODY_SECONDS, in_flight: int = IN_FLIGHT):
-    """The Fleet-only gateway as an ASGI app forwarding Flower's node endpoints to the SuperLink at
-    ``upstream`` (HOST:PORT): each body bounded in size and in the time to send it, forwarding headers set
-    here, one log line per refused request."""
-    import asyncio
-    import logging
-
-    import httpx
-    from starlette.applications import Starlette
-    from starlette.requests import ClientDisconnect
-    from starlette.responses import PlainTextResponse, Response
-    from starlette.routing import Route
-
-    client = httpx.AsyncClient(base_url=f"https://{upstream}", verify=str(ca), timeout=httpx.Timeout(120.0))
-    log = logging.getLogger("semcon.gateway")
-    held = [0]  # body bytes held by requests in progress
-
-    async def body(request, limit: int) -> bytes:
-        """The request's body, counted in ``held`` (the caller releases it once forwarded)."""
-        declared = request.headers.get("content-length", "")
-        if declared and (not declared.isdigit() or int(declared) > limit):
-            raise Refused(413, f"declares a body of {declared} bytes, over this endpoint's {limit}")
-        chunks, size = [], 0
-        try:
-            async with asyncio.timeout(body_seconds):
-                async for chunk in request.stream():
-                    if size + len(chunk) > limit:
-                        raise Refused(413, f"body over this endpoint's {limit} bytes")
-                    if held[0] + len(chunk) > in_flight:
-                        raise Refused(503, f"over {in_flight} body bytes in flight")
-                    held[0], size = held[0] + len(chunk), size + len(chunk)
-                    chunks.append(chunk)
-        except (Refused, TimeoutError, ClientDisconnect) as e:
-            held[0] -= size
-            if isinstance(e, TimeoutError):
-                raise Refused(408, f"body not sent within {body_seconds:g} s ({size} bytes came)") from None
-            if isinstance(e, ClientDisconnect):
-                raise Refused(400, f"the client went away after {size} bytes") from None
-            raise
-        return b"".join(chunks)
-
-    async def fleet(request):
-        endpoint = request.path_params["endpoint"]
-        if endpoint not in FLEET_ENDPOINTS or request.url.path != f"/v1/fleet/{endpoint}":  # no encoded tricks
-            return refuse(request, Refused(403, "not a node endpoint"))
-        try:
-            content = await body(request, FLEET_ENDPOINTS[endpoint])
-        except Refused as e:
-            return refuse(request, e)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS | FORWARDING}
-        headers["x-forwarded-for"] = request.client.host if request.client else "unknown"
-        try:
-            up = await client.post(request.url.path, content=content, headers=headers)
-        except httpx.TransportError:  # the SuperLink restarts: 503 makes a SuperNode retry (500 makes it exit)
-            return PlainTextResponse("SuperLink unavailable\n", status_code=503)
-        finally:
-            held[0] -= len(content)
-        out = {k: v for k, v in up.headers.items() if k.lower() not in HOP_HEADERS | {"content-encoding"}}
-        return Response(up.content, status_code=up.status_code, headers=out)
-
-    async def deny(request):
-        return refuse(request, Refused(403, "not a node endpoint"))
-
-    def refuse(request, e: Refused):
-        peer = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
-        path = request.url.path[:200].encode("unicode_escape").decode()  # one line, whatever was sent
-        log.warning("refused %d %s %s from %s: %s", e.status, request.method, path, peer, e)
-        text = "forbidden: this port serves SuperNodes only\n" if e.status == 403 else f"{e}\n"
-        return PlainTextResponse(text, status_code=e.status, headers={"connection": "close"})
-
-    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-    return Starlette(routes=[Route("/v1/fleet/{endpoint}", fleet, methods=["POST"]),
-                             Route("/{rest:path}", deny, methods=methods)])
-
-
-def serve_gateway(host: str, port: int, upstream: str, certs: Path, body_seconds: float = BODY_SECONDS) -> None:
-    """Serve the gateway with TLS; its log lines (one per refused request) go to stderr, which the launcher
-    writes to a rotated log."""
-    import logging
-
-    import uvicorn
-
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    uvicorn.run(gateway_app(upstream, certs / "ca.crt", body_seconds), host=host, port=port, log_level="warning",
-                ssl_certfile=str(certs / "server.crt"), ssl_keyfile=str(certs / "server.key"), access_log=False,
-                log_config=None, proxy_headers=False, timeout_keep_alive=5, limit_concurrency=256, h11_max_incomplete_event_size=16 * KIB)
+@contextlib.contextmanager
+def owner_only():
+    """Files and folders made inside are this user's only (0600, 0700): keys, pins, signed apps."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def serve_hub(directory: Path, port: int) -> None:
@@ -207,14 +105,15 @@ def publish_signed_app(app_dir: Path, signer: Path, hub: Path, env: dict[str, st
     signed_at = int(time.time())
     message = create_message_to_sign(hashlib.sha256(fab).digest(), signed_at)
     signature = base64.urlsafe_b64encode(sign_message(load_private_key(signer), message)).rstrip(b"=").decode()
-    hub.mkdir(parents=True, exist_ok=True)
     name = f"{fab_id.replace('/', '.')}.{version}.fab"
-    (hub / name).write_bytes(fab)
     index = json.loads((hub / "index.json").read_text()) if (hub / "index.json").is_file() else {}
     index.setdefault(f"@{fab_id}", {})[version] = {
         "fab": name, "verifications": [{"public_key_id": TRUSTED_KEY_ID, "signed_at": signed_at,
                                         "signature": signature}]}
-    (hub / "index.json").write_text(json.dumps(index, indent=1))
+    with owner_only():
+        hub.mkdir(parents=True, exist_ok=True)
+        (hub / name).write_bytes(fab)
+        (hub / "index.json").write_text(json.dumps(index, indent=1))
     return f"@{fab_id}=={version}"
 
 
@@ -247,9 +146,10 @@ def register_nodes(certs: Path, home: Path, connection: str, env: dict[str, str]
         except (ValueError, KeyError, TypeError):
             raise RuntimeError(f"registering {key} failed: {(done.stdout + done.stderr).strip()[-400:]}") from None
         members[partition] = {"node_id": node_id, "public_key": key.read_text().strip()}
-    (certs / "members.yaml").write_text(
-        "# partition id -> the one registered node that may act as that client (semcon flower register)\n"
-        + yaml.safe_dump(members, sort_keys=True))
+    with owner_only():
+        (certs / "members.yaml").write_text(
+            "# partition id -> the one registered node that may act as that client (semcon flower register)\n"
+            + yaml.safe_dump(members, sort_keys=True))
     return {p: m["node_id"] for p, m in members.items()}
 
 
@@ -273,11 +173,19 @@ def load_members(path: Path, names: list[str]) -> dict[str, int]:
 
 
 def make_certs(out: Path, host: str = "127.0.0.1", nodes: int = 2, days: int = 365) -> Path:
+    """``write_certs`` with every file and folder this user's only."""
+    with owner_only():
+        out.mkdir(parents=True, exist_ok=True)
+        out.chmod(0o700)
+        return write_certs(out, host, nodes, days)
+
+
+def write_certs(out: Path, host: str, nodes: int, days: int) -> Path:
     """Every key a closed deployment needs, in ``out``: a CA (``ca.crt``, ``ca.key``), the SuperLink and gateway
     certificate for ``host`` and 127.0.0.1 (``server.crt``/``.key``), the coordinator's app-signing key
     (``signer``/``.pub``, Ed25519), and per node N its key pair (``nodeN_key``/``.pub``, ECDSA P-384) plus a
     folder ``nodeN/`` with just what that organisation gets: ``ca.crt``, its private key and
-    ``trusted-entities.yaml``. Private keys are written with mode 600."""
+    ``trusted-entities.yaml``."""
     import datetime
     import ipaddress
 
@@ -286,12 +194,9 @@ def make_certs(out: Path, host: str = "127.0.0.1", nodes: int = 2, days: int = 3
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
     from cryptography.x509.oid import NameOID
 
-    out.mkdir(parents=True, exist_ok=True)
     pem, ssh = serialization.Encoding.PEM, serialization.Encoding.OpenSSH
 
     def private(path: Path, data: bytes) -> None:
-        path.write_bytes(b"")
-        path.chmod(0o600)
         path.write_bytes(data)
 
     def cert(subject: str, key, issuer_key, issuer: x509.Name | None, ca: bool, names=()):
@@ -343,13 +248,17 @@ def make_certs(out: Path, host: str = "127.0.0.1", nodes: int = 2, days: int = 3
 
 
 def main(argv: list[str]) -> None:
-    """``python -m semcon.flower.secure gateway HOST PORT UPSTREAM CERTS [BODY_SECONDS]`` | ``hub DIR PORT``."""
-    if argv[:1] == ["gateway"] and len(argv) in (5, 6):
-        serve_gateway(argv[1], int(argv[2]), argv[3], Path(argv[4]), *map(float, argv[5:]))
+    """``python -m semcon.flower.secure gateway HOST PORT UPSTREAM CERTS DATABASE [BODY_SECONDS]`` |
+    ``hub DIR PORT``."""
+    if argv[:1] == ["gateway"] and len(argv) in (6, 7):
+        from semcon.flower.gateway import serve_gateway
+
+        serve_gateway(argv[1], int(argv[2]), argv[3], Path(argv[4]), Path(argv[5]), *map(float, argv[6:]))
     elif argv[:1] == ["hub"] and len(argv) == 3:
         serve_hub(Path(argv[1]), int(argv[2]))
     else:
-        sys.exit("usage: python -m semcon.flower.secure gateway HOST PORT UPSTREAM CERTS [BODY_SECONDS] | hub DIR PORT")
+        sys.exit("usage: python -m semcon.flower.secure gateway HOST PORT UPSTREAM CERTS DATABASE [BODY_SECONDS] | "
+                 "hub DIR PORT")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ elsewhere a node that comes back under a new Flower node id rejoins as its clien
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,8 +25,9 @@ from semcon.embed import Embedder
 from semcon.federation import FederationError, Tick, federate, setup_messages
 from semcon.flower.launch import run_config_overrides
 from semcon.flower.secure import load_members
+from semcon.flower.signing import Signer
 from semcon.names import check_name
-from semcon.protocol import ProtocolError, check_eval_report, check_train_report, encode
+from semcon.protocol import ProtocolError, check_eval_report, check_train_report, encode, load_report
 from semcon.rundir import RunDir, RunState
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,13 @@ class FlowerGroup:
     authentication binds a node id to its registered key).
     ``saved`` is the round of each client's last saved adapter: a node must load exactly that one.
     ``setup`` (the encoded config and public prompts) goes with the first phase message to a node that lacks it.
+    ``signer`` (closed deployments) signs each message for its node, which acts on nothing unsigned.
     """
 
     def __init__(self, grid: Grid, cfg: RunConfig, run_id: str, last_round: int, setup: dict[str, bytes],
-                 pins: dict[str, int] | None = None, saved: dict[str, int] | None = None):
-        self.grid, self.cfg, self.last_round = grid, cfg, last_round
+                 pins: dict[str, int] | None = None, saved: dict[str, int] | None = None,
+                 signer: Signer | None = None):
+        self.grid, self.cfg, self.last_round, self.signer = grid, cfg, last_round, signer
         self.names = [c.name for c in cfg.clients]
         self.pins = pins or {}
         self.saved = dict(saved or {})
@@ -59,6 +61,7 @@ class FlowerGroup:
         self.has_setup: set[str] = set()  # clients whose node holds this run's config and prompts
         self.payloads = setup  # the run's setup (kind -> encoded message), sent once to each client's node
         self.delivered: list[str] = []  # clients sent the setup since the loop last asked
+        self.eval_failures: dict[str, dict[str, str]] = {}  # "before"/"after" -> client -> why its evaluation failed
 
     def discover(self, timeout: float | None = None) -> None:
         """Ask nodes not seen yet which client they hold (waiting ``timeout``, else ``flower.hello_timeout_s``,
@@ -130,9 +133,13 @@ class FlowerGroup:
         """Send one message per target (with ``own[target]`` added) and collect the parsed replies until
         ``timeout``; errors, silence and replies that do not parse are failures with a reason, never exceptions."""
         own = own or {}
-        messages = [Message(RecordDict({"semcon": ConfigRecord({**self.common, "round": t, **extra, **own.get(key, {}),
-                                                                "saved-round": self.saved.get(key, -1)})}),
-                            dst_node_id=node, message_type=kind, group_id=str(t)) for key, node in targets.items()]
+        messages = []
+        for key, node in targets.items():
+            record = {**self.common, "round": t, **extra, **own.get(key, {}), "saved-round": self.saved.get(key, -1)}
+            if self.signer is not None:
+                record = self.signer.sign(record, node, kind)
+            messages.append(Message(RecordDict({"semcon": ConfigRecord(record)}), dst_node_id=node, message_type=kind,
+                                    group_id=str(t)))
         pending = dict(zip(self.grid.push_messages(messages), targets))
         replies, failures = {}, {}
         deadline, wait = time.monotonic() + timeout, POLL_S
@@ -142,13 +149,11 @@ class FlowerGroup:
                 key = pending.pop(reply.metadata.reply_to_message_id, None)
                 if key is None:
                     continue
-                if reply.has_error():
-                    failures[key] = f"node error {reply.error.code}: {reply.error.reason}"
-                    continue
-                try:
-                    replies[key] = parse(semcon_record(reply, None if kind == "query.hello" else key))
-                except (KeyError, TypeError, ValueError) as e:  # ProtocolError and JSON errors included
-                    failures[key] = f"malformed {kind} reply ({type(e).__name__}: {e})"
+                value, why = read_reply(reply, kind, key, parse)
+                if why is None:
+                    replies[key] = value
+                else:
+                    failures[key] = why
                 if tick:
                     tick()
             if pending:  # back off while nothing comes; replies often come together
@@ -178,7 +183,8 @@ class FlowerGroup:
         return replies, failures
 
     def evaluate(self, base: bool) -> dict[str, dict]:
-        replies, _ = self._phase("evaluate", self.last_round + 1, self.names, parse_eval, base=base)
+        replies, failures = self._phase("evaluate", self.last_round + 1, self.names, parse_eval, base=base)
+        self.eval_failures["before" if base else "after"] = failures
         return {n: replies[n] for n in self.names if n in replies}
 
     def upload(self, t, members, tick):
@@ -196,6 +202,17 @@ class FlowerGroup:
 
     def save_adapters(self, directory: Path) -> None:
         log.info("final adapters stay with their owners: STATE_DIR/RUN_ID/CLIENT/adapters on each node")
+
+
+def read_reply(reply: Message, kind: str, key: str, parse: Callable[[ConfigRecord], T]) -> tuple[T | None, str | None]:
+    """The per-client guard: ``(parsed reply, None)``, or ``(None, why)`` with the one-line reason it is that
+    client's failure for the round; whatever a peer's bytes do in a decoder, nothing escapes."""
+    try:
+        if reply.has_error():
+            return None, f"node error {reply.error.code}: {one_line(reply.error.reason)}"
+        return parse(semcon_record(reply, None if kind == "query.hello" else key)), None
+    except Exception as e:  # noqa: BLE001
+        return None, f"malformed {kind} reply ({type(e).__name__}: {one_line(e)})"
 
 
 def semcon_record(reply: Message, client: str | None) -> ConfigRecord:
@@ -222,11 +239,16 @@ def parse_upload(rec: ConfigRecord) -> bytes:
 
 
 def parse_train(rec: ConfigRecord) -> dict:
-    return check_train_report(json.loads(rec["report"]))
+    return check_train_report(load_report(rec["report"], "train report"))
 
 
 def parse_eval(rec: ConfigRecord) -> dict:
-    return check_eval_report(json.loads(rec["report"]))
+    return check_eval_report(load_report(rec["report"], "evaluation report"))
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's text as one bounded line for the log and the summary."""
+    return " ".join(str(e).split())[:limit]
 
 
 def serve(grid: Grid, run_dir: RunDir, run_config: dict | None = None) -> dict:
@@ -254,7 +276,8 @@ def serve(grid: Grid, run_dir: RunDir, run_config: dict | None = None) -> dict:
     pins = load_members(cfg.flower.members, [c.name for c in cfg.clients]) if cfg.flower.members else None
     saved = state.saved_rounds() if state else {}
     setup = {m.kind: encode(m) for m in setup_messages(cfg, algo.prompts)}
-    group = FlowerGroup(grid, cfg, run_dir.run_id, algo.schedule.last, setup, pins, saved)
+    signer = Signer(cfg.flower.signer) if cfg.flower.signer else None
+    group = FlowerGroup(grid, cfg, run_dir.run_id, algo.schedule.last, setup, pins, saved, signer)
     if state is not None:
         run_dir.rewind(state.next_round)
         log.info("resuming %s at round %d", run_dir.path, state.next_round)
@@ -262,6 +285,7 @@ def serve(grid: Grid, run_dir: RunDir, run_config: dict | None = None) -> dict:
     summary = federate(cfg, run_dir, algo, group, None, state)
     summary["energy_kwh"], summary["energy_method"] = None, "not measured (Flower: energy is spent on the nodes)"
     summary["transport"] = "flower"
+    summary["eval_failed"] = {stage: why for stage, why in group.eval_failures.items() if why}
     run_dir.summary(summary)
     return summary
 
