@@ -287,8 +287,8 @@ def test_pinned_clients_go_only_to_their_registered_nodes(tmp_path, flower_ident
 
 
 def test_keys_are_their_owners_only_and_the_certificate_names_each_address_once(tmp_path):
-    for host in ("10.0.0.5", "127.0.0.1"):
-        out = tmp_path / host
+    for k, host in enumerate(("10.0.0.5", "127.0.0.1")):
+        out = tmp_path / f"certs{k}"
         said = " ".join(cli("flower", "certs", out, "--host", host, "--nodes", "1").output.split())
         names = "10.0.0.5, 127.0.0.1, localhost" if host == "10.0.0.5" else "127.0.0.1, localhost"
         assert f"(for {names})" in said and said.count("127.0.0.1") == 1, said
