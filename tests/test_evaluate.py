@@ -220,13 +220,14 @@ def test_metrics_follow_the_task_not_the_label(tiny, monkeypatch):
     assert 0 <= out["medicine"]["accuracy"] <= 1 and "exact_match" not in out["medicine"]
     assert out["mmlu_x"]["exact_match"] == 0.5 and "accuracy" not in out["mmlu_x"]  # rows 0 and 1 only
     assert set(out["chat"]) == {"nll", "bpb", "rouge_l"}
-    caps = {tuple(p): n for p, n in calls}
-    assert caps[("Sum 0?", "Sum 1?")] == 256  # numeric rows: at least 256 new tokens
-    assert caps[("Hi?",)] == generation_cap([len(tiny.fmt.tok("Hello there.")["input_ids"])], False)
+    (prompts, caps), = calls  # every domain's rows in one queue, each row with its domain's cap
+    cap = dict(zip(prompts, caps))
+    assert cap["Sum 0?"] == cap["Sum 1?"] == 256 and "Sum 2?" not in cap  # numeric rows: at least 256 new tokens
+    assert cap["Hi?"] == generation_cap([len(tiny.fmt.tok("Hello there.")["input_ids"])], False)
     calls.clear()
     evaluate_client(tiny.model, tiny.fmt, {"mmlu_x": numeric}, EvalConfig(max_new_tokens=9, generate_items=5),
                     embed=None, gen_batch_size=4, device=tiny.device, dtype=tiny.dtype)
-    assert calls == [(["Sum 0?", "Sum 1?", "Sum 2?"], 9)]
+    assert calls == [(["Sum 0?", "Sum 1?", "Sum 2?"], [9, 9, 9])]
 
 
 def test_evaluate_client_generates_on_the_tiny_model(tiny):

@@ -148,3 +148,92 @@ def test_a_base_models_answer_ends_at_the_templates_next_heading(tiny_gemma3_dir
     for before, after in zip(free[1:], ended[1:]):
         if fmt.stop not in text(before.tokens):
             assert after == before
+
+
+# --- the continuous batch ------------------------------------------------------------------------------------
+
+def one_row(model, fmt, prompt: list[int], cap: int, eos: set[int]) -> list[int]:
+    """The reference: one row alone, greedy, through the static engine (a batch of one) and the active adapter."""
+    out, _ = greedy_batch(model, [prompt], max_new_tokens=cap, eos_ids=eos, pad_id=fmt.tok.pad_token_id,
+                          device=torch.device("cpu"), dtype=torch.float32)
+    return out[0]
+
+
+def test_a_queue_longer_than_the_batch_gives_each_row_its_one_row_answer(tiny_llama_dir):
+    """Mixed adapters, mixed prompt lengths and caps, a row that ends at its first token, rows that hit their cap,
+    12 rows through 3 slots: every row's ids equal the one-row reference, and the cache holds 3 rows only."""
+    from semcon.config import LoraConfig
+    from semcon.generate import SlotCache, continuous_batch
+
+    bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
+    fmt = bb.fmt
+    for i, lora in enumerate([LoraConfig(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])]):
+        bb.add_adapter(f"c{i}", lora, seed=i)
+        torch.manual_seed(20 + i)
+        bb.load_adapter_state(f"c{i}", {k: torch.randn_like(v) * 0.5 for k, v in bb.adapter_state(f"c{i}").items()})
+    texts = PROMPTS + ["A much longer instruction: " + "tell me about rivers and lakes " * 4, "Go."]
+    prompts = [fmt.prompt_ids(t) for t in texts] * 2
+    owner = ["c0"] * len(texts) + ["c1"] * len(texts)
+    caps = [3 + (k % 4) * 3 for k in range(len(prompts))]
+    with bb.active("c0") as model:  # row 0 ends at its first token, row 3 at its third
+        eos = {one_row(model, fmt, prompts[0], 1, set())[0], one_row(model, fmt, prompts[3], 3, set())[2]}
+    expected = []
+    for name in ("c0", "c1"):
+        with bb.active(name) as model:
+            expected += [one_row(model, fmt, p, cap, eos) for p, cap, o in zip(prompts, caps, owner) if o == name]
+    slots = dict(zip(["c0", "c1"], bb.hold(["c0", "c1"])))
+    with bb.active("c0") as model:
+        sizes = []
+        original = SlotCache.__init__
+
+        def spy(self, slots_, capacity):
+            sizes.append((slots_, capacity))
+            original(self, slots_, capacity)
+
+        SlotCache.__init__ = spy
+        try:
+            out, _ = continuous_batch(model, prompts, max_new_tokens=caps, eos_ids=eos, pad_id=fmt.tok.pad_token_id,
+                                      device=bb.device, dtype=bb.dtype, batch_size=3,
+                                      adapters=[slots[o] for o in owner])
+        finally:
+            SlotCache.__init__ = original
+    assert out == expected
+    assert out[0] == [] and any(len(o) == cap for o, cap in zip(out, caps)) and any(
+        0 < len(o) < cap for o, cap in zip(out, caps))
+    assert sizes == [(3, max(map(len, prompts)) + max(caps))]  # slots for the active batch, not the queue
+
+
+def test_rows_are_admitted_in_queue_order_into_the_slots_others_free(tiny_llama_dir, monkeypatch):
+    """With 2 slots and rows of known lengths, the third row takes the slot of the first row to end, and no decode
+    step computes more rows than slots; the grouped key/value heads are never expanded (``repeat_kv``)."""
+    import transformers.models.llama.modeling_llama as llama
+
+    from semcon.generate import continuous_batch
+
+    def no_expansion(*args, **kwargs):
+        raise AssertionError("repeat_kv: an expanded copy of the grouped key/value heads")
+
+    monkeypatch.setattr(llama, "repeat_kv", no_expansion)
+    bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
+    fmt = bb.fmt
+    prompts = [fmt.prompt_ids(t) for t in PROMPTS[:4]]
+    prefills, decodes = [], []
+
+    def record(module, args, kwargs):
+        step = kwargs["semcon_step"]
+        if step.segments is not None:  # a prefill: the slot of each packed row
+            prefills.append([int(step.slots[start]) for start, _ in step.segments])
+        else:
+            decodes.append(len(step.positions))
+
+    hook = bb.model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        out, _ = continuous_batch(bb.model, prompts, max_new_tokens=[2, 6, 4, 3], eos_ids={-1},
+                                  pad_id=fmt.tok.pad_token_id, device=bb.device, dtype=bb.dtype, batch_size=2)
+    finally:
+        hook.remove()
+    assert [len(o) for o in out] == [2, 6, 4, 3]
+    # rows 0 and 1 fill slots 0 and 1; row 0 ends after 2 tokens and row 2 takes slot 0; row 2 ends before row 1
+    # (4 tokens from its admission) and row 3 takes slot 0 again
+    assert prefills == [[0, 1], [0], [0]]
+    assert max(decodes) <= 2

@@ -18,7 +18,7 @@ from semcon.attacks import attack, poison
 from semcon.competence import gain_competence, knn_competence, quantize
 from semcon.config import ClientSettings
 from semcon.data import Example, Prompt
-from semcon.evaluate import evaluate_client, generation_requests, reference_scores
+from semcon.evaluate import evaluate_client, generation_requests, reference_scores, request_rows, split_answers
 from semcon.generate import Generation, generate
 from semcon.models import Backbone
 from semcon.names import child
@@ -273,12 +273,11 @@ def evaluate_together(clients: list[Client], eval_sets: dict[str, list[Example]]
     answered in shared batches as in ``answer_together``; the teacher-forced metrics run client by client."""
     out = {}
     for members in _sharing(clients, lambda c: (c.settings.gen_batch_size, c.settings.eval.model_dump_json())):
-        answers: dict[str, dict[str, list[str]]] = {c.name: {} for c in members}
-        for domain, (rows, cap) in generation_requests(members[0].fmt, eval_sets, members[0].settings.eval).items():
-            for c, outs in zip(members, _answers(members, [e.instruction for e in rows], cap)):
-                answers[c.name][domain] = [g.text for g in outs]
-        for c in members:
-            out[c.name] = c.evaluate(eval_sets, embed=embed, answers=answers[c.name])
+        requests = generation_requests(members[0].fmt, eval_sets, members[0].settings.eval)
+        texts, caps = request_rows(requests)  # every domain's rows of every member in one queue
+        outs = _answers(members, texts, caps) if texts else [[] for _ in members]
+        for c, mine in zip(members, outs):
+            out[c.name] = c.evaluate(eval_sets, embed=embed, answers=split_answers(requests, [g.text for g in mine]))
     return out
 
 
@@ -293,14 +292,15 @@ def _sharing(clients: list[Client], key) -> Iterator[list[Client]]:
             yield same[at:at + Backbone.max_slots]
 
 
-def _answers(members: list[Client], instructions: list[str], max_new_tokens: int, on_batch=None
+def _answers(members: list[Client], instructions: list[str], max_new_tokens: int | list[int], on_batch=None
              ) -> list[list[Generation]]:
     """Each member's greedy answers to ``instructions``: every member's rows in the same batches, each row
     through its member's adapter."""
     first, bb, n = members[0], members[0].backbone, len(instructions)
     slots = bb.hold([c.name for c in members])
     with bb.active(first.name) as model:
-        outs = generate(model, first.fmt, instructions * len(members), max_new_tokens=max_new_tokens,
+        caps = max_new_tokens * len(members) if isinstance(max_new_tokens, list) else max_new_tokens
+        outs = generate(model, first.fmt, instructions * len(members), max_new_tokens=caps,
                         batch_size=first.settings.gen_batch_size, device=bb.device, dtype=bb.dtype, on_batch=on_batch,
                         adapters=None if len(members) == 1 else [a for a in slots for _ in instructions])
     return [outs[k * n:(k + 1) * n] for k in range(len(members))]

@@ -249,7 +249,9 @@ class TrainConfig(Strict):
 class GenerateConfig(Strict):
     max_new_tokens: int = Field(128, gt=0, description="the cap on each answer to a public prompt, in the client's "
                                 "tokens; an answer cut there is flagged (see consensus.truncated)")
-    batch_size: int = Field(64, gt=0, description="prompts per batch (sorted by length)")
+    batch_size: int = Field(64, gt=0, description="rows answered at once: a continuous batch over every row of "
+                            "a phase (all clients on one base model x all prompts), refilled as rows end; the KV "
+                            "cache holds this many rows")
 
 
 Signal = Literal["knn", "gain"]

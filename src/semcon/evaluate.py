@@ -179,6 +179,20 @@ def generation_requests(fmt: ChatFormat, eval_sets: dict[str, list[Example]], cf
     return out
 
 
+def request_rows(requests: dict[str, tuple[list[Example], int]]) -> tuple[list[str], list[int]]:
+    """Every domain's generation rows as one queue: their instructions and each row's max new tokens."""
+    texts = [e.instruction for rows, _ in requests.values() for e in rows]
+    return texts, [cap for rows, cap in requests.values() for _ in rows]
+
+
+def split_answers(requests: dict[str, tuple[list[Example], int]], texts: list[str]) -> dict[str, list[str]]:
+    """The answers of ``request_rows``' queue back per domain."""
+    out, at = {}, 0
+    for domain, (rows, _) in requests.items():
+        out[domain], at = texts[at:at + len(rows)], at + len(rows)
+    return out
+
+
 def generation_scores(rows: list[Example], answers: list[str], embed) -> dict[str, float]:
     """ROUGE-L, cosine (with ``embed``) and exact match over the numeric rows, of the greedy ``answers`` to ``rows``."""
     refs = [e.response for e in rows]
@@ -197,9 +211,10 @@ def evaluate_client(model, fmt: ChatFormat, eval_sets: dict[str, list[Example]],
     accuracy use every row; the generation metrics the rows of ``generation_requests``, answered here unless
     their ``answers`` are given (several clients' answers generated in shared batches)."""
     if answers is None:
-        answers = {domain: [g.text for g in generate(model, fmt, [e.instruction for e in rows], max_new_tokens=cap,
-                                                     batch_size=gen_batch_size, device=device, dtype=dtype)]
-                   for domain, (rows, cap) in generation_requests(fmt, eval_sets, cfg).items()}
+        requests = generation_requests(fmt, eval_sets, cfg)
+        texts, caps = request_rows(requests)
+        outs = generate(model, fmt, texts, max_new_tokens=caps, batch_size=gen_batch_size, device=device, dtype=dtype)
+        answers = split_answers(requests, [g.text for g in outs])
     out: dict[str, dict[str, float]] = {}
     for domain, rows in eval_sets.items():
         if not rows:
