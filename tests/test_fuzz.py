@@ -9,6 +9,7 @@ The suite runs a bounded number of examples; ``scripts/fuzz_decoders.py`` runs t
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -19,8 +20,8 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from semcon.protocol import (SETUP_LIMITS, ProtocolError, RunSetup, Upload, accept_uploads, decode, encode,
-                             text_limits, validate_upload)
+from semcon.protocol import (ProtocolError, RunSetup, Upload, accept_uploads, decode, encode, text_limits,
+                             validate_upload)
 
 LIMITS = text_limits(8, 400)
 PROMPTS = {"p0000", "p0001"}
@@ -85,17 +86,27 @@ def mutate(data: bytes, flips) -> bytearray:
 payloads = st.one_of(st.binary(max_size=2000), bodies(), mutated)
 
 # --- targets: each returns an outcome, and raises only on an escape ------------------------------------------
-_ORIGINAL = {}
+@functools.cache
+def original():
+    """The server's message that replies answer."""
+    from flwr.app import Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    return Message(RecordDict({}), dst_node_id=12, message_type="train")
+
+
+@functools.cache
+def coordinator_key():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().public_key()
 
 
 def reply(record, container: str):
     """A node's reply to the server as Flower delivers it (the peer chooses the record and its kind)."""
     from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-    from flwr.supercore.task_identity import TaskIdentity
 
-    if "msg" not in _ORIGINAL:
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-        _ORIGINAL["msg"] = Message(RecordDict({}), dst_node_id=12, message_type="train")
     try:
         if container == "config":
             content = RecordDict({"semcon": ConfigRecord(record)})
@@ -106,7 +117,7 @@ def reply(record, container: str):
             content = RecordDict({})
     except (TypeError, ValueError):  # Flower refuses to carry it, so no peer can send it
         return None
-    return Message(content, reply_to=_ORIGINAL["msg"])
+    return Message(content, reply_to=original())
 
 
 def server_reads_reply(case) -> str:
@@ -146,7 +157,7 @@ def node_reads_order(case) -> str:
 
     record, node = case
     try:
-        check_order(record, node, "train", _key(), last=0)
+        check_order(record, node, "train", coordinator_key(), last=0)
     except ValueError:  # Refused
         return "refused"
     raise AssertionError("an unsigned or forged record was accepted")
@@ -166,17 +177,6 @@ def node_keeps_setup(rec) -> str:
         shutil.rmtree(state, ignore_errors=True)
 
 
-_KEYS = {}
-
-
-def _key():
-    if "key" not in _KEYS:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        _KEYS["key"] = Ed25519PrivateKey.generate().public_key()
-    return _KEYS["key"]
-
-
 setup_fields = st.one_of(payloads, st.just(encode(RunSetup("config", "rounds: 1\n"))),
                          st.just(encode(RunSetup("public", prompts={"p0": "hi"}))))
 TARGETS = {  # name -> (target, strategy)
@@ -190,7 +190,6 @@ TARGETS = {  # name -> (target, strategy)
     "node: run setup": (node_keeps_setup, st.fixed_dictionaries({}, optional={"config": setup_fields,
                                                                               "public": setup_fields})),
 }
-assert SETUP_LIMITS.max_bytes > 0  # the setup decoder's bounds are the ones the node uses
 
 
 def fuzz(name: str, examples: int, on_example=None):

@@ -524,7 +524,7 @@ def flower_run(
 
     if certs is not None:
         _check_certs(certs, "ca.crt", "signer", "members.yaml")
-        set_ = [*(set_ or []), *closed_settings(certs)]
+        set_ = [*(set_ or []), *(f"flower.{key}={value}" for key, value in closed_settings(certs).items())]
     cfg = _flower_config(config, with_log(set_, log))
     _check_members(cfg)
     out = out or default_out(cfg)

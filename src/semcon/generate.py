@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -369,24 +369,6 @@ def _forward(model: torch.nn.Module, cache: SlotCache, step: _Step, ids: torch.T
     return next_ids, best - torch.logsumexp(logits, -1)
 
 
-@dataclass
-class _Rows:
-    """The continuous batch's bookkeeping: which row each slot holds (-1: free), and each row's progress."""
-
-    slots: int
-    row_of: list[int] = field(default_factory=list)
-    used: list[int] = field(default_factory=list)  # tokens each row has consumed (its end-of-turn token included)
-
-    def __post_init__(self):
-        self.row_of = [-1] * self.slots
-
-    def free(self) -> list[int]:
-        return [s for s, row in enumerate(self.row_of) if row < 0]
-
-    def active(self) -> list[int]:
-        return [s for s, row in enumerate(self.row_of) if row >= 0]
-
-
 def _packs(taken: list[tuple[int, int]], prompts: list[list[int]], adapters: list[str] | None
            ) -> list[list[tuple[int, int]]]:
     """The admitted (slot, row) pairs in prefill passes: rows of one adapter together (in queue order), at most
@@ -417,40 +399,40 @@ def continuous_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_ne
     logprob = [0.0] * len(prompts)
     if not prompts:
         return outputs, logprob
-    width = len(prompts)
-    state = _Rows(min(batch_size, width))
-    state.used = [0] * width
-    cache = SlotCache(state.slots, max(len(p) for p in prompts) + max(caps))
-    pending = [0] * state.slots  # each slot's next token, and its log-probability, not yet consumed
-    pending_lp = [0.0] * state.slots
-    position = [0] * state.slots  # where each slot's next token goes
-    queue = list(range(width))
+    slots = min(batch_size, len(prompts))
+    cache = SlotCache(slots, max(len(p) for p in prompts) + max(caps))
+    row_of = [-1] * slots  # the row each slot holds (-1: free)
+    used = [0] * len(prompts)  # tokens each row has consumed (its end-of-turn token included)
+    pending = [0] * slots  # each slot's next token, and its log-probability, not yet consumed
+    pending_lp = [0.0] * slots
+    position = [0] * slots  # where each slot's next token goes
+    queue = list(range(len(prompts)))
     queue.reverse()  # popped from the end: the caller's order
     eos = set(eos_ids)
     rows = RowAdapters(adapters, device)
 
-    def consume(slots: list[int]) -> None:
+    def consume(taking: list[int]) -> None:
         """Take each slot's pending token: the row ends (its slot freed) at EOS, the stop rule or its cap."""
-        for s in slots:
-            row = state.row_of[s]
+        for s in taking:
+            row = row_of[s]
             tok = pending[s]
             logprob[row] += pending_lp[s]
-            state.used[row] += 1
+            used[row] += 1
             stop = tok in eos
             if not stop:
                 outputs[row].append(tok)
                 stop = bool(until and until(outputs[row]))
-            if stop or state.used[row] >= caps[row]:
-                state.row_of[s] = -1
+            if stop or used[row] >= caps[row]:
+                row_of[s] = -1
                 if on_row:
                     on_row()
 
     def admit() -> None:
         """Fill free slots from the queue (lowest first), prefilling their prompts packed, one adapter a pass."""
-        while queue and (free := state.free()):
+        while queue and (free := [s for s, row in enumerate(row_of) if row < 0]):
             taken = [(s, queue.pop()) for s in free[:len(queue)]]
             for s, row in taken:
-                state.row_of[s] = row
+                row_of[s] = row
             for pack in _packs(taken, prompts, adapters):
                 lengths = [len(prompts[row]) for _, row in pack]
                 ids = torch.tensor([[t for _, row in pack for t in prompts[row]]], device=device)
@@ -468,28 +450,27 @@ def continuous_batch(model: torch.nn.Module, prompts: list[list[int]], *, max_ne
     def compact() -> None:
         """Once the queue is empty and an eighth of the slots up to the highest in use hold no row, move the rows to
         the lowest slots (one copy of their caches) so that decode steps compute live rows only."""
-        live = state.active()
+        live = [s for s, row in enumerate(row_of) if row >= 0]
         if queue or not live or (live[-1] + 1 - len(live)) * 8 < live[-1] + 1:
             return
         target = list(range(len(live)))
         cache.move(live, target)
         for t, s in zip(target, live):
-            state.row_of[t], pending[t], position[t] = state.row_of[s], pending[s], position[s]
-        for s in range(len(live), state.slots):
-            state.row_of[s] = -1
+            row_of[t], pending[t], position[t] = row_of[s], pending[s], position[s]
+        for s in range(len(live), slots):
+            row_of[s] = -1
 
     with autocast(device, dtype), per_row_adapters(model, rows), slot_attention_for(model):
         while True:
             admit()
             compact()
-            live = state.active()
+            live = [s for s, row in enumerate(row_of) if row >= 0]
             if not live:
                 break
-            high = max(live) + 1
-            rows.select([max(state.row_of[s], 0) for s in range(high)])
-            ids = torch.tensor([[pending[s] if state.row_of[s] >= 0 else pad_id] for s in range(high)], device=device)
-            positions = torch.tensor([[position[s] if state.row_of[s] >= 0 else 0] for s in range(high)],
-                                     device=device)
+            high = live[-1] + 1
+            rows.select([max(row_of[s], 0) for s in range(high)])
+            ids = torch.tensor([[pending[s] if row_of[s] >= 0 else pad_id] for s in range(high)], device=device)
+            positions = torch.tensor([[position[s] if row_of[s] >= 0 else 0] for s in range(high)], device=device)
             next_ids, lps = _forward(model, cache, _Step(positions=positions), ids, torch.arange(high, device=device))
             # one device-to-host copy per step (ids and float32 log-probabilities are exact in float64)
             toks, lps = torch.stack([next_ids.double(), lps.double()]).tolist()

@@ -341,14 +341,14 @@ def load_report(text, what: str, max_chars: int = MAX_REPORT_CHARS, max_depth: i
         raise ProtocolError(f"{what} is {type(text).__name__}, not text")
     if len(text) > max_chars:
         raise ProtocolError(f"{what} has {len(text):,} characters (limit {max_chars:,})")
-    depth, in_string, escaped = 0, False, False
+    depth, in_string, escaped_at = 0, False, -1  # escaped_at: the position a backslash escapes
     for match in _JSON_SYNTAX.finditer(text):  # only quotes, backslashes and brackets: linear in the text
         ch, at = match.group(), match.start()
         if in_string:
-            if escaped and at == escaped:
+            if at == escaped_at:
                 continue
             if ch == "\\":
-                escaped = at + 1
+                escaped_at = at + 1
             elif ch == '"':
                 in_string = False
         elif ch == '"':

@@ -57,7 +57,7 @@ def admit(msg: Message, context: Context) -> dict:
 
 
 def keep_once(path: Path, text: str, what: str) -> None:
-    """Write ``text`` to ``path`` (0600) unless it holds something else already: a run's setup is set once."""
+    """Write ``text`` to ``path`` unless it holds something else already: a run's setup is set once."""
     if path.is_file():
         if path.read_text(encoding="utf-8") != text:
             raise Refused(f"this run's {what} is kept already; a different one is refused")

@@ -326,10 +326,10 @@ def mark(run_dir: Path, superlink: str, local: bool = False, certs: Path | None 
     (run_dir / "flower.json").write_text(json.dumps(where) + "\n", encoding="utf-8")
 
 
-def closed_settings(certs: Path) -> list[str]:
-    """The config overrides of a closed deployment: each client pinned to its registered node
-    (``flower.members``) and every message to a node signed by the coordinator (``flower.signer``)."""
-    return [f"flower.members={(certs / 'members.yaml').resolve()}", f"flower.signer={(certs / 'signer').resolve()}"]
+def closed_settings(certs: Path) -> dict[str, str]:
+    """The ``flower`` keys of a closed deployment: each client pinned to its registered node (``members``) and
+    every message to a node signed by the coordinator (``signer``)."""
+    return {"members": str((certs / "members.yaml").resolve()), "signer": str((certs / "signer").resolve())}
 
 
 def close_run(run_dir: Path, certs: Path) -> None:
@@ -338,9 +338,7 @@ def close_run(run_dir: Path, certs: Path) -> None:
 
     path = run_dir / "config.yaml"
     tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    for setting in closed_settings(certs):
-        key, value = setting.split("=", 1)
-        tree.setdefault("flower", {})[key.removeprefix("flower.")] = value
+    tree.setdefault("flower", {}).update(closed_settings(certs))
     path.write_text(yaml.safe_dump(tree, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
