@@ -1,8 +1,10 @@
-"""A re-run of a committed study run against it: wall time per phase, and whether every upload and pseudo-label is
-the same, round by round (an answer that differs is listed with its client, prompt and first differing
-character). Prints markdown.
+"""Re-runs of a committed study run against it: wall time per phase of each, and whether every upload and
+pseudo-label is the same, round by round (an answer that differs is listed with its client, prompt and first
+differing character). Prints markdown.
 
-    python scripts/engine_table.py RERUN_DIR COMMITTED_RUN_DIR
+    python scripts/engine_table.py COMMITTED_RUN_DIR NAME=RERUN_DIR [NAME=RERUN_DIR ...]
+
+The time ratios are against the first re-run named (the same code as the committed run, on this box).
 """
 
 from __future__ import annotations
@@ -35,30 +37,45 @@ def first_difference(a: str, b: str) -> int:
     return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def main(rerun: Path, committed: Path) -> None:
-    new, old = phases(rerun), phases(committed)
-    print("| phase | committed (s) | re-run (s) | re-run / committed |\n|---|---|---|---|")
-    for phase in old:
-        if phase in new:
-            print(f"| {phase} | {old[phase]:.0f} | {new[phase]:.0f} | {new[phase] / old[phase]:.2f} |")
-    print("\n| round | uploads equal | pseudo-labels equal |\n|---|---|---|")
-    differing = []
+def same(committed: Path, rerun: Path) -> tuple[list[str], list[tuple[int, tuple[str, str], int]]]:
+    """Per round, the uploads and labels equal to the committed run's; and each upload that differs."""
+    lines, differing = [], []
     for path in sorted((committed / "uploads").glob("round_*.jsonl")):
-        t = path.stem.removeprefix("round_")
+        t = int(path.stem.removeprefix("round_"))
         ups_old, ups_new = rows(path), rows(rerun / "uploads" / path.name)
-        labels_old = rows(committed / "pseudo_labels" / path.name)
-        labels_new = rows(rerun / "pseudo_labels" / path.name)
+        labels_old, labels_new = rows(committed / "pseudo_labels" / path.name), rows(rerun / "pseudo_labels" / path.name)
         same_up = sum(ups_new.get(k) == v for k, v in ups_old.items())
-        same_label = sum(labels_new.get(k) == v for k, v in labels_old.items()) if labels_new.keys() == \
-            labels_old.keys() else f"{sum(labels_new.get(k) == v for k, v in labels_old.items())} (prompts differ)"
-        print(f"| {int(t)} | {same_up} of {len(ups_old)} | {same_label} of {len(labels_old)} |")
-        differing += [(int(t), k, first_difference(v, ups_new.get(k, ""))) for k, v in ups_old.items()
-                      if ups_new.get(k) != v]
-    if differing:
-        print("\nAnswers that differ (round, prompt, client, first differing character):\n")
-        for t, (prompt, client), at in differing:
-            print(f"- round {t}, {prompt}, {client}: from character {at}")
+        same_label = sum(labels_new.get(k) == v for k, v in labels_old.items())
+        extra = "" if labels_new.keys() == labels_old.keys() else " (labelled prompts differ)"
+        lines.append(f"{same_up} of {len(ups_old)} uploads, {same_label} of {len(labels_old)} labels{extra}")
+        differing += [(t, k, first_difference(v, ups_new.get(k, ""))) for k, v in ups_old.items() if ups_new.get(k) != v]
+    return lines, differing
+
+
+def main(committed: Path, reruns: dict[str, Path]) -> None:
+    times = {"committed": phases(committed), **{name: phases(path) for name, path in reruns.items()}}
+    base = next(iter(reruns))
+    names = list(times)
+    print(f"| phase | {' | '.join(f'{n} (s)' for n in names)} | "
+          f"{' | '.join(f'{n} / {base}' for n in names[2:])} |")
+    print("|---|" + "---|" * (len(names) + len(names[2:])))
+    for phase in times["committed"]:
+        if all(phase in t for t in times.values()):
+            cells = [f"{times[n][phase]:.0f}" for n in names]
+            ratios = [f"{times[n][phase] / times[base][phase]:.2f}" for n in names[2:]]
+            print(f"| {phase} | {' | '.join(cells + ratios)} |")
+    print("\n| re-run | round | against the committed run |\n|---|---|---|")
+    differing = {}
+    for name, path in reruns.items():
+        lines, differing[name] = same(committed, path)
+        for t, line in enumerate(lines, start=1):
+            print(f"| {name} | {t} | {line} |")
+    for name, found in differing.items():
+        if found:
+            print(f"\n{name}: answers that differ (round, prompt, client, first differing character):\n")
+            for t, (prompt, client), at in found:
+                print(f"- round {t}, {prompt}, {client}: from character {at}")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), {name: Path(path) for name, _, path in (a.partition("=") for a in sys.argv[2:])})

@@ -1,5 +1,6 @@
 """The command line: bad input is one line on stderr and exit code 2; a run reproduces from its config."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,63 @@ def test_arguments_keep_their_help():
     """typer 0.20 on click 8.5 printed arguments without their help: requirements.txt pins click below it."""
     result = cli("inspect", "--help")
     assert result.exit_code == 0 and "a run directory" in result.output
+
+
+GUARD = '''import socket, os
+def _refuse(self, address, *a, **k):
+    with open(os.environ["SEMCON_SOCKET_LOG"], "a") as f:
+        f.write(repr(address) + "\\n")
+    raise OSError("network refused by the test's socket guard")
+socket.socket.connect = _refuse
+socket.socket.connect_ex = _refuse
+'''
+
+
+@pytest.mark.parametrize("model, needle", [
+    ("smollm2-360m", "did you mean smollm2-135m?"),
+    ("HuggingFaceTB/SmolLM2-360M-Instruct", "not in the local cache while the hub is offline"),
+    ("./no/such/dir", "is not an embedded name"),
+])
+def test_a_bad_model_is_one_line_at_load_and_no_network_call_offline(model, needle, tmp_path):
+    """The real command, with every socket connection refused and logged: offline by default, a client's model
+    is checked at config load (before any data is read) and nothing tries the hub."""
+    (tmp_path / "sitecustomize.py").write_text(GUARD)
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env |= {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src")]), "SEMCON_SOCKET_LOG": str(tmp_path / "log")}
+    proc = subprocess.run([sys.executable, "-m", "semcon", "run", "configs/demo.yaml", "--set", f"clients.1.model={model}",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"--set clients.1.model={model}" in proc.stderr or "clients.1.model (client" in proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "log").exists(), (tmp_path / "log").read_text()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_set_value_blames_the_set_not_the_file(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    one_line_error(cli("run", "configs/demo.yaml", "--set", "rounds=two"), "--set rounds=two: rounds: Input should be")
+    one_line_error(cli("run", "configs/demo.yaml", "--set", "clients.0.model=nope"), "clients.0.model (client 'geography')")
+
+
+def test_version_verbose_and_log_say_what_they_are():
+    from importlib.metadata import version
+
+    result = cli("--version")
+    assert result.exit_code == 0 and result.output.startswith(f"semcon {version('semcon')}")
+    helped = cli("run", "--help").output
+    assert "debug logging" in helped and "tensorboard|wandb" in helped
+    assert cli("run", "configs/demo.yaml", "--log", "mlflow").exit_code == 2
+
+
+def test_a_run_that_stopped_before_its_first_round_leaves_a_folder_the_same_command_reuses(tmp_path):
+    from semcon.config import load_config
+    from semcon.rundir import RunDir, RunDirError, claim
+
+    out = tmp_path / "run"
+    RunDir.create(out, load_config(ROOT / "configs/demo.yaml"))  # as a run that failed on its data would leave it
+    assert claim(out) == out and not (out / "config.yaml").exists()
+    RunDir.create(out, load_config(ROOT / "configs/demo.yaml"))
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "state.json").write_text("{}")  # a completed round: worth keeping
+    with pytest.raises(RunDirError, match="pass --overwrite"):
+        claim(out)

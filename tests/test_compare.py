@@ -75,7 +75,11 @@ def test_report_of_one_run_and_of_what_is_no_run(tracked_run, tmp_path):
     assert result.exit_code == 0, result.output[-3000:]
     report = (run / "report.md").read_text()
     assert report.startswith("# semcon run `tiny` (semantic_consensus, seed 0)")
-    assert "| semantic_consensus | 1 |" in report and "Run directories" not in report
+    assert "Run directories" not in report and "× fedavg" not in report and "± clients" not in report
+    outcome = report.split("## Outcome")[1].split("## ")[0]
+    assert "own (" in outcome and " -> " in outcome and "LoRA-FedAvg of these adapters" in outcome
+    assert "pseudo-labels of round 1" in outcome and ("[geo]" in outcome or "[math]" in outcome)
+    assert "| geo | bits/byte ↓ |" in outcome and "steps" in outcome
     assert (run / "pseudo_label_quality.png").stat().st_size > 1000
     (run / "summary.json").unlink()
     result = CliRunner().invoke(cli.app, ["report", str(run)])
@@ -84,14 +88,15 @@ def test_report_of_one_run_and_of_what_is_no_run(tracked_run, tmp_path):
     assert result.exit_code == 2 and "neither a semcon run nor a compare directory" in result.stderr
 
 
-def test_compare_reports_pooling_methods_not_applicable_and_fails_when_it_is_all(tiny_llama_dir, tmp_path):
+def test_compare_reports_pooling_methods_not_applicable_and_fails_when_it_is_all(tiny_llama_dir, tiny_qwen2_dir,
+                                                                                 tmp_path):
     tree = tiny_tree(str(tiny_llama_dir))
-    tree["clients"][1]["model"] = "some/other-model"
+    tree["clients"][1]["model"] = str(tiny_qwen2_dir)
     config = tmp_path / "hetero.yaml"
     config.write_text(yaml.safe_dump(tree))
     proc = semcon("compare", str(config), "--methods", "fedavg,centralized", "--out", str(tmp_path / "x"))
     assert proc.exit_code == 2 and "Traceback" not in proc.stderr
-    assert "fedavg averages adapter weights" in proc.stderr and "math=some/other-model" in proc.stderr
+    assert "fedavg averages adapter weights" in proc.stderr and f"math={tiny_qwen2_dir}" in proc.stderr
     assert "centralized trains one model on the pooled data" in proc.stderr
     assert not (tmp_path / "x").exists()
 
@@ -167,12 +172,27 @@ def test_seed_plan_counts_per_method(cfg):
 
 def test_intervals_over_seeds_and_paired_differences(runs):
     client_mean = lambda s: np.mean(list(seed_scores(s, "bpb").values()))  # noqa: E731
-    assert over_seeds(runs["local"], client_mean) == f"2.000 ± {4.302653 / np.sqrt(3):.3f}"
-    assert over_seeds(runs["centralized"], client_mean) == "1.500"  # one seed: no interval
+    assert over_seeds(runs["local"], client_mean) == "2.000 (1.000–3.000)"  # 3 seeds: their range, no interval
+    assert over_seeds(runs["centralized"], client_mean) == "1.500"
+    five = {s: local_run(s) for s in range(5)}
+    assert over_seeds(five, client_mean) == f"3.000 ± {2.776445 * np.std([1, 2, 3, 4, 5], ddof=1) / np.sqrt(5):.3f}"
     assert client_spread(runs["local"], "bpb") == "0.000" and client_spread(runs["centralized"], "bpb") == "–"
-    assert paired_differences(runs, "semantic_consensus", "bpb") == pytest.approx([-0.1] * 6)
+    diffs = paired_differences(runs, "semantic_consensus", "bpb")
+    assert list(diffs) == [0, 1, 2] and all(d == pytest.approx({"geo": -0.1, "math": -0.1}) for d in diffs.values())
     # centralized's one model pairs with both local clients on the one seed it ran: 1.5 - 1.0
-    assert paired_differences(runs, "centralized", "bpb") == pytest.approx([0.5, 0.5])
+    centralized = paired_differences(runs, "centralized", "bpb")
+    assert list(centralized) == [0] and centralized[0] == pytest.approx({"geo": 0.5, "math": 0.5})
+
+
+def test_a_difference_claims_an_interval_only_from_five_seeds():
+    from semcon.report import difference_cell
+
+    three = {s: {"a": -0.1 * s, "b": 0.1} for s in range(3)}
+    assert difference_cell(three) == "+0.000 (seeds: +0.050, +0.000, -0.050; no interval claimed with 3 < 5 seeds)"
+    five = {s: {"a": -0.02 * s, "b": -0.02 * s} for s in range(5)}  # seed means 0, -0.02, ..., -0.08
+    half = 2.776445 * np.std([0, 0.02, 0.04, 0.06, 0.08], ddof=1) / np.sqrt(5)
+    cell = difference_cell(five)
+    assert cell.startswith(f"-0.040 t [{-0.04 - half:+.3f}, {-0.04 + half:+.3f}] boot [") and cell.endswith("(5 seeds)")
 
 
 def test_own_domain_against_the_others(runs):
@@ -184,16 +204,17 @@ def test_report_from_summaries(runs, cfg, tmp_path):
     report = write_report(tmp_path, runs, {m: cfg for m in runs}, {"fedavg": "needs one base model"}).read_text()
     main = report.split("## Paired")[0]
     rows = {line.split(" | ")[0]: line for line in main.splitlines() if line.startswith("| ")}
-    assert f"| local | 3 | 2.000 ± {4.302653 / np.sqrt(3):.3f} | 0.000 |" in report
+    assert "| local | 3 | 2.000 (1.000–3.000) | 0.000 |" in report
     assert "| centralized | 1 | 1.500 | – |" in report and "| fedavg | not applicable: needs one base model |" in report
     assert "split seed 7" in report and "`lm_eval`" in report and "local 3 (0, 1, 2)" in report
     assert "Provenance not recorded" in report  # hand-made summaries carry none
-    assert "| semantic_consensus | -0.100 [-0.100, -0.100] (n=6) |" in report
+    assert "| semantic_consensus | -0.100 (seeds: -0.100, -0.100, -0.100; no interval claimed with 3 < 5 seeds) |" in report
+    assert "| semantic_consensus | geo | -0.100 | -0.100 | -0.100 |" in report  # per client, seed by seed
     assert "Negative is better for bits/byte ↓" in report and "positive is better for ROUGE-L ↑" in report
     own = report.split("## Own domain")[1].split("##")[0]
-    assert "| centralized |" not in own and "| local | 1.500 ± " in own  # own 0.5 + seed over seeds 0..2
+    assert "| centralized |" not in own and "| local | 1.500 (0.500–2.500)" in own  # own 0.5 + seed over seeds 0..2
     nll = report.split("## Per-token NLL")[1].split("##")[0]
-    assert "tokenizer" in nll and f"| geo | smollm2-135m | 4.000 ± {4.302653 * 2 / np.sqrt(3):.3f} |" in nll
+    assert "tokenizer" in nll and "| geo | smollm2-135m | 4.000 (2.000–6.000) |" in nll
     assert "| centralized | smollm2-135m | – | – | 3.000 |" in nll
     assert "| geo | 2 | 2 | – |" in report.split("too long")[1]  # dropped_too_long absent for centralized
     assert "NLL ↓" not in rows["| method"] and "bits/byte ↓" in rows["| method"]
@@ -333,3 +354,23 @@ def test_resume_keeps_finished_runs_and_continues_the_interrupted_one(monkeypatc
     assert (tmp_path / "cmp" / "report.md").is_file()
     result = CliRunner().invoke(cli.app, [*args, "--resume", "--seeds", "1"])
     assert result.exit_code == 2 and "give the same --methods and --seeds" in result.output
+
+
+def test_a_single_runs_plots_show_every_series_and_say_one_seed(tracked_run):
+    from semcon.config import load_config
+    from semcon.report import adapter_bytes
+
+    summary = json.loads((tracked_run / "summary.json").read_text())
+    runs = {"semantic_consensus": {0: summary}}
+    fig = label_quality_figure(runs)
+    for ax in fig.axes:
+        labels = [line.get_label() for line in ax.lines]
+        assert labels[-1] == "consensus" and {"random client", "geo own", "math own"} <= set(labels)
+        assert ax.lines[-1].get_zorder() == max(line.get_zorder() for line in ax.lines)  # drawn over an equal series
+        assert ax.lines[-1].get_linewidth() > max(line.get_linewidth() for line in ax.lines[:-1])
+        assert "one seed" in ax.get_ylabel() and "seeds" not in ax.get_ylabel()
+    fig = bytes_figure(runs, adapter_bytes(load_config(tracked_run / "config.yaml", check_files=False)))
+    lines = fig.axes[0].lines
+    assert [line.get_label() for line in lines] == ["semantic_consensus", "LoRA-FedAvg of the same adapters (analytic)"]
+    assert lines[1].get_ydata()[-1] > 10 * lines[0].get_ydata()[-1]
+    assert "one seed" in quality_figure(runs).axes[0].get_ylabel()

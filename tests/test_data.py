@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,30 @@ def test_read_prompts(tmp_path):
         read_prompts(bad)
 
 
+def test_trl_conversational_and_prompt_completion_rows_are_instruction_response_rows(tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": "Dose of X?"}, {"role": "assistant", "content": "10 mg."}]},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"},
+                      {"role": "assistant", "content": "Because."}], "category": "c"},
+        {"prompt": "Capital of France?", "completion": "Paris."},
+        {"prompt": [{"role": "user", "content": "2+2?"}], "completion": [{"role": "assistant", "content": "4"}]},
+    ]
+    got = read_jsonl(write_jsonl(tmp_path / "trl.jsonl", rows))
+    assert [(r["instruction"], r["response"]) for r in got] == [
+        ("Dose of X?", "10 mg."), ("Be brief.\n\nWhy?", "Because."), ("Capital of France?", "Paris."), ("2+2?", "4")]
+    assert got[1]["category"] == "c" and "messages" not in got[1]
+    two_turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}] * 2
+    for bad, reason in (({"messages": two_turns}, "only single-turn conversations"),
+                        ({"messages": [{"role": "user"}]}, "messages[0] must be an object with string 'role' and"),
+                        ({"messages": "hi"}, "'messages' must be a non-empty list"),
+                        ({"prompt": "a", "completion": 3}, "'response' must be a string, got int")):
+        path = write_jsonl(tmp_path / "bad.jsonl", [rows[0], bad])
+        with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:2: {re.escape(reason)}"):
+            read_jsonl(path)
+    prompts = write_jsonl(tmp_path / "pub.jsonl", [{"prompt": "Hi?"}, {"messages": [{"role": "user", "content": "Yo?"}]}])
+    assert [p.instruction for p in read_prompts(prompts)] == ["Hi?", "Yo?"]
+
+
 # ---------------------------------------------------------------- embedded sources
 
 
@@ -285,6 +310,37 @@ def test_the_public_prompts_alone_are_those_of_the_whole_split(partition):
     """What a Flower server draws without partitioning anyone's private data."""
     cfg = config(CLIENTS[partition], partition)
     assert public_prompts(cfg) == build_splits(cfg).public
+
+
+@pytest.mark.parametrize("partition", list(CLIENTS))
+def test_the_public_budget_moves_no_private_or_evaluation_row(partition):
+    small = build_splits(config(CLIENTS[partition], partition, public={"num_prompts": 4}))
+    large = build_splits(config(CLIENTS[partition], partition, public={"num_prompts": 40}))
+    assert fingerprint(small)[0] == fingerprint(large)[0] and fingerprint(small)[2] == fingerprint(large)[2]
+    assert large.public[:4] == small.public and len(large.public) == 40
+    fresh = build_splits(config(CLIENTS[partition], partition, rounds=3, public={"num_prompts": 4, "per_round": "fresh"}))
+    assert fingerprint(fresh)[0] == fingerprint(small)[0] and fresh.public == large.public[:12]
+
+
+def test_the_default_pool_is_what_the_domain_that_can_spare_fewest_can_spare():
+    sizes = {d: len(load_selection(DataSelection(**sel), 2000)) for d, sel in (
+        ("wiki:Geography", {"source": "wiki", "categories": ["Geography"]}), ("gsm8k", {"source": "gsm8k"}),
+        ("humaneval", {"source": "humaneval"}))}
+    need = {"wiki:Geography": 20, "gsm8k": 20 + 7, "humaneval": 20}  # each domain's clients' private rows
+    least = min(sizes[d] - 8 - need[d] for d in sizes)  # after 8 eval rows
+    whole = build_splits(config(CLIENTS["category"], public={"num_prompts": 3 * least}))
+    assert fingerprint(whole)[0] == fingerprint(build_splits(config(CLIENTS["category"])))[0]
+    assert {d: sum(p.domain == d for p in whole.public) for d in sizes} == dict.fromkeys(sizes, least)
+
+
+def test_fresh_prompts_each_round_need_a_pool_that_holds_them():
+    from semcon.config import PublicConfig
+
+    cfg = PublicConfig(num_prompts=2, per_round="fresh")
+    assert cfg.asked(list("abcdef"), 1) == ["a", "b"] and cfg.asked(list("abcdef"), 3) == ["e", "f"]
+    assert PublicConfig(num_prompts=2).asked(list("abcdef"), 3) == ["a", "b"]
+    with pytest.raises(DataError, match="3 rounds of public.num_prompts=8 need 24 prompts, the pool"):
+        build_splits(config(CLIENTS["category"], rounds=3, public={"num_prompts": 8, "per_round": "fresh", "pool": 20}))
 
 
 def test_public_prompts_keep_their_reference_on_the_server():

@@ -219,7 +219,8 @@ def test_metrics_follow_the_task_not_the_label(tiny, monkeypatch):
                           gen_batch_size=4, device=tiny.device, dtype=tiny.dtype)
     assert 0 <= out["medicine"]["accuracy"] <= 1 and "exact_match" not in out["medicine"]
     assert out["mmlu_x"]["exact_match"] == 0.5 and "accuracy" not in out["mmlu_x"]  # rows 0 and 1 only
-    assert set(out["chat"]) == {"nll", "bpb", "rouge_l"}
+    assert set(out["chat"]) == {"nll", "bpb", "bpb_plain", "rouge_l"}
+    assert set(out["medicine"]) == {"nll", "bpb", "bpb_plain", "accuracy"}  # multiple choice: not answered
     (prompts, caps), = calls  # every domain's rows in one queue, each row with its domain's cap
     cap = dict(zip(prompts, caps))
     assert cap["Sum 0?"] == cap["Sum 1?"] == 256 and "Sum 2?" not in cap  # numeric rows: at least 256 new tokens
@@ -231,11 +232,26 @@ def test_metrics_follow_the_task_not_the_label(tiny, monkeypatch):
 
 
 def test_evaluate_client_generates_on_the_tiny_model(tiny):
-    out = evaluate_client(tiny.model, tiny.fmt, {"medicine": [ASTRONOMY]},
+    chat = [Example("c:1", "Hi?", "Hello there.", "default", "chat")]
+    out = evaluate_client(tiny.model, tiny.fmt, {"medicine": [ASTRONOMY], "chat": chat},
                           EvalConfig(max_new_tokens=4, mmlu_prompt="lm_eval"), embed=None, gen_batch_size=2,
                           device=tiny.device, dtype=tiny.dtype)
-    assert set(out["medicine"]) == {"nll", "bpb", "accuracy", "rouge_l"}
+    assert set(out["medicine"]) == {"nll", "bpb", "bpb_plain", "accuracy"} and "rouge_l" in out["chat"]
     assert out["medicine"]["accuracy"] in (0.0, 1.0) and out["medicine"]["bpb"] > 0
+
+
+def test_plain_bits_per_byte_leave_out_gsm8k_calculator_annotations(tiny):
+    from semcon.data import without_annotations
+
+    annotated = "She pays 4*33=<<4*33=132>>132 dollars.\n#### 132"
+    assert without_annotations(annotated) == "She pays 4*33=132 dollars.\n#### 132"
+    rows = [Example("m:1", "How much?", annotated, "default", "gsm8k", "numeric"),
+            Example("m:2", "And now?", "Nothing changes here.", "default", "gsm8k", "numeric")]
+    plain = [Example(e.id, e.instruction, without_annotations(e.response), e.category, e.domain, e.task) for e in rows]
+    kw = {"batch_size": 2, "device": tiny.device, "dtype": tiny.dtype}
+    m, stripped = reference_scores(tiny.model, tiny.fmt, rows, **kw), reference_scores(tiny.model, tiny.fmt, plain, **kw)
+    assert m["bpb_plain"] == pytest.approx(stripped["bpb"], rel=1e-6) and m["bpb_plain"] != m["bpb"]
+    assert stripped["bpb_plain"] == stripped["bpb"]
 
 
 def test_clients_evaluated_together_score_as_they_would_alone(tiny_llama_dir):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,6 +77,13 @@ def test_the_model_card_says_where_the_weights_came_from(tracked_run, tmp_path):
     assert f"| gsm8k | {bpb:.4f} |" in card
     assert "peft=DIR" in card
 
+    from semcon.export import model_card
+
+    embedded = model_card(load_config(tracked_run / "config.yaml", check_files=False), summary, "geo", "smollm2-135m", False)
+    assert "\nbase_model:" not in embedded and str(Path.home()) not in embedded and ".cache" not in embedded
+    assert "semcon_base_model: smollm2-135m" in embedded
+    assert 'from_pretrained(resolve_model("smollm2-135m"))' in embedded
+
 
 def test_what_cannot_be_exported_is_one_line(tracked_run, tmp_path):
     with pytest.raises(ExportError, match=r"no adapter of client 'nobody'; it has geo, math"):
@@ -90,3 +98,23 @@ def test_what_cannot_be_exported_is_one_line(tracked_run, tmp_path):
     result = CliRunner().invoke(cli.app, ["export", str(tracked_run), "--client", "geo", "--out", str(tmp_path / "full")])
     assert result.exit_code == 2 and "is not empty: choose a new --out" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_exported_adapter_is_scored_on_your_own_jsonl_beside_its_base(tracked_run, tmp_path):
+    from semcon.export import evaluate_export, exported_base
+
+    (path,) = export(tracked_run, tmp_path / "geo", client="geo")
+    assert exported_base(path) == base_dir(tracked_run)
+    data = tmp_path / "held.jsonl"
+    rows = [{"instruction": "Name a river in France.", "response": "The Loire."},
+            {"messages": [{"role": "user", "content": "What is 3 + 4?"}, {"role": "assistant", "content": "7"}]},
+            {"prompt": "Capital of Spain?", "completion": "Madrid."}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    found = evaluate_export(path, data, items=0)
+    assert set(found) == {"base", "adapter"} and set(found["adapter"]["held"]) == {"nll", "bpb", "bpb_plain"}
+    assert found["base"]["held"]["bpb"] != found["adapter"]["held"]["bpb"]
+    result = CliRunner().invoke(cli.app, ["evaluate", str(path), "--data", str(data), "--items", "2"])
+    assert result.exit_code == 0, result.output
+    assert "rouge_l" in result.output and "base" in result.output and "adapter" in result.output
+    bad = CliRunner().invoke(cli.app, ["evaluate", str(tmp_path), "--data", str(data)])
+    assert bad.exit_code == 2 and "neither an exported adapter" in bad.output

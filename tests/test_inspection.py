@@ -21,6 +21,9 @@ def test_inspect_shows_every_byte_a_member_sent_and_received(kept_run):
     assert f"{upload['encoded_bytes']:,} B on the wire ({upload['raw_bytes']:,} B of text" in result.output
     assert all(a["text"].splitlines()[0] in result.output for a in uploads if a["text"].strip())
     assert "competence knn" in result.output and "competence gain" in result.output
+    public = {r["id"]: r["instruction"] for r in rows(kept_run / "public.jsonl")}
+    first = uploads[0]["prompt_id"]
+    assert f"{first} {' '.join(public[first].split())[:60]}" in result.output.replace("'", "").replace('"', "")
 
 
 def test_inspect_names_what_it_cannot_find(kept_run, tmp_path):

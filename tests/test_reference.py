@@ -1,5 +1,6 @@
 """The documentation's generated references, and the site built with --strict (broken links fail)."""
 
+import re
 import subprocess
 import sys
 import typing
@@ -61,9 +62,31 @@ def test_every_command_and_option_is_in_the_cli_reference():
     assert "| `RUN_DIR` | path | required | a run directory |" in text  # arguments' help, from the signatures
 
 
-def test_the_site_builds_strict(tmp_path):
+def test_generated_references_hold_no_html_a_browser_would_hide():
+    """``<method>`` in a help text is text: escaped outside code spans, so the page shows it."""
+    for text in (config_reference(), cli_reference()):
+        outside = "".join(part for k, part in enumerate(text.split("`")) if k % 2 == 0)
+        assert not re.findall(r"<[A-Za-z/!]", outside), re.findall(r"<[A-Za-z/!][^>]*>", outside)[:5]
+    assert "&lt;method&gt;" in cli_reference() or "<method>" not in cli_reference()
+
+
+def test_the_site_builds_strict_browses_from_disk_and_every_link_resolves(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "site" / "reference" / "config" / "index.html").is_file()
-    assert "consensus.rule" in (tmp_path / "site" / "reference" / "config" / "index.html").read_text()
+    site = tmp_path / "site"
+    config = site / "reference" / "config.html"  # pages are files: links work from disk
+    assert config.is_file() and "consensus.rule" in config.read_text()
+    broken = []
+    for page in site.rglob("*.html"):
+        for href in re.findall(r'href="([^"]+)"', page.read_text(encoding="utf-8")):
+            target = href.split("#")[0].split("?")[0]
+            if not target or re.match(r"^[a-z]+:", target):
+                continue
+            if not ((site / target.lstrip("/")) if target.startswith("/") else (page.parent / target)).exists():
+                broken.append(f"{page.relative_to(site)} -> {href}")
+    assert not broken, broken[:10]
+    # a report's links to run folders (files, not pages) go to the folders in the repository
+    assert any("/tree/main/docs/results/study/local/seed-0/" in p.read_text(encoding="utf-8") for p in site.rglob("*.html"))
+    front = (site / "index.html").read_text(encoding="utf-8")
+    assert "Which rule?" in front and "LoRA-FedAvg" in front and "<!-- which-rule -->" not in front

@@ -126,3 +126,24 @@ def test_consensus_quality_is_measured_against_held_back_references(embedder):
     assert q["prompts"] == 1 and set(q["clients"]) == {"a", "b", "c"}
     assert q["consensus"]["cosine"] > q["random"]["cosine"] > q["clients"]["c"]["cosine"]
     assert q["random"]["rouge_l"] == pytest.approx(np.mean([c["rouge_l"] for c in q["clients"].values()]), abs=1e-3)
+
+
+def test_the_references_only_bound_labels_without_any_upload(embedder):
+    prompts = [Prompt("p0000", "Capital of France?", "wiki", reference="Paris."), Prompt("p0001", "A fruit?", "wiki")]
+    bound = consensus(embedder, prompts, ConsensusConfig(rule="oracle_reference"))
+    assert bound.upload_phase is None and consensus(embedder).upload_phase == "generate"
+    result = bound.aggregate(1, {})
+    assert result.download.labels == {"p0000": "Paris."} and result.accepted == [] and result.uploads == []
+
+
+def test_fresh_prompts_are_asked_and_accepted_round_by_round(embedder):
+    from semcon.config import PublicConfig
+
+    prompts = [Prompt(f"p{i:04d}", f"Question {i}?", "x") for i in range(4)]
+    fresh = SemanticConsensus(ConsensusConfig(), ["a", "b"], prompts, rounds=2, embedder=embedder,
+                              public=PublicConfig(num_prompts=2, per_round="fresh"))
+    assert [p.id for p in fresh.asked(2)] == ["p0002", "p0003"]
+    late = {n: up(n, {"p0002": "Yes.", "p0003": "No."}, round=2) for n in "ab"}
+    assert fresh.aggregate(2, late).download.labels.keys() == {"p0002", "p0003"}
+    early = fresh.aggregate(2, {n: up(n, {"p0000": "Yes.", "p0001": "No."}, round=2) for n in "ab"})
+    assert early.accepted == [] and set(early.rejected) == {"a", "b"}

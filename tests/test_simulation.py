@@ -45,12 +45,35 @@ def test_run_directory_has_every_file(tiny_run):
     assert json.loads((out / "summary.json").read_text())["clients"] == ["geo", "math"]
 
 
+def test_replaying_a_competence_rule_on_a_run_without_competence_says_so(tiny_run):
+    from conftest import cli, one_line_error
+
+    one_line_error(cli("replay", tiny_run[1], "--rule", "gated"), "this run's uploads carry none")
+
+
 def test_same_seed_same_pseudo_labels(tiny_run, tmp_path):
     cfg, out, _ = tiny_run
     again = tmp_path / "again"
     simulation.run(load_config(out / "config.yaml"), again)
     assert (again / "pseudo_labels/round_01.jsonl").read_text() == (out / "pseudo_labels/round_01.jsonl").read_text()
     assert (again / "ledger.jsonl").read_text() == (out / "ledger.jsonl").read_text()
+
+
+def test_the_references_only_bound_answers_nothing_and_fresh_prompts_change_each_round(tiny_llama_dir, tmp_path):
+    tree = tiny_tree(str(tiny_llama_dir), rounds=2, public={"num_prompts": 3, "per_round": "fresh"},
+                     consensus={"rule": "oracle_reference"})
+    tree["train"] |= {"schedule": "additive", "label_steps": 1}
+    summary = simulation.run(load_config(tree=tree), tmp_path / "run")
+    out = tmp_path / "run"
+    assert not [r for r in rows(out / "ledger.jsonl") if r["direction"] == "up"] and summary["bytes_up"] == 0
+    public = {p["id"]: p for p in rows(out / "public.jsonl")}
+    asked = [[lab["prompt_id"] for lab in rows(out / f"pseudo_labels/round_{t:02d}.jsonl")] for t in (1, 2)]
+    assert asked == [["p0000", "p0001", "p0002"], ["p0003", "p0004", "p0005"]] and len(public) == 6
+    assert all(lab["text"] == public[lab["prompt_id"]]["reference"]
+               for t in (1, 2) for lab in rows(out / f"pseudo_labels/round_{t:02d}.jsonl"))
+    per_round = [r for r in rows(out / "metrics.jsonl") if r["event"] == "round"]
+    assert [len(r["train_loss"]["geo"]) for r in per_round] == [2, 3, 3]  # private steps, then one over labels
+    assert all("generate" not in r["seconds"] for r in per_round)
 
 
 def test_a_client_uploading_garbage_is_rejected_and_the_run_goes_on(tiny_llama_dir, tmp_path, monkeypatch):

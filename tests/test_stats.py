@@ -1,10 +1,10 @@
-"""The report's intervals on fixed numbers: Student-t over seeds and the paired bootstrap."""
+"""The report's intervals on fixed numbers: Student-t over seeds and the two-level bootstrap."""
 
 import math
 
 import pytest
 
-from semcon.stats import paired_bootstrap, t_interval
+from semcon.stats import seed_level, t_interval, two_level_bootstrap
 
 
 def test_t_interval_of_one_two_three():
@@ -19,11 +19,27 @@ def test_one_seed_has_no_interval():
         t_interval([])
 
 
-def test_bootstrap_of_constant_differences_has_zero_width():
-    assert paired_bootstrap([-0.25] * 6) == pytest.approx((-0.25, -0.25, -0.25))
+def test_two_level_bootstrap_of_constant_seeds_spans_the_seed_means():
+    # clients within a seed agree, so only the seeds' resampling moves the mean: of [0, 1], 2.5% and 97.5% are 0 and 1
+    assert two_level_bootstrap([[0.0, 0.0, 0.0], [1.0, 1.0]]) == (0.0, 1.0)
+    assert two_level_bootstrap([[0.5, 0.5]] * 3) == (0.5, 0.5)
 
 
-def test_bootstrap_of_two_pairs_spans_both_and_reproduces():
-    # Resample means of [0, 1] are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4: the 2.5% and 97.5% are 0 and 1.
-    assert paired_bootstrap([0.0, 1.0]) == (0.5, 0.0, 1.0)
-    assert paired_bootstrap([0.1, 0.4, 0.2, 0.9]) == paired_bootstrap([0.1, 0.4, 0.2, 0.9])
+def test_two_level_bootstrap_resamples_the_clients_within_a_seed():
+    # one seed: only its clients are resampled; means of two draws from [0, 1] run from 0 to 1
+    assert two_level_bootstrap([[0.0, 1.0]]) == (0.0, 1.0)
+    wide = two_level_bootstrap([[-1.0, 1.0]] * 5)
+    narrow = two_level_bootstrap([[0.0, 0.0]] * 5)
+    assert wide[0] < 0 < wide[1] and narrow == (0.0, 0.0)
+
+
+def test_seed_level_difference_is_the_mean_of_seed_means_with_intervals_from_five_seeds():
+    by_hand = [float(sum(v) / len(v)) for v in ([0.1, 0.3], [0.2], [0.0, 0.2, 0.4])]
+    three = seed_level({0: [0.1, 0.3], 1: [0.2], 2: [0.0, 0.2, 0.4]})
+    assert three["seed_means"] == pytest.approx(by_hand) and three["mean"] == pytest.approx(0.2)
+    assert three["t"] is None and three["bootstrap"] is None  # fewer than 5 seeds: no interval
+    five = seed_level({s: [0.1 * s, 0.1 * s + 0.02] for s in range(5)})
+    mean, half = t_interval([0.1 * s + 0.01 for s in range(5)])
+    assert five["mean"] == pytest.approx(mean) and five["t"] == pytest.approx((mean - half, mean + half))
+    lo, hi = five["bootstrap"]
+    assert 0.0 <= lo < mean < hi <= 0.42

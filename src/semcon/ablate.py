@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from semcon.compare import plan, run_compare, seed_plan, write_manifest
+from semcon.compare import method_config, plan, run_compare, seed_plan, write_manifest
 from semcon.config import ConfigError, RunConfig, load_config
 from semcon.report import Runs, ablation_report, cell_title, write_report
 from semcon.simulation import can_fork, config_key
@@ -73,7 +73,7 @@ def ablate(config: Path, axes: dict[str, list[str]], out: Path, methods: list[st
     for cell in cells:
         where = out / cell.name
         try:
-            cfgs = {m: load_config(config, [*sets, *cell.overrides, f"method={m}"]) for m in methods}
+            cfgs = {m: method_config(config, [*sets, *cell.overrides], m) for m in methods}
             runnable, skipped = plan(cfgs)
             if not runnable:
                 raise ConfigError("; ".join(f"{m}: {why}" for m, why in skipped.items()))

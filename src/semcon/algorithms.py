@@ -12,7 +12,7 @@ import math
 import torch
 from safetensors.torch import save as save_tensors
 
-from semcon.config import ConfigError, RunConfig
+from semcon.config import LOCAL_PLUS, ConfigError, RunConfig
 from semcon.data import Prompt
 from semcon.embed import Embedder
 from semcon.federation import Schedule
@@ -39,6 +39,9 @@ class FedAvg:
 
     def restore(self, rounds):  # nothing is carried: each round averages what arrives
         pass
+
+    def asked(self, t):  # no public prompts
+        return []
 
     def upload(self, client, t, on_progress=None):
         return client.adapter_update(t)
@@ -73,6 +76,9 @@ class LocalOnly:
     def restore(self, rounds):  # nothing is carried
         pass
 
+    def asked(self, t):  # no public prompts
+        return []
+
     def train(self, client, t, on_step=None):
         return client.train(t, [], on_step=on_step)
 
@@ -105,8 +111,8 @@ def make_algorithm(cfg: RunConfig, prompts: list[Prompt], embedder: Embedder | N
     names = [c.name for c in cfg.clients]
     if cfg.method == "semantic_consensus":
         return SemanticConsensus(cfg.consensus, names, prompts, cfg.rounds, embedder, seed=cfg.seed,
-                                 experts=experts)
+                                 experts=experts, public=cfg.public)
     if cfg.method in ("fedavg", "fedprox"):
         return FedAvg(cfg.rounds, names, mu=cfg.train.prox_mu if cfg.method == "fedprox" else 0.0,
                       max_adapter_bytes=int(cfg.train.max_adapter_mb * 2**20))
-    return LocalOnly(cfg.rounds, cfg.method)
+    return LocalOnly(cfg.rounds, LOCAL_PLUS if cfg.method == "local" and cfg.train.extra_steps else cfg.method)

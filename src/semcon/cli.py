@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -25,15 +26,31 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        from semcon.provenance import git_commit
+
+        commit, dirty = git_commit()
+        where = f" (commit {commit[:7]}{', with uncommitted changes' if dirty else ''})" if commit else ""
+        console.print(f"semcon {version('semcon')}{where}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                 help="print semcon's version and exit")] = False) -> None:
     """semcon: federated fine-tuning of LLMs by semantic consensus."""
 
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace an earlier semcon run or compare in "
                                          "--out (only semcon's own files are removed)")]
-Log = Annotated[list[str] | None, typer.Option("--log", help="also show the metrics in tensorboard (RUN_DIR/"
-                                              "tensorboard) or wandb (offline by default); repeatable")]
+Log = Annotated[list[str] | None, typer.Option("--log", click_type=click.Choice(["tensorboard", "wandb"]),
+                                              help="also show the metrics in tensorboard (RUN_DIR/tensorboard) or "
+                                              "wandb (offline by default); repeatable")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging: every step semcon and its libraries "
+                                       "log, and a failing client's traceback")]
 Certs = Annotated[Path | None, typer.Option("--certs", help="the coordinator's folder from `semcon flower certs` "
                                             "(TLS, node keys, app-signing key, members.yaml): a closed deployment")]
 
@@ -50,7 +67,6 @@ def fail(message: str) -> None:
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
@@ -68,7 +84,7 @@ def run(
     out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/NAME-TIME)")] = None,
     overwrite: Overwrite = False,
     log: Log = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run a federation in this process and write its run directory."""
     _setup_logging(verbose)
@@ -81,6 +97,28 @@ def run(
     summary = _run_one(cfg, out, overwrite=overwrite)
     print_summary(summary, console)
     _outcome(out, summary)
+
+
+@app.command()
+def validate(
+    config: Annotated[Path, typer.Argument(help="YAML config (or a run directory's config.yaml)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set rounds=3 (repeatable)")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Check a config without running it: resolve its models and data, split them as a run would, and print each
+    client's rows and an estimate of the run's cost. Exit 2 with one line on any problem."""
+    _setup_logging(verbose)
+    cfg = _load_run_config(config, set_)
+    _quiet_libraries()
+    from semcon.data import DataError
+    from semcon.validate import describe, matmul_rate, plan
+
+    try:
+        found = plan(cfg)
+    except (DataError, FileNotFoundError) as e:
+        fail(str(e))
+    console.print(Markdown("\n".join(describe(found, config, matmul_rate()))))
+    console.print(f"[bold green]ok:[/] `semcon run {config}` will run this", highlight=False)
 
 
 def _outcome(out: Path, summary: dict) -> None:
@@ -151,7 +189,7 @@ def resume(
     run_dir: Annotated[Path, typer.Argument(help="run directory of a crashed, killed or stopped run")],
     superlink: Annotated[str | None, typer.Option("--superlink", help="Flower runs: HOST:PORT of a running "
                                                   "SuperLink (default: the one it ran on; local runs start theirs again)")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Continue a run from its last completed round, in-process or on Flower, with nothing lost or repeated."""
     from semcon.config import ConfigError, load_config
@@ -209,18 +247,18 @@ def compare(
     resume_: Annotated[bool, typer.Option("--resume", help="continue an interrupted compare in --out: finished "
                                           "runs are kept, an interrupted one resumes, missing ones run")] = False,
     log: Log = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run several methods on one setting (same data, models, rounds, budget), each over its seeds, and
     write a report with intervals over seeds."""
-    from semcon.compare import parse_methods, plan, run_compare, seed_plan, write_manifest
-    from semcon.config import ConfigError, load_config
+    from semcon.compare import method_config, parse_methods, plan, run_compare, seed_plan, write_manifest
+    from semcon.config import ConfigError
     from semcon.report import write_report
 
     _setup_logging(verbose)
     try:
         wanted = parse_methods(methods)
-        cfgs = {m: load_config(config, [*with_log(set_, log), f"method={m}"]) for m in wanted}
+        cfgs = {m: method_config(config, with_log(set_, log), m) for m in wanted}
         runnable, skipped = plan(cfgs)
         seed_lists = seed_plan(cfgs[wanted[0]], runnable, seeds)
     except (ConfigError, ValueError) as e:
@@ -257,7 +295,7 @@ def ablate(
     seeds: Annotated[int | None, typer.Option("--seeds", min=1, help="runs per method and cell (default: the "
                                               "config's `seeds`)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override for every cell, as for `semcon run`")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run a compare in every cell of a grid (finished cells are kept when run again; a failed cell is reported
     and the others go on) and write DIR/ablation.md with a plot per axis."""
@@ -424,6 +462,33 @@ def inspect(
 
 
 @app.command()
+def evaluate(
+    directory: Annotated[Path, typer.Argument(help="a directory `semcon export` wrote: an adapter, or a merged model")],
+    data: Annotated[Path, typer.Option("--data", help="your held-out rows: JSONL with instruction and response "
+                                       "(or messages, or prompt and completion)")],
+    model: Annotated[str | None, typer.Option("--model", help="the base model, where the model card does not "
+                                              "name it")] = None,
+    items: Annotated[int, typer.Option("--items", min=0, help="rows answered greedily for ROUGE-L, cosine and GSM8K "
+                                       "match (0: bits per byte only)")] = 32,
+) -> None:
+    """Score an exported adapter on your own held-out data, beside its base model: bits per byte of the references,
+    and the generation metrics of greedy answers, as semcon's own evaluation scores them."""
+    _quiet_libraries()
+    from semcon.data import DataError
+    from semcon.export import ExportError, evaluate_export
+
+    try:
+        found = evaluate_export(directory, data, model, items)
+    except (ExportError, DataError, FileNotFoundError) as e:
+        fail(str(e))
+    for domain in next(iter(found.values())):
+        metrics = list(next(iter(found.values()))[domain])
+        lines = [f"| {data.name} | {' | '.join(found)} |", "|---|" + "---|" * len(found)]
+        lines += [f"| {m} | {' | '.join(f'{per[domain][m]:.4f}' for per in found.values())} |" for m in metrics]
+        console.print(Markdown("\n".join(lines)))
+
+
+@app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
     out: Annotated[Path, typer.Option("--out", help="new directory: OUT/<client>/ for each client, or OUT itself "
@@ -487,7 +552,7 @@ def flower_local(
     secure: Annotated[bool, typer.Option("--secure", help="closed, as across machines: new keys in "
                                          "RUN_DIR/flower/certs, TLS, registered nodes, signed app")] = False,
     log: Log = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Start a SuperLink and one SuperNode per client on 127.0.0.1, run the config, stop them all."""
     _setup_logging(verbose)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -73,27 +73,60 @@ class Client:
         return tokenize(self.fmt, triples, t.max_length, truncate=t.truncate, end=end)
 
     def train(self, round: int, prompts: list[Prompt], prox_mu: float = 0.0, on_step=None) -> TrainStats:
-        """Fine-tune the adapter on private data ∪ pseudo-labelled public prompts (a plain union, weight λ).
+        """One round's fine-tuning of the adapter, by ``train.schedule``: ``mixed`` takes its steps from private
+        data ∪ pseudo-labelled public prompts (a plain union, weight λ); ``additive`` runs exactly local's private
+        steps, then steps over the labels alone. ``train.extra_steps`` more over the private rows come last.
         A pseudo-label that was cut at the length cap (kept by ``consensus.truncated: keep``) gets no end-of-turn."""
         import torch
 
-        examples, dropped = list(self._private_tok), self.dropped_private
+        t, seed = self.settings.train, self.seed(round)
+        labels, dropped = self._labels(prompts)
+        if t.schedule == "mixed":
+            phases = [(self._private_tok + labels, self.steps, seed, prox_mu)]
+        else:
+            phases = [(self._private_tok, self.steps, seed, prox_mu),
+                      (labels, self.label_steps(len(labels)), f"{seed}:labels", 0.0)]
+        phases.append((self._private_tok, t.extra_steps, f"{seed}:extra", 0.0))
+        torch.manual_seed(seed)
+        stats = [self._fit(rows, steps, stream, mu, on_step) for rows, steps, stream, mu in phases if rows and steps]
+        return TrainStats(sum(s.steps for s in stats), sum(s.tokens for s in stats), [x for s in stats for x in s.losses],
+                          sum(s.seconds for s in stats), self.dropped_private + dropped)
+
+    def planned_steps(self, labels: int) -> int:
+        """Optimizer steps of a round in which ``labels`` pseudo-labels arrive (for progress)."""
+        t = self.settings.train
+        return self.steps + t.extra_steps + (self.label_steps(labels) if t.schedule == "additive" else 0)
+
+    def label_steps(self, labels: int) -> int:
+        """Additive schedule: the steps over ``labels`` received labels (``train.label_steps``, else
+        ``label_epochs`` passes in whole batches)."""
+        t = self.settings.train
+        return t.label_steps if t.label_steps is not None else math.ceil(t.label_epochs * labels / self.settings.batch_size)
+
+    def _labels(self, prompts: list[Prompt]) -> tuple[list[TokenizedExample], int]:
+        """The received pseudo-labels as weighted training rows (none when λ = 0), without this client's own
+        answers under ``consensus.skip_own``; and how many were too long to keep."""
         s = self.settings
         lam = s.train.pseudo_label_weight
-        if self.pseudo is not None and lam > 0:
-            by_id = {p.id: p.instruction for p in prompts}
-            own = self.sent if s.consensus.skip_own else {}
-            for end in (True, False):
-                rows = [(by_id[pid], text, lam) for pid, text in self.pseudo.labels.items()
-                        if pid in by_id and self.pseudo.finished.get(pid, True) is end and own.get(pid) != text]
-                tokenized, lost = self._tokenize(rows, end=end)
-                examples, dropped = examples + tokenized, dropped + lost
-        torch.manual_seed(self.seed(round))
+        if self.pseudo is None or lam <= 0:
+            return [], 0
+        by_id = {p.id: p.instruction for p in prompts}
+        own = self.sent if s.consensus.skip_own else {}
+        examples, dropped = [], 0
+        for end in (True, False):
+            rows = [(by_id[pid], text, lam) for pid, text in self.pseudo.labels.items()
+                    if pid in by_id and self.pseudo.finished.get(pid, True) is end and own.get(pid) != text]
+            tokenized, lost = self._tokenize(rows, end=end)
+            examples, dropped = examples + tokenized, dropped + lost
+        return examples, dropped
+
+    def _fit(self, examples: list[TokenizedExample], steps: int, seed: int | str, prox_mu: float, on_step
+             ) -> TrainStats:
+        s = self.settings
         with self.backbone.active(self.name) as model:
-            stats = train_lora(model, self.fmt, examples, steps=self.steps, batch_size=s.batch_size, lr=s.lr,
-                               seed=self.seed(round), device=self.backbone.device, dtype=self.backbone.dtype,
-                               micro_batch_tokens=s.train.micro_batch_tokens, prox_mu=prox_mu, on_step=on_step)
-        return replace(stats, dropped_too_long=dropped)
+            return train_lora(model, self.fmt, examples, steps=steps, batch_size=s.batch_size, lr=s.lr, seed=seed,
+                              device=self.backbone.device, dtype=self.backbone.dtype,
+                              micro_batch_tokens=s.train.micro_batch_tokens, prox_mu=prox_mu, on_step=on_step)
 
     def answer(self, round: int, prompts: list[Prompt], on_batch=None) -> Upload:
         """Greedy answers to every public prompt, as text (see ``answer_together``)."""

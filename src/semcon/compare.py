@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from semcon.algorithms import method_problem
-from semcon.config import METHODS, RunConfig
+from semcon.config import LOCAL_PLUS, METHODS, ConfigError, RunConfig, load_config
 from semcon.report import Runs, cell_title, write_report
 from semcon.rundir import RunDirError, finished_run, kind_of
 
@@ -102,6 +102,17 @@ def rebuild_report(directory: Path) -> Path:
 
 def parse_methods(text: str | None) -> list[str]:
     methods = list(METHODS) if not text else [m.strip() for m in text.split(",") if m.strip()]
-    if unknown := [m for m in methods if m not in METHODS]:
-        raise ValueError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if unknown := [m for m in methods if m not in (*METHODS, LOCAL_PLUS)]:
+        raise ValueError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}, {LOCAL_PLUS}")
     return methods
+
+
+def method_config(config: Path, sets: list[str], method: str) -> RunConfig:
+    """The config of one method's runs: ``method=...`` over ``sets``; ``local+`` is local with as many extra
+    private steps per round as the additive schedule's ``train.label_steps`` (the control for what labels carry)."""
+    if method != LOCAL_PLUS:
+        return load_config(config, [*sets, f"method={method}"])
+    steps = load_config(config, sets).train.label_steps
+    if not steps:
+        raise ConfigError(f"{LOCAL_PLUS} adds train.label_steps private steps per round: set train.label_steps")
+    return load_config(config, [*sets, "method=local", f"train.extra_steps={steps}"])

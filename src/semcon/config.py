@@ -22,10 +22,12 @@ from pydantic import (
     model_validator,
 )
 
+from semcon.assets import model_problem
 from semcon.names import check_name, repeated_ignoring_case
 
 Method = Literal["semantic_consensus", "fedavg", "fedprox", "local", "centralized"]
 METHODS: tuple[str, ...] = ("semantic_consensus", "fedavg", "fedprox", "local", "centralized")
+LOCAL_PLUS = "local+"  # local with as many extra private steps as additive's label steps (compare and ablate)
 Source = Literal["wiki", "gsm8k", "chatterbot", "mmlu", "humaneval", "jsonl", "hf"]
 FILE_SOURCES = ("jsonl", "hf")  # sources whose rows come from the user's path
 Precision = Literal["auto", "fp32", "bf16"]
@@ -210,6 +212,15 @@ class DataConfig(Strict):
 
 class PublicConfig(Strict):
     num_prompts: int = Field(32, gt=0, description="public prompts answered by every client each round")
+    pool: int | None = Field(None, gt=0, description="prompts carved from the clients' domains before their private "
+                             "rows, of which a run takes the first `num_prompts` (each round's under `per_round: "
+                             "fresh`), so that private and evaluation rows are the same at every budget; default: "
+                             "as many from each domain as the domain that can spare fewest has left after its "
+                             "evaluation and private rows (the embedded sources with 100 eval and 64 private rows "
+                             "per domain: 584 per domain, chatterbot binds, 2,336 in all). Runs from before this key "
+                             "existed drew `num_prompts`: `--set public.pool=NUM_PROMPTS` reproduces them")
+    per_round: Literal["fixed", "fresh"] = Field("fixed", description="fixed: the same prompts every round; fresh: "
+                                                 "round t answers the pool's t-th block of `num_prompts`")
     path: Path | None = Field(None, description="JSONL of public prompts (instruction[, id]); default: "
                               "held out from the clients' domains, responses dropped")
     data: DataSelection | None = Field(None, description="public prompts from a data set of their own (any source, "
@@ -227,6 +238,16 @@ class PublicConfig(Strict):
         """Whether the prompts come from a set of their own rather than from the clients' domains."""
         return self.path is not None or self.data is not None
 
+    def drawn(self, rounds: int) -> int:
+        """How many prompts a run of ``rounds`` rounds answers in all."""
+        return self.num_prompts * (rounds if self.per_round == "fresh" else 1)
+
+    def asked(self, prompts: list, t: int) -> list:
+        """The prompts of round ``t`` (1, 2, ...) out of the run's ``prompts`` (in pool order)."""
+        if self.per_round == "fixed":
+            return prompts[:self.num_prompts]
+        return prompts[(t - 1) * self.num_prompts:t * self.num_prompts]
+
 
 class TrainConfig(Strict):
     steps: int = Field(8, ge=0, description="optimizer steps per client per round")
@@ -236,6 +257,16 @@ class TrainConfig(Strict):
     truncate: Literal["drop", "response"] = Field(
         "drop", description="an example longer than max_length: drop it (counted per client as dropped_too_long), "
         "or keep its whole prompt and cut the response's tail; the prompt's head is never cut")
+    schedule: Literal["mixed", "additive"] = Field(
+        "mixed", description="mixed: each round's `steps` draw batches from private rows and pseudo-labels together, "
+        "so labels take the place of private rows; additive: a client first runs exactly local's private schedule "
+        "(same rows, batches and random stream), then `label_steps` over the labels it received alone")
+    label_steps: int | None = Field(None, ge=0, description="additive: optimizer steps over the received labels "
+                                    "(default: `label_epochs` passes over them, rounded up to whole batches)")
+    label_epochs: float = Field(1.0, gt=0, description="additive, when label_steps is unset: passes over the labels")
+    extra_steps: int = Field(0, ge=0, description="steps over the client's own private rows after the rest of its "
+                             "round: with method local, the `local+` control for additive's label steps (as many "
+                             "more steps, without the labels)")
     micro_batch_tokens: int = Field(1024, gt=0, description="padded tokens per forward pass; a batch is "
                                     "accumulated over micro-batches, which bounds activation memory")
     pseudo_label_weight: float = Field(1.0, ge=0, description="loss weight λ of pseudo-labelled examples: "
@@ -258,6 +289,7 @@ Signal = Literal["knn", "gain"]
 SIGNALS: tuple[str, ...] = ("knn", "gain")
 Rule = Literal["medoid", "weighted_medoid", "gated", "oracle_expert", "oracle_reference"]
 ORACLES: tuple[str, ...] = ("oracle_expert", "oracle_reference")  # measurement bounds, never a deployment
+COMPETENCE_RULES: tuple[str, ...] = ("weighted_medoid", "gated")  # the rules that read a competence signal
 
 
 class ConsensusConfig(Strict):
@@ -294,8 +326,10 @@ class ConsensusConfig(Strict):
         "none", description="gated and the oracles: a prompt with no eligible answer gets no label, or the medoid")
     support: float | None = Field(None, ge=-1, le=1, description="an answer is a candidate only when it agrees with "
                                   "at least one other client's answer at cosine >= this (a lone answer never wins)")
-    skip_own: bool = Field(False, description="a client does not train on a pseudo-label that is its own answer "
-                           "(no extra bytes: it compares the label with what it sent)")
+    skip_own: bool | None = Field(None, description="a client does not train on a pseudo-label that is its own "
+                                  "answer (no extra bytes: it compares the label with what it sent); default: on for "
+                                  "the rules that read competence, where an expert would otherwise retrain on its "
+                                  "own answers, off for the others")
     reputation: float | None = Field(None, gt=0, description="defence: β of a per-client reputation carried "
                                      "across rounds (and checkpoints): each round a client's vote decays by "
                                      "exp(-β·d), d its distance to the consensus of the others beyond the closest "
@@ -316,9 +350,11 @@ class ConsensusConfig(Strict):
     def _rule_needs_signal(self) -> ConsensusConfig:
         if self.signal is not None and self.signal not in self.competence:
             raise ValueError(f"signal {self.signal!r} is not computed: add it to consensus.competence")
-        if self.rule in ("weighted_medoid", "gated") and not self.competence:
+        if self.rule in COMPETENCE_RULES and not self.competence:
             raise ValueError(f"rule {self.rule!r} weighs answers by competence: set consensus.competence "
                              "(knn or gain)")
+        if self.skip_own is None:
+            self.skip_own = self.used_signal is not None
         return self
 
     @property
@@ -329,7 +365,7 @@ class ConsensusConfig(Strict):
     @property
     def used_signal(self) -> str | None:
         """The signal the rule reads (None for rules that read none)."""
-        if self.rule not in ("weighted_medoid", "gated"):
+        if self.rule not in COMPETENCE_RULES:
             return None
         return self.signal or self.competence[0]
 
@@ -401,7 +437,7 @@ class RunConfig(Strict):
     method: Method = Field("semantic_consensus", description="semantic_consensus | fedavg | fedprox | local | "
                            "centralized (the baselines share data, models, rounds and training budget)")
     seed: int = Field(0, description="private sampling, adapter init and data order (see data.split_seed)")
-    seeds: int | dict[Method, int] = Field(1, description="semcon compare: runs per method, seeds seed, seed+1, ...; "
+    seeds: int | dict[Method | Literal["local+"], int] = Field(1, description="semcon compare: runs per method, seeds seed, seed+1, ...; "
                                            "a mapping gives each method its own count (default 1)")
     rounds: int = Field(2, ge=0, description="consensus rounds after round 0 (private-only training)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible, else cpu")
@@ -576,9 +612,12 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     return tree
 
 
-def _one_line(err: ValidationError, origin: str) -> str:
+def _one_line(err: ValidationError, origin: str, overrides: list[str] = ()) -> str:
+    """The first validation error as ``ORIGIN: KEY: reason``; ORIGIN is the ``--set`` that gave the key, if one did."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if p not in UNION_TAGS) or "(top level)"
+    given = [o for o in overrides if loc == (key := o.partition("=")[0].strip()) or loc.startswith(f"{key}.")]
+    origin = f"--set {given[-1]}" if given else origin
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -607,6 +646,8 @@ def resolve_paths(cfg: RunConfig, base: Path, check_files: bool = True) -> RunCo
 
     for i, c in enumerate(cfg.clients):
         selection(f"clients.{i}.data", c.data)
+        if check_files and (problem := model_problem(c.model)):
+            raise ConfigError(f"clients.{i}.model (client {c.name!r}): {problem}")
     selection("public.data", cfg.public.data)
     if cfg.flower.members is not None:
         cfg.flower.members = resolved("flower.members", cfg.flower.members)
@@ -643,5 +684,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         cfg = RunConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_one_line(e, origin)) from None
+        raise ConfigError(_one_line(e, origin, overrides or [])) from None
     return resolve_paths(cfg, path.parent if path is not None else Path.cwd(), check_files)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from semcon.config import EvalConfig
-from semcon.data import DEFAULT_CATEGORY, LETTERS, Example, final_number
+from semcon.data import DEFAULT_CATEGORY, LETTERS, Example, final_number, without_annotations
 from semcon.generate import generate
 from semcon.models import ChatFormat, autocast, causal_lm
 from semcon.train import TokenizedExample, collate, nll_sums, response_nll, tokenize
@@ -144,6 +144,9 @@ def reference_scores(model, fmt: ChatFormat, rows: list[Example], *, batch_size:
                                     options=options)
     text_bytes = sum(len(e.response.strip().encode("utf-8")) for e in rows)
     m = {"nll": sum(sums) / max(sum(counts), 1), "bpb": sum(sums) / math.log(2) / max(text_bytes, 1)}
+    m["bpb_plain"] = m["bpb"]
+    if any(plain := [without_annotations(e.response) != e.response for e in rows]):
+        m["bpb_plain"] = plain_bpb(model, fmt, rows, plain, sums, batch_size=batch_size, device=device, dtype=dtype)
     if choices:
         picked = [(e, s) for e, s in zip(rows, scores) if e.task == "multiple_choice"]
         if options and all(s is not None for _, s in picked):
@@ -152,6 +155,18 @@ def reference_scores(model, fmt: ChatFormat, rows: list[Example], *, batch_size:
         else:
             m["accuracy"] = choice_accuracy(model, fmt, choices, mmlu_prompt, device, dtype, batch_size)
     return m
+
+
+def plain_bpb(model, fmt: ChatFormat, rows: list[Example], changed: list[bool], sums: list[float], *, batch_size: int,
+              device, dtype) -> float:
+    """Bits per byte of the references with GSM8K's calculator annotations removed (``bpb_plain``): a format no
+    model-written answer has should not count as knowledge. Only the rows that change are scored again."""
+    again = [e for e, c in zip(rows, changed) if c]
+    toks, _ = tokenize(fmt, [(e.instruction, without_annotations(e.response), 1.0) for e in again], None, end=False)
+    new, _, _ = nll_sums(model, fmt, toks, batch_size=batch_size, device=device, dtype=dtype)
+    kept = sum(s for s, c in zip(sums, changed) if not c)
+    text_bytes = sum(len(without_annotations(e.response).strip().encode("utf-8")) for e in rows)
+    return (kept + sum(new)) / math.log(2) / max(text_bytes, 1)
 
 
 def _shared_forward_options(fmt: ChatFormat, e: Example, tokenized: TokenizedExample) -> list[int] | None:
@@ -168,12 +183,14 @@ def _shared_forward_options(fmt: ChatFormat, e: Example, tokenized: TokenizedExa
 def generation_requests(fmt: ChatFormat, eval_sets: dict[str, list[Example]], cfg: EvalConfig
                         ) -> dict[str, tuple[list[Example], int]]:
     """The rows of each domain that are answered for the generation metrics (the first ``cfg.generate_items``),
-    and their max new tokens (``cfg.max_new_tokens``, else ``generation_cap`` of the references in this tokenizer)."""
+    and their max new tokens (``cfg.max_new_tokens``, else ``generation_cap`` of the references in this tokenizer).
+    Multiple choice rows are not answered: their metric is accuracy by option log-likelihood, and the ROUGE-L of a
+    letter and an option would measure the format."""
     if not (cfg.generate and cfg.generate_items):
         return {}
     out = {}
     for domain, rows in eval_sets.items():
-        if rows := rows[:cfg.generate_items]:
+        if rows := [e for e in rows if e.task != "multiple_choice"][:cfg.generate_items]:
             lengths = [len(fmt.tok(e.response, add_special_tokens=False)["input_ids"]) for e in rows]
             out[domain] = rows, cfg.max_new_tokens or generation_cap(lengths, any(e.task == "numeric" for e in rows))
     return out

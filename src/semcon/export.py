@@ -1,6 +1,7 @@
 """``semcon export``: a finished run's adapters as directories other tools load: a PEFT adapter
 (``PeftModel.from_pretrained``, lm-evaluation-harness's ``peft=``, vLLM, TGI) or the base model with the adapter
-merged in (``AutoModelForCausalLM.from_pretrained``), each with a model card stating where it came from."""
+merged in (``AutoModelForCausalLM.from_pretrained``), each with a model card stating where it came from; and
+``semcon evaluate``: such a directory scored on the user's own held-out JSONL."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
+import yaml
 
 from semcon.assets import EMBEDDED_MODELS
 from semcon.config import RunConfig
-from semcon.models import load_causal_lm, load_tokenizer, resolve_model
+from semcon.models import load_causal_lm, load_tokenizer
 from semcon.rundir import RunDirError, finished_run
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -81,13 +83,13 @@ def _selection_text(sel) -> str:
 
 def model_card(cfg: RunConfig, summary: dict, client: str, spec: str, merged: bool) -> str:
     """README.md of an export: Hugging Face metadata, then where the weights came from and what was measured."""
-    resolved, s = resolve_model(spec), cfg.client_settings(client)
+    s, embedded = cfg.client_settings(client), spec in EMBEDDED_MODELS
     own = next((c.data for c in cfg.clients if c.name == client and c.data is not None), None)
     domains = {c.data.domain: c.data for c in cfg.clients if c.data is not None}
     partition = cfg.data.partition if isinstance(cfg.data.partition, str) else cfg.data.partition.partitioner
     rounds = f"{cfg.rounds} communication round{'s' if cfg.rounds != 1 else ''}"
-    base = f"- **Base model:** `{spec}`" + (f" (`{resolved}`)" if resolved != spec else "")
-    if spec in EMBEDDED_MODELS:
+    base = f"- **Base model:** `{spec}`"
+    if embedded:
         base += (f"; semcon's embedded model, dequantized from the GGUF in `{EMBEDDED_MODELS[spec].parts[0][0]}`: "
                  "its weights are not the hub release's, so load the adapter on this base, or export with `--merge`")
     facts = [
@@ -108,13 +110,17 @@ def model_card(cfg: RunConfig, summary: dict, client: str, spec: str, merged: bo
     if merged:
         use = ["from transformers import AutoModelForCausalLM", 'model = AutoModelForCausalLM.from_pretrained("DIR")']
         lm_eval = "lm_eval --model hf --model_args pretrained=DIR --tasks mmlu"
-    else:
+    else:  # an embedded base lives in semcon's cache, wherever that is on the reader's machine
+        where = f'resolve_model("{spec}")' if embedded else f'"{spec}"'
         use = ["from peft import PeftModel", "from transformers import AutoModelForCausalLM",
-               f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{resolved}"), "DIR")']
-        lm_eval = f"lm_eval --model hf --model_args pretrained={resolved},peft=DIR --tasks mmlu"
+               *(["from semcon.assets import resolve_model"] if embedded else []),
+               f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({where}), "DIR")']
+        pretrained = f"$(python -c 'from semcon.assets import resolve_model; print({where})')" if embedded else spec
+        lm_eval = f"lm_eval --model hf --model_args pretrained={pretrained},peft=DIR --tasks mmlu"
     kind = "adapter merged into the base model" if merged else "LoRA adapter"
     return "\n".join([
-        "---", *([] if merged else ["library_name: peft"]), f"base_model: {resolved}",
+        "---", *([] if merged else ["library_name: peft"]), *([] if embedded else [f"base_model: {spec}"]),
+        f"semcon_base_model: {spec}",
         "tags: [semcon, federated-learning, lora, semantic-consensus]", "---", "",
         f"# {cfg.name}: client `{client}` ({kind})", "",
         f"Fine-tuned with semcon {version('semcon')}: federated fine-tuning by semantic consensus, in which clients "
@@ -125,3 +131,51 @@ def model_card(cfg: RunConfig, summary: dict, client: str, spec: str, merged: bo
         "## Use", "", "```python", *use, "```", "",
         f"Evaluate with lm-evaluation-harness (DIR is this directory): `{lm_eval}`", "",
     ])
+
+
+def exported_base(directory: Path) -> str | None:
+    """The base model an exported adapter was trained on, as its model card names it (``semcon_base_model``)."""
+    card = Path(directory) / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    if not text.startswith("---\n") or text.count("---\n") < 2:
+        return None
+    meta = yaml.safe_load(text.split("---\n", 2)[1]) or {}
+    return meta.get("semcon_base_model") if isinstance(meta, dict) else None
+
+
+def evaluate_export(directory: Path, data: Path, model: str | None = None, items: int = 32
+                    ) -> dict[str, dict[str, dict[str, float]]]:
+    """An exported adapter (and, for comparison, its base model without it) or a merged model, scored on a JSONL
+    file of held-out rows as semcon scores its own evaluation sets: bits per byte, and with ``items`` > 0 the
+    generation metrics of that many rows' greedy answers. ``model``: the base, where the card does not name it.
+    Returns ``{"base" | "adapter" | "merged": {domain: {metric: value}}}``."""
+    from semcon.config import DataSelection, EvalConfig
+    from semcon.data import load_selection
+    from semcon.embed import Embedder
+    from semcon.evaluate import evaluate_client
+    from semcon.models import ChatFormat
+
+    directory, cpu = Path(directory), torch.device("cpu")
+    is_adapter = all((directory / f).is_file() for f in ADAPTER_FILES)
+    if not is_adapter and not (directory / "config.json").is_file():
+        raise ExportError(f"{directory}: neither an exported adapter ({', '.join(ADAPTER_FILES)}) nor a merged model "
+                          "(config.json)")
+    spec = (model or exported_base(directory)) if is_adapter else str(directory)
+    if spec is None:
+        raise ExportError(f"{directory}: its model card names no base model: give --model")
+    rows = load_selection(DataSelection(source="jsonl", path=Path(data), name=Path(data).stem), 10**9)
+    fmt, cfg = ChatFormat(load_tokenizer(spec)), EvalConfig(generate=items > 0, generate_items=items, before=False)
+    base = load_causal_lm(spec, torch.float32, cpu)
+
+    def scores(m) -> dict[str, dict[str, float]]:
+        return evaluate_client(m, fmt, {rows[0].domain: rows}, cfg, embed=Embedder("all-minilm-l6-v2"),
+                               gen_batch_size=64, device=cpu, dtype=torch.float32)
+
+    if not is_adapter:
+        return {"merged": scores(base)}
+    from peft import PeftModel
+
+    tuned = PeftModel.from_pretrained(base, str(directory)).eval()
+    with tuned.disable_adapter():
+        before = scores(tuned)
+    return {"base": before, "adapter": scores(tuned)}

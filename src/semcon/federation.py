@@ -58,9 +58,10 @@ class Algorithm(Protocol):
     name: str
     schedule: Schedule
     prompts: list[Prompt]  # the public prompts the clients answer (none for parameter averaging)
-    upload_phase: str  # the phase that produces the upload: "generate" or "upload"
+    upload_phase: str | None  # the phase that produces the upload: "generate" or "upload" (None: nothing is uploaded)
     limits: Limits  # what its messages may hold, either way; the codec refuses more before allocating it
 
+    def asked(self, t: int) -> list[Prompt]: ...  # the public prompts of round t
     def aggregate(self, t: int, messages: dict[str, Message]) -> RoundResult: ...
     def restore(self, rounds: list[dict]) -> None: ...  # server state carried across rounds, from resumed rows
 
@@ -122,7 +123,7 @@ def _rounds(cfg: RunConfig, run_dir: RunDir, algo: Algorithm, group: ClientGroup
         members = sampled(t) if algo.schedule.trains(t) else group.names  # the final average reaches everyone
         if algo.schedule.communicates(t):
             # answers (or adapters) up from last round's cohort, then consensus
-            result = r.aggregate(algo, r.upload(algo.upload_phase, sampled(t - 1)))
+            result = r.aggregate(algo, r.upload(algo.upload_phase, sampled(t - 1)) if algo.upload_phase else {})
             download = r.broadcast(result, members)  # pseudo-labels (or the average) down
         reports = r.train(download, members, required=algo.schedule.trains(t))  # private data ∪ pseudo-labels
         r.setup(setup, counted=algo.schedule.communicating)  # the config and prompts this round delivered
@@ -186,7 +187,8 @@ class Round:
             result.rejected = {**undecodable, **result.rejected}
             if result.uploads:
                 self.run_dir.uploads(self.t, result.uploads)
-        self.quorum("a valid upload", result.accepted, result.rejected)
+        if algo.upload_phase:
+            self.quorum("a valid upload", result.accepted, result.rejected)
         return result
 
     def receive(self, payloads: dict[str, bytes], limits: Limits) -> tuple[dict[str, Message], dict[str, str]]:

@@ -36,6 +36,7 @@ class Exchange:
     answers: list[dict] = field(default_factory=list)  # uploads/round_NN.jsonl rows of this client
     labels: list[dict] = field(default_factory=list)  # pseudo_labels/round_NN.jsonl rows (the broadcast)
     report: dict = field(default_factory=dict)  # the numbers it reported: training losses and tokens, reference scores
+    prompts: dict[str, str] = field(default_factory=dict)  # prompt id -> the public prompt's text (public.jsonl)
 
 
 def exchanges(path: Path, client: str | None = None, round: int | None = None) -> list[Exchange]:
@@ -59,6 +60,7 @@ def exchanges(path: Path, client: str | None = None, round: int | None = None) -
     rows = run.rows("metrics.jsonl")
     metrics = {r["round"]: r for r in rows if r.get("event", "round") == "round"}
     evaluations = [r for r in rows if r.get("event") == "eval"]  # sent after the last round
+    prompts = {r["id"]: r["instruction"] for r in _kept(path / "public.jsonl")}
     out = []
     for t in [round] if round is not None else rounds:
         uploads = _kept(path / "uploads" / f"round_{t:02d}.jsonl")
@@ -73,7 +75,7 @@ def exchanges(path: Path, client: str | None = None, round: int | None = None) -
             out.append(Exchange(t, name, [r for r in mine if r["direction"] == "up"],
                                 [r for r in mine if r["direction"] == "down"],
                                 [r for r in uploads if r.get("client") == name],
-                                labels if any(r["kind"] == "download" for r in mine) else [], report))
+                                labels if any(r["kind"] == "download" for r in mine) else [], report, prompts))
     return out
 
 
@@ -101,13 +103,19 @@ def describe(ex: Exchange) -> list[str]:
             if a.get("degenerate"):
                 flags.append("the server found it degenerate")
             text = a.get("text") or "(blank: withheld by the upload filter, or no answer)"
-            lines += [f"    {a['prompt_id']}  " + " · ".join(flags), indent(text, " " * 6)]
+            lines += [f"    {_prompt(ex, a['prompt_id'])}  " + " · ".join(flags), indent(text, " " * 6)]
     if ex.labels:
         lines.append(f"  pseudo-labels received ({len(ex.labels)}, the same broadcast to every member):")
         for lab in ex.labels:
             cut = "" if lab.get("finished", True) else "  [cut]"
-            lines += [f"    {lab['prompt_id']}{cut}", indent(lab["text"], " " * 6)]
+            lines += [f"    {_prompt(ex, lab['prompt_id'])}{cut}", indent(lab["text"], " " * 6)]
     if ex.report:
         lines.append("  reported to the server (numbers only, not in the ledger's messages):")
         lines += [f"    {key}: {value}" for key, value in ex.report.items()]
     return lines
+
+
+def _prompt(ex: Exchange, pid: str, width: int = 100) -> str:
+    """A prompt id with its text on one line, clipped."""
+    text = " ".join(ex.prompts.get(pid, "").split())
+    return f"{pid} {text[:width - 1] + '…' if len(text) > width else text!r}" if text else pid

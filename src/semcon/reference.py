@@ -3,6 +3,7 @@ typer app (the site's build hook calls these), so that they cannot fall behind t
 
 from __future__ import annotations
 
+import html
 import re
 import types
 import typing
@@ -164,11 +165,18 @@ def _constraints(info) -> str:
 
 
 def _clean(text: str) -> str:
-    return " ".join(text.split())
+    """Help text as one line of markdown: ``<`` and ``&`` escaped outside code spans (``<method>`` is text, not
+    an HTML tag the browser hides)."""
+    return _escaped(" ".join(text.split()))
+
+
+def _escaped(text: str) -> str:
+    parts = text.split("`")
+    return "`".join(html.escape(part, quote=False) if k % 2 == 0 else part for k, part in enumerate(parts))
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _escaped(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _anchor(path: str) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 
 from semcon.attacks import attack
 from semcon.competence import quantize
-from semcon.config import AttackConfig, ConfigError, RunConfig, load_config
+from semcon.config import COMPETENCE_RULES, AttackConfig, ConfigError, RunConfig, load_config
 from semcon.data import Prompt, build_splits, experts_of
 from semcon.embed import Embedder
 from semcon.protocol import Upload, digest
@@ -33,6 +33,10 @@ class Kept:
     uploads: dict[int, dict[str, Upload]]  # round -> client -> upload
     experts: dict[str, str]
     path: Path
+
+    def asked(self, t: int) -> list[Prompt]:
+        """The prompts of round ``t``."""
+        return self.cfg.public.asked(self.prompts, t)
 
     def embedder(self) -> Remembering:
         return Remembering(Embedder(self.cfg.consensus.embedder, batch_size=self.cfg.consensus.embed_batch_size))
@@ -92,7 +96,7 @@ def verify(path: Path) -> tuple[int, str | None]:
         labels, reputation = {lab.prompt_id: lab for lab in redone}, picked.reputation
         stored_path = kept.path / "pseudo_labels" / f"round_{t:02d}.jsonl"
         stored = {r["prompt_id"]: r for r in read_rows(stored_path)} if stored_path.is_file() else {}
-        for p in kept.prompts:
+        for p in kept.asked(t):
             mine, theirs = labels.get(p.id), stored.get(p.id)
             if (mine and asdict(mine)) != theirs:
                 said = f"the answer of client {theirs['client']!r}" if theirs else "no label"
@@ -107,9 +111,10 @@ def recompute(kept: Kept, t: int, uploads: dict[str, Upload], cfg: RunConfig, em
               reputation: dict[str, float] | None = None) -> tuple[Choice, list]:
     """Round ``t``'s consensus over ``uploads`` under ``cfg``, as the server computed it (``reputation``: the
     weights carried from the round before): the choice and its labels."""
-    answers = Answers.of(kept.prompts, uploads, cfg.consensus.signals)
-    picked = choose(cfg.consensus, kept.prompts, answers, embedder, kept.experts, (cfg.seed % 2**32, t), reputation)
-    return picked, pseudo_labels(kept.prompts, picked)
+    prompts = kept.asked(t)
+    answers = Answers.of(prompts, uploads, cfg.consensus.signals)
+    picked = choose(cfg.consensus, prompts, answers, embedder, kept.experts, (cfg.seed % 2**32, t), reputation)
+    return picked, pseudo_labels(prompts, picked)
 
 
 def parse_rule(spec: str) -> tuple[str, list[str]]:
@@ -152,16 +157,19 @@ def replay(path: Path, rules: list[str], sets: list[str] = (), attackers: list[s
     for spec in rules:
         reputation = None
         label, rule_sets = parse_rule(spec)
+        if spec.partition(":")[0].strip() in COMPETENCE_RULES and not kept.cfg.consensus.signals:
+            raise ConfigError(f"--rule {spec!r} reads competence, and this run's uploads carry none (it ran with "
+                              "consensus.competence: none): replay it on a run made with consensus.competence: knn")
         cfg = load_config(tree=tree, overrides=[*sets, *rule_sets], check_files=False)
         if cfg.consensus.signals != kept.cfg.consensus.signals:
             raise ConfigError(f"--rule {spec!r}: the run's uploads carry competence {kept.cfg.consensus.signals or 'none'}; "
                               "replay reads those (consensus.competence cannot change after the fact)")
         for t, uploads in sorted(kept.uploads.items()):
-            uploads = {n: attack(_levels(u, cfg.consensus.competence_levels), attacks.get(n), kept.prompts,
+            uploads = {n: attack(_levels(u, cfg.consensus.competence_levels), attacks.get(n), kept.asked(t),
                                  seed=cfg.seed) for n, u in uploads.items()}
             picked, labels = recompute(kept, t, uploads, cfg, embedder, reputation)
             reputation = picked.reputation
-            m = round_metrics(kept.prompts, picked, labels, kept.experts, embedder)
+            m = round_metrics(kept.asked(t), picked, labels, kept.experts, embedder)
             out.append({"rule": label, "round": t, "labelled": m["pseudo_labels"] / max(m["prompts"], 1),
                         "quality": m["answer_quality"], "expert_share": m["expert_share"],
                         "label_share": m["label_share"], "attackers": sorted(attacks),

@@ -18,7 +18,7 @@ from semcon.comm import ARCHS, arch_from_config, human_bytes, lora_parameters
 from semcon.config import RunConfig
 from semcon.provenance import describe
 from semcon.rundir import PLOT_NAMES, kind_of, read_rows
-from semcon.stats import paired_bootstrap, t_interval
+from semcon.stats import MIN_SEEDS, seed_level, t_interval
 
 Runs = dict[str, dict[int, dict]]  # method -> seed -> that run's summary
 ROUND_PHASES = ("train", "generate", "upload", "embed", "aggregate", "transfer", "evaluate")
@@ -76,6 +76,9 @@ def outcome_lines(run_dir: Path, summary: dict, examples: int = 3) -> list[str]:
     for client, domain in (summary.get("own_domain") or {}).items():
         was, now = (split_own(scores.get(client, {}), domain, "bpb") for scores in (before, after))
         lines.append(f"  {client:<12} own ({domain}) {_arrow(was[0], now[0])} · other domains {_arrow(was[1], now[1])}")
+    if budget := training_budget(summary):
+        lines.append("training per client (optimizer steps, trained tokens): "
+                     + ", ".join(f"{c} {steps:,}, {tokens:,}" for c, (steps, tokens) in budget.items()))
     last = sorted(Path(run_dir).glob("pseudo_labels/round_*.jsonl"))
     labels = read_rows(last[-1]) if last else []
     picked = list({r["client"]: r for r in labels}.values())[:examples]  # one per source client first
@@ -109,11 +112,12 @@ log = logging.getLogger(__name__)
 # Quality metrics of the report, comparable across tokenizers (per-token NLL is not: it has its own table).
 
 
-METRICS = (("bpb", "bits/byte ↓"), ("rouge_l", "ROUGE-L ↑"), ("cosine", "cosine ↑"), ("accuracy", "MMLU acc ↑"),
+# bpb_plain: bits per byte of the references without GSM8K's calculator annotations (evaluate.plain_bpb)
+METRICS = (("bpb", "bits/byte ↓"), ("bpb_plain", "bits/byte plain ↓"), ("rouge_l", "ROUGE-L ↑"), ("cosine", "cosine ↑"), ("accuracy", "MMLU acc ↑"),
            ("exact_match", "GSM8K EM ↑"))
 
 
-LOWER_IS_BETTER = frozenset({"bpb", "nll"})
+LOWER_IS_BETTER = frozenset({"bpb", "bpb_plain", "nll"})
 
 
 BASELINE = "local"
@@ -134,20 +138,36 @@ def seed_scores(summary: dict, metric: str) -> dict[str, float]:
     return client_scores(summary.get("eval_after") or {}, metric)
 
 
-def paired_differences(runs: Runs, method: str, metric: str, baseline: str = BASELINE) -> list[float]:
-    """``method - baseline`` per (client, seed) on the seeds both ran; a method with one model
-    (centralized) pairs it with each of the baseline's clients."""
-    diffs = []
+def paired_differences(runs: Runs, method: str, metric: str, baseline: str = BASELINE) -> dict[int, dict[str, float]]:
+    """``method - baseline`` per seed both ran and per client of that seed; a method with one model (centralized)
+    pairs it with each of the baseline's clients."""
+    diffs: dict[int, dict[str, float]] = {}
     for seed, base in runs[baseline].items():
         if seed not in runs[method]:
             continue
         ours, baseline_scores = seed_scores(runs[method][seed], metric), seed_scores(base, metric)
         single = next(iter(ours.values())) if len(ours) == 1 and not ours.keys() & baseline_scores.keys() else None
-        for client, theirs in baseline_scores.items():
-            value = ours.get(client, single)
-            if value is not None:
-                diffs.append(value - theirs)
+        per_client = {c: value - theirs for c, theirs in baseline_scores.items()
+                      if (value := ours.get(c, single)) is not None}
+        if per_client:
+            diffs[seed] = per_client
     return diffs
+
+
+def difference_cell(diffs: dict[int, dict[str, float]], digits: int = 3) -> str:
+    """A paired difference with the seed as the replicate (``stats.seed_level``): the mean of the seeds' client
+    means with its t-interval over seeds and two-level bootstrap interval; with fewer than ``MIN_SEEDS`` seeds,
+    each seed's value instead and no interval."""
+    if not diffs:
+        return "–"
+    d = seed_level({seed: list(per.values()) for seed, per in diffs.items()})
+    mean = f"{d['mean']:+.{digits}f}"
+    if d["t"] is None:
+        values = ", ".join(f"{v:+.{digits}f}" for v in d["seed_means"])
+        return f"{mean} (seeds: {values}; no interval claimed with {len(d['seeds'])} < {MIN_SEEDS} seeds)"
+    (tlo, thi), (blo, bhi) = d["t"], d["bootstrap"]
+    return (f"{mean} t [{tlo:+.{digits}f}, {thi:+.{digits}f}] boot [{blo:+.{digits}f}, {bhi:+.{digits}f}] "
+            f"({len(d['seeds'])} seeds)")
 
 
 def split_own(per_domain: dict[str, dict], domain: str | None, metric: str) -> tuple[float | None, float | None]:
@@ -170,12 +190,15 @@ def own_other(summary: dict, metric: str) -> tuple[float | None, float | None]:
 
 
 def over_seeds(per_seed: dict[int, dict], value: Callable[[dict], float | None], digits: int = 3) -> str:
-    """Mean over seeds of ``value(summary)`` with its 95% t-interval ("–" where no seed has it)."""
+    """Mean over seeds of ``value(summary)`` with its 95% t-interval from ``MIN_SEEDS`` seeds on, the seeds' range
+    below that ("–" where no seed has it)."""
     values = [v for s in per_seed.values() if (v := value(s)) is not None]
     if not values:
         return "–"
     mean, half = t_interval(values)
-    return f"{mean:.{digits}f}" if half is None else f"{mean:.{digits}f} ± {half:.{digits}f}"
+    if len(values) < MIN_SEEDS:
+        return f"{mean:.{digits}f}" + (f" ({min(values):.{digits}f}–{max(values):.{digits}f})" if len(values) > 1 else "")
+    return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
 def client_spread(per_seed: dict[int, dict], metric: str, digits: int = 3) -> str:
@@ -192,6 +215,26 @@ def _seed_mean(per_seed: dict[int, dict], value: Callable[[dict], float]) -> flo
     return float(np.mean([value(s) for s in per_seed.values()]))
 
 
+def training_budget(summary: dict) -> dict[str, tuple[int, int]]:
+    """Per client, the optimizer steps and trained tokens of the whole run (from its rounds' losses and tokens)."""
+    budget: dict[str, tuple[int, int]] = {}
+    for r in summary["per_round"]:
+        for client, losses in (r.get("train_loss") or {}).items():
+            steps, tokens = budget.get(client, (0, 0))
+            budget[client] = (steps + len(losses), tokens + (r.get("train_tokens") or {}).get(client, 0))
+    return budget
+
+
+def budget_cell(per_seed: dict[int, dict], which: int) -> str:
+    """Mean over seeds and clients of the steps (0) or trained tokens (1) per client, with the clients' range."""
+    values = [v[which] for s in per_seed.values() for v in training_budget(s).values()]
+    if not values:
+        return "–"
+    mean, lo, hi = float(np.mean(values)), min(values), max(values)
+    text = f"{mean:,.0f}"
+    return text if lo == hi else f"{text} ({lo:,}–{hi:,})"
+
+
 def per_client_round(summary: dict) -> float:
     """Mean bytes (up + down) per client per communicating round."""
     rounds = [r for r in summary["per_round"] if r["bytes_up"] or r["bytes_down"]]
@@ -199,12 +242,9 @@ def per_client_round(summary: dict) -> float:
     return total / max(len(rounds) * len(summary["clients"]), 1)
 
 
-def analytic_ratio(cfg: RunConfig, summary: dict) -> str | None:
-    """LoRA-FedAvg over semantic-consensus bytes for this run's model, from its shapes and the measured
-    mean answer bytes (so the report puts the analytic figure beside the measured one)."""
-    up = [r for r in summary["per_round"] if r.get("prompts")]
-    if not up:
-        return None
+def adapter_bytes(cfg: RunConfig) -> int | None:
+    """The fp32 LoRA adapter of the run's first client in bytes, from its model's shapes (None: a shape semcon cannot
+    read here, such as a hub id without network)."""
     model = cfg.clients[0].model
     try:
         from semcon.assets import resolve_model
@@ -212,10 +252,18 @@ def analytic_ratio(cfg: RunConfig, summary: dict) -> str | None:
         arch = ARCHS[model] if model in ARCHS else arch_from_config(resolve_model(model))
     except Exception:  # noqa: BLE001 - a hub id without network: no analytic figure
         return None
-    lora = cfg.train.lora
-    adapter = 2 * lora_parameters(arch, lora.r, lora.target_modules) * 4  # fp32 adapters up and down
+    return lora_parameters(arch, cfg.train.lora.r, cfg.train.lora.target_modules) * 4
+
+
+def analytic_ratio(cfg: RunConfig, summary: dict) -> str | None:
+    """LoRA-FedAvg over semantic-consensus bytes for this run's model, from its shapes and the measured
+    mean answer bytes (so the report puts the analytic figure beside the measured one)."""
+    up = [r for r in summary["per_round"] if r.get("prompts")]
+    if not up or (one := adapter_bytes(cfg)) is None:
+        return None
+    adapter = 2 * one  # up and down
     text = np.mean([(r["bytes_up"] + r["bytes_down"]) / max(len(r.get("accepted", [])), 1) for r in up])
-    return (f"{adapter / text:,.0f}x per client per round (fp32 adapter {human_bytes(adapter / 2)} each way vs "
+    return (f"{adapter / text:,.0f}x per client per round (fp32 adapter {human_bytes(one)} each way vs "
             f"{human_bytes(text)} of encoded text up + down, this run's mean)")
 
 
@@ -237,8 +285,8 @@ def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dic
     """``out/report.md`` and its PNG plots from each method's per-seed summaries (one run: one method, one seed,
     written into its own directory). ``missing``: planned runs that have not finished, named in the report."""
     out = Path(out)
-    plots, absent = make_plots(out, runs)
     cfg = next(iter(cfgs.values()))
+    plots, absent = make_plots(out, runs, adapter_bytes(cfg))
     single = kind_of(out) == "run"
     metrics = [(k, label) for k, label in METRICS
                if any(seed_scores(s, k) for per_seed in runs.values() for s in per_seed.values())]
@@ -251,11 +299,15 @@ def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dic
     lines += consensus_lines(cfgs)
     if missing:
         lines += [f"**Partial report:** planned but not finished, so left out: {', '.join(missing)}.", ""]
-    lines += ["Quality is held-out, per client averaged over the eval domains; each cell is the mean over seeds of "
-              "the client-mean ± the half-width of its 95% t-interval over seeds (no interval from one seed); "
-              "'± clients' is the std over clients within a seed, averaged over seeds (centralized has one "
-              "model). Bytes, time and energy are means over seeds.", ""]
-    lines += _main_table(runs, metrics, skipped)
+    if single:
+        lines += _single_run_lines(out, next(iter(next(iter(runs.values())).values())), metrics)
+    else:
+        lines += ["Quality is held-out, per client averaged over the eval domains; each cell is the mean over seeds "
+                  f"of the client-mean ± the half-width of its 95% t-interval over seeds from {MIN_SEEDS} seeds on "
+                  "(fewer: the seeds' range in brackets, no interval claimed); '± clients' is the std over clients "
+                  "within a seed, averaged over seeds (centralized has one model). Bytes, time and energy are means "
+                  "over seeds.", ""]
+        lines += _main_table(runs, metrics, skipped)
     lines += _network_note(cfg)
     energy = sorted({s["energy_method"] for ps in runs.values() for s in ps.values() if s.get("energy_method")})
     lines += [f"Energy: {', '.join(energy) or 'not measured'}.", ""]
@@ -307,7 +359,8 @@ def _provenance_lines(runs: Runs) -> list[str]:
 def _main_table(runs: Runs, metrics: list[tuple[str, str]], skipped: dict[str, str]) -> list[str]:
     fedavg_bytes = (_seed_mean(runs["fedavg"], lambda s: s["bytes_up"] + s["bytes_down"])
                     if "fedavg" in runs else None)
-    head = ["method", "seeds", *(c for _, label in metrics for c in (label, "± clients")), "bytes up", "bytes down",
+    head = ["method", "seeds", *(c for _, label in metrics for c in (label, "± clients")), "steps / client",
+            "trained tokens / client", "bytes up", "bytes down",
             "× fedavg bytes", "wall s", "modelled transfer s", "round s (compute + modelled)", "energy kWh"]
     rows = []
     for method, per_seed in runs.items():
@@ -319,7 +372,7 @@ def _main_table(runs: Runs, metrics: list[tuple[str, str]], skipped: dict[str, s
         for k, _ in metrics:
             cells += [over_seeds(per_seed, lambda s, k=k: _mean(list(seed_scores(s, k).values()))),
                       client_spread(per_seed, k)]
-        rows.append([method, str(len(per_seed)), *cells,
+        rows.append([method, str(len(per_seed)), *cells, budget_cell(per_seed, 0), budget_cell(per_seed, 1),
                      human_bytes(_seed_mean(per_seed, lambda s: s["bytes_up"])),
                      human_bytes(_seed_mean(per_seed, lambda s: s["bytes_down"])),
                      f"{total / fedavg_bytes:.2e}" if fedavg_bytes else "–",
@@ -328,6 +381,29 @@ def _main_table(runs: Runs, metrics: list[tuple[str, str]], skipped: dict[str, s
                      f"{np.mean(energy):.2e}" if energy else "not measured"])
     rows += [[method, f"not applicable: {why}"] for method, why in skipped.items()]
     return [*md_table(head, rows), ""]
+
+
+def _single_run_lines(out: Path, summary: dict, metrics: list[tuple[str, str]]) -> list[str]:
+    """What one run did, as the terminal said it when it ended (before -> after per client, example labels with
+    their clients, bytes against LoRA-FedAvg of the same adapters), then every client's held-out scores."""
+    before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
+    domains = sorted({d for per in after.values() for d in per})
+
+    def cell(client: str, domain: str, k: str) -> str:
+        now, was = after[client].get(domain, {}).get(k), before.get(client, {}).get(domain, {}).get(k)
+        return "–" if now is None else f"{now:.3f}" if was is None else f"{was:.3f} -> {now:.3f}"
+
+    rows = [[client, label, *cells] for client in after for k, label in metrics
+            for cells in [[cell(client, d, k) for d in domains]] if any(c != "–" for c in cells)]
+    steps = training_budget(summary)
+    return ["## Outcome", "", *(f"    {line}" for line in outcome_lines(out, summary)), "",
+            "Held-out scores per client and domain" + (" (base model -> after)" if before else " after the run")
+            + "; a client's own domain is its private data's:", "",
+            *md_table(["client", "metric", *domains], rows), "",
+            f"Traffic {human_bytes(summary['bytes_up'])} up and {human_bytes(summary['bytes_down'])} down; wall time "
+            f"{summary['seconds']:.0f} s; modelled transfer {_transfer_s(summary):.1f} s"
+            + ("; training per client: " + ", ".join(f"{c} {n:,} steps" for c, (n, _) in steps.items()) if steps else "")
+            + ".", ""]
 
 
 def _transfer_s(summary: dict) -> float:
@@ -350,28 +426,28 @@ def _difference_section(runs: Runs, metrics: list[tuple[str, str]]) -> list[str]
     others = [m for m in runs if m != BASELINE]
     if BASELINE not in runs or not others:
         return []
-    rows = []
+    rows = [[method, *(difference_cell(paired_differences(runs, method, k)) for k, _ in metrics)] for method in others]
+    clients = []
     for method in others:
-        cells = []
-        for k, _ in metrics:
-            diffs = paired_differences(runs, method, k)
-            if diffs:
-                mean, lo, hi = paired_bootstrap(diffs)
-                cells.append(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={len(diffs)})")
-            else:
-                cells.append("–")
-        rows.append([method, *cells])
+        diffs = paired_differences(runs, method, "bpb")
+        for client in dict.fromkeys(c for per in diffs.values() for c in per):
+            clients.append([method, client, *(f"{diffs[s][client]:+.3f}" if client in diffs.get(s, {}) else "–"
+                                              for s in sorted(runs[BASELINE]))])
     lower = [label for k, label in metrics if k in LOWER_IS_BETTER]
     higher = [label for k, label in metrics if k not in LOWER_IS_BETTER]
     sign = "; ".join(part for part in (
         f"negative is better for {', '.join(lower)}" if lower else "",
         f"positive is better for {', '.join(higher)}" if higher else "") if part)
     return [f"## Paired difference to {BASELINE}", "",
-            f"Mean of (method − {BASELINE}) over (client, seed) pairs on the same client and seed (a method with "
-            f"fewer seeds pairs on the seeds it has; centralized's one model is paired with each {BASELINE} "
-            f"client), with the 95% percentile interval of 10,000 paired bootstrap resamples (RNG seed 0) and "
-            f"the number of pairs. {sign[:1].upper() + sign[1:]}.", "",
-            *md_table(["method", *(label for _, label in metrics)], rows), ""]
+            f"The seed is the replicate: the clients of one seed share one label set, so they are not independent. "
+            f"Per seed, the mean over clients of (method − {BASELINE}) on the same client and seed (centralized's one "
+            f"model is paired with each {BASELINE} client); then the mean over seeds, the 95% t-interval over the "
+            f"seed means (`t`) and the 95% two-level bootstrap interval (`boot`: 10,000 resamples of the seeds, then "
+            f"of the clients within each drawn seed; RNG seed 0). With fewer than {MIN_SEEDS} seeds the seeds' "
+            f"values are printed and no interval is claimed. {sign[:1].upper() + sign[1:]}.", "",
+            *md_table(["method", *(label for _, label in metrics)], rows), "",
+            f"Per client, (method − {BASELINE}) in bits per byte, seed by seed:", "",
+            *md_table(["method", "client", *(f"seed {s}" for s in sorted(runs[BASELINE]))], clients), ""]
 
 
 def _own_other_section(runs: Runs, metrics: list[tuple[str, str]]) -> list[str]:
@@ -387,7 +463,7 @@ def _own_other_section(runs: Runs, metrics: list[tuple[str, str]]) -> list[str]:
             for m in methods]
     return ["## Own domain vs the other domains", "",
             "Per client its own private domain vs the mean over the other eval domains, then the mean over "
-            "clients; mean over seeds ± 95% t-interval. Methods without own domains (centralized, iid or "
+            f"clients; mean over seeds ± 95% t-interval ({MIN_SEEDS} seeds or more; fewer: their range). Methods without own domains (centralized, iid or "
             "dirichlet partitions) are left out.", "",
             *md_table(["method", *(f"{label} {('own', 'other')[i]}" for _, label, i in cols)], rows), ""]
 
@@ -401,7 +477,8 @@ def _nll_section(runs: Runs, cfg: RunConfig) -> list[str]:
     rows = [[c, models.get(c, "?"), *(over_seeds(per_seed, lambda s, c=c: seed_scores(s, "nll").get(c))
                                       for per_seed in runs.values())] for c in clients]
     return ["## Per-token NLL per client", "",
-            "Held-out reference NLL per token, averaged over the eval domains (mean over seeds ± 95% t-interval). "
+            f"Held-out reference NLL per token, averaged over the eval domains (mean over seeds ± 95% t-interval from "
+            f"{MIN_SEEDS} seeds on). "
             "Per-token NLL depends on the tokenizer, so compare it only within a row (one client, one model); "
             "across models use bits per byte.", "",
             *md_table(["client", "model", *runs], rows), ""]
@@ -527,6 +604,12 @@ def per_round_mean(per_seed: dict[int, dict], value: Callable[[dict], float | No
     return rounds, [float(np.mean(by_round[r])) for r in rounds]
 
 
+def _seeds_word(runs: Runs) -> str:
+    """How the plotted values are pooled over seeds: "one seed", or "mean over N seeds"."""
+    n = max((len(per_seed) for per_seed in runs.values()), default=1)
+    return "one seed" if n == 1 else f"mean over {n} seeds"
+
+
 def _plt():
     import matplotlib
 
@@ -556,7 +639,7 @@ def quality_figure(runs: Runs):
     fig, ax = _plt().subplots(figsize=(6, 4))
     for method, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=method)
-    ax.set(xlabel="round", ylabel="held-out bits per byte\n(mean over clients, domains, seeds)",
+    ax.set(xlabel="round", ylabel=f"held-out bits per byte\n(mean over clients and domains; {_seeds_word(runs)})",
            title="quality per round (lower is better)")
     _round_axis(ax)
     ax.legend()
@@ -576,14 +659,17 @@ def label_quality_figure(runs: Runs):
             prefix = f"{method}: " if len(methods) > 1 else ""
             clients = dict.fromkeys(c for s in per_seed.values() for r in s["per_round"]
                                     for c in (r.get("answer_quality") or {}).get("clients", {}))
-            series = [("consensus", ("consensus",), "-"), ("random client", ("random",), "--"),
-                      *((f"{c} own", ("clients", c), ":") for c in clients)]
-            for name, keys, style in series:
+            # the clients' own first and thin, the consensus last and thick: where it equals one client's answers
+            # (that client supplied every label) both lines stay visible
+            series = [*((f"{c} own", ("clients", c), ":", "x", 1.2) for c in clients),
+                      ("random client", ("random",), "--", "s", 1.5), ("consensus", ("consensus",), "-", "o", 3.0)]
+            for z, (name, keys, style, marker, width) in enumerate(series):
                 xs, ys = per_round_mean(per_seed, lambda r, keys=keys, metric=metric:
                                         _dig(r.get("answer_quality"), *keys, metric))
                 if xs:
-                    ax.plot(xs, ys, style, marker="o", label=prefix + name)
-        ax.set(xlabel="round", ylabel=f"{label} to the reference (mean over seeds)", title=f"pseudo-labels: {label}")
+                    ax.plot(xs, ys, style, marker=marker, linewidth=width, markersize=3 + width, zorder=2 + z,
+                            alpha=1.0 if name == "consensus" else 0.8, label=prefix + name)
+        ax.set(xlabel="round", ylabel=f"{label} to the reference ({_seeds_word(methods)})", title=f"pseudo-labels: {label}")
         _round_axis(ax)
         ax.legend(fontsize="small")
     return fig
@@ -597,8 +683,10 @@ def _dig(node, *keys):
     return node
 
 
-def bytes_figure(runs: Runs):
-    """Cumulative bytes per round of each method's first seed (log scale)."""
+def bytes_figure(runs: Runs, adapter: int | None = None):
+    """Cumulative bytes per round of each method's first seed (log scale). Without a FedAvg run, and with the
+    fp32 ``adapter`` size, LoRA-FedAvg of the same adapters as a dashed analytic line: every client's adapter up
+    and the average down, each communicating round."""
     series = {}
     for method, per_seed in runs.items():
         s = per_seed[min(per_seed)]
@@ -610,6 +698,12 @@ def bytes_figure(runs: Runs):
     fig, ax = _plt().subplots(figsize=(6, 4))
     for method, (rounds, total) in series.items():
         ax.plot(rounds, total, marker="o", label=method)
+    if adapter and "fedavg" not in runs and "semantic_consensus" in series:
+        s = runs["semantic_consensus"][min(runs["semantic_consensus"])]
+        rounds = [r["round"] for r in s["per_round"]]
+        per_round = [2 * adapter * len(s["clients"]) * (t > 0) for t in rounds]
+        ax.plot(rounds, np.maximum(np.cumsum(per_round), 1), "--", marker="s",
+                label="LoRA-FedAvg of the same adapters (analytic)")
     ax.set_yscale("log")
     ax.set(xlabel="round", ylabel="cumulative bytes (up + down, all clients)", title="communication (first seed)")
     _round_axis(ax)
@@ -625,7 +719,7 @@ def seconds_figure(runs: Runs):
         values = np.array([_seed_mean(ps, lambda s, p=phase: phase_seconds(s)[p]) for ps in runs.values()])
         ax.bar(list(runs), values, bottom=bottom, label=label)
         bottom += values
-    ax.set(ylabel="seconds (mean over seeds)", title="wall seconds per phase")
+    ax.set(ylabel=f"seconds ({_seeds_word(runs)})", title="wall seconds per phase")
     ax.legend()
     return fig
 
@@ -633,12 +727,12 @@ def seconds_figure(runs: Runs):
 PLOTS = dict(zip(PLOT_NAMES, (quality_figure, label_quality_figure, bytes_figure, seconds_figure), strict=True))
 
 
-def make_plots(out: Path, runs: Runs) -> tuple[list[Path], dict[str, str]]:
+def make_plots(out: Path, runs: Runs, adapter: int | None = None) -> tuple[list[Path], dict[str, str]]:
     """The report's PNG plots in ``out``, and for each plot without data why it is absent (its file, left by an
-    earlier report, is removed)."""
+    earlier report, is removed). ``adapter``: fp32 adapter bytes, for the bytes plot's analytic FedAvg line."""
     paths, absent = [], {}
     for name, figure in PLOTS.items():
-        fig, path = figure(runs), out / f"{name}.png"
+        fig, path = (figure(runs, adapter) if figure is bytes_figure else figure(runs)), out / f"{name}.png"
         if isinstance(fig, str):
             absent[name] = fig
             path.unlink(missing_ok=True)
@@ -705,10 +799,9 @@ def _over(per_seed: dict[int, dict], value: Callable[[dict], float | None], digi
 
 
 def _paired(runs: Runs, method: str, metric: str = "bpb") -> str:
-    if BASELINE not in runs or method == BASELINE or not (diffs := paired_differences(runs, method, metric)):
+    if BASELINE not in runs or method == BASELINE:
         return "–"
-    mean, lo, hi = paired_bootstrap(diffs)
-    return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={len(diffs)})"
+    return difference_cell(paired_differences(runs, method, metric))
 
 
 def _client_mean(summary: dict, metric: str = "bpb") -> float | None:
@@ -736,7 +829,7 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
     attacked = bool(ever)
     honest = lambda s: honest_mean(s, excluded=ever)  # noqa: E731
     head = ["cell", "method", "seeds", "bits/byte ↓", f"− {BASELINE} (paired)", "own ↓", "other ↓",
-            "label ROUGE-L", "label cosine", "expert share", "bytes", "wall s"]
+            "label ROUGE-L", "label cosine", "expert share", "steps / client", "bytes", "wall s"]
     head[6:6] = ["honest bits/byte ↓", "attacker share"] if attacked else []
     rows, record = [], []
     for cell in cells:
@@ -752,7 +845,7 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
                          *([_over(per_seed, honest), _over(per_seed, attacker_share, 2)] if attacked else []),
                          _over(per_seed, lambda s: label_quality(s, "rouge_l")),
                          _over(per_seed, lambda s: label_quality(s, "cosine")),
-                         _over(per_seed, mean_expert_share, 2),
+                         _over(per_seed, mean_expert_share, 2), budget_cell(per_seed, 0),
                          human_bytes(_seed_mean(per_seed, lambda s: s["bytes_up"] + s["bytes_down"])),
                          f"{_seed_mean(per_seed, lambda s: s['seconds']):.0f}"])
             record.append({"cell": cell.name, "overrides": cell.overrides, "method": method, "rule": rule,
@@ -769,12 +862,13 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
     described = "; ".join(f"`{k}` ∈ {{{', '.join(v)}}}" for k, v in axes.items())
     lines = ["# semcon ablate", "", f"Axes: {described}. "
              "Each cell is a compare (its own report.md in its folder). Bits per byte: held-out, client-mean, mean over "
-             "seeds ± 95% t-interval; paired: the mean of (method − local) over (client, seed) pairs of the same "
-             "cell with its 95% bootstrap interval; own/other: each client's own domain vs the mean of the others; "
+             f"seeds ± 95% t-interval from {MIN_SEEDS} seeds on (fewer: their range); paired: (method − local) with the "
+             "seed as the replicate, as in each cell's report; own/other: each client's own domain vs the mean of the others; "
              "label ROUGE-L / cosine: the pseudo-labels against the held-back references, mean over rounds; expert "
              "share: of each domain's labels, the share that is its expert's answer; honest bits/byte: the mean over "
              f"the clients that attack in no cell ({', '.join(sorted(ever)) or 'none'} left out of every cell, so "
-             "that all cells average the same clients); attacker share: the attackers' share of all labels, mean over rounds. "
+             "that all cells average the same clients); attacker share: the attackers' share of all labels, mean over rounds; "
+             "steps / client: optimizer steps of a client over the run (the clients' range in brackets). "
              "A run that started from an "
              "earlier cell's round 0 and round-1 answers (same seed, only the server's consensus differs) counts "
              "round 0's seconds as that run spent them and round 1's answers as free; a baseline that never reads "
@@ -789,7 +883,8 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
 
 def _axis_plot(out: Path, axis: str, axes: dict[str, list[str]], record: list[dict],
                panels: list[tuple[str, str]]) -> Path | None:
-    """Each panel's metric against one axis, one line per method and setting of the other axes (95% t-intervals)."""
+    """Each panel's metric against one axis, one line per method and setting of the other axes (95% t-intervals
+    from ``MIN_SEEDS`` seeds on)."""
     at = list(axes).index(axis)
     series: dict[str, dict[str, list[tuple[int, float, float]]]] = {key: {} for key, _ in panels}
     for r in record:
@@ -800,7 +895,8 @@ def _axis_plot(out: Path, axis: str, axes: dict[str, list[str]], record: list[di
         for key, _ in panels:
             if values := [v for v in r.get(key, []) if v is not None]:
                 mean, half = t_interval(values)
-                series[key].setdefault(" ".join([r["method"], *rest]), []).append((x, mean, half or 0.0))
+                half = half if len(values) >= MIN_SEEDS else 0.0  # too few seeds to claim an interval
+                series[key].setdefault(" ".join([r["method"], *rest]), []).append((x, mean, half))
     if not any(series.values()):
         return None
     plt = _plt()

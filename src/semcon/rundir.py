@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from semcon.config import METHODS, ConfigError, RunConfig, load_config
+from semcon.config import LOCAL_PLUS, METHODS, ConfigError, RunConfig, load_config
 from semcon.data import Prompt
 from semcon.protocol import Message, Upload, digest, raw_bytes
 
@@ -69,7 +69,7 @@ def claim(path: Path, overwrite: bool = False) -> Path:
         kind = kind_of(path)
         if kind is None:
             raise RunDirError(f"{path} is not empty and holds no semcon run: choose a new or empty --out")
-        if not overwrite:
+        if not overwrite and not never_started(path):
             hint = f", or `semcon resume {path}` to continue it" if kind == "run" else ""
             raise RunDirError(f"{path} holds an earlier semcon {kind}: pass --overwrite to replace it{hint}")
         remove_entries(path, kind)
@@ -83,12 +83,19 @@ def claim(path: Path, overwrite: bool = False) -> Path:
     return path
 
 
+def never_started(path: Path) -> bool:
+    """Whether ``path`` is an in-process run that stopped before completing any round (bad data, say): nothing in
+    it is worth keeping, so the same command may use the folder again without --overwrite."""
+    return kind_of(path) == "run" and not any((path / name).exists() for name in (
+        "summary.json", "flower.json", "checkpoints/state.json", "checkpoints/state.prev.json"))
+
+
 def remove_entries(path: Path, kind: str) -> None:
     """Remove what semcon wrote into ``path``; in a compare directory also the run directories
     ``<method>/seed-<S>/`` (or an older ``<method>/``), and a method folder only once it is empty."""
     names = list(RUN_ENTRIES if kind == "run" else COMPARE_ENTRIES)
     if kind == "compare":
-        for method in (path / m for m in METHODS if (path / m).is_dir() and not (path / m).is_symlink()):
+        for method in (path / m for m in (*METHODS, LOCAL_PLUS) if (path / m).is_dir() and not (path / m).is_symlink()):
             if kind_of(method) == "run":
                 names.append(method.name)
                 continue

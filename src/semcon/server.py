@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from semcon.config import ConsensusConfig
+from semcon.config import ConsensusConfig, PublicConfig
 from semcon.consensus import (
     Consensus,
     agreement_with_others,
@@ -168,7 +168,7 @@ def choose(cfg: ConsensusConfig, prompts: list[Prompt], answers: Answers, embedd
         carried = {n: round_float(v) for n, v in zip(answers.names, votes) if n != REFERENCE}
     common = {"threshold": cfg.threshold, "text_ids": text_ids, "confidence": answers.confidence, "tie_seed": tie_seed,
               "votes": votes, "merge": cfg.sybil_merge}
-    if cfg.rule in ("weighted_medoid", "gated"):
+    if cfg.used_signal is not None:  # a rule that reads competence
         comp = answers.competence[cfg.used_signal]
         comp = rank_normalize(comp) if cfg.competence_norm == "rank" else comp
         if cfg.rule == "weighted_medoid":
@@ -196,16 +196,24 @@ class SemanticConsensus:
     The server side holds the embedder and the consensus rule, and no model of its own. ``experts`` (each
     domain's expert client, for measurement: the oracle bound and the expert share of the labels)."""
 
-    name, upload_phase = "semantic_consensus", "generate"
+    name = "semantic_consensus"
 
     def __init__(self, cfg: ConsensusConfig, clients: list[str], prompts: list[Prompt], rounds: int,
-                 embedder: Embedder | None = None, seed: int = 0, experts: dict[str, str] | None = None):
+                 embedder: Embedder | None = None, seed: int = 0, experts: dict[str, str] | None = None,
+                 public: PublicConfig | None = None):
         self.cfg, self.seed, self.prompts, self.experts = cfg, seed, prompts, experts or {}
+        self.public = public or PublicConfig(num_prompts=max(len(prompts), 1))
         self.clients = clients  # client id = position; identical texts go to the lowest id
         self.embedder = embedder or Embedder(cfg.embedder, batch_size=cfg.embed_batch_size)
         self.schedule = Schedule(rounds)
-        self.limits = text_limits(len(prompts), cfg.max_answer_chars)
+        # the references-only bound's labels do not depend on any answer: nothing is answered or uploaded
+        self.upload_phase = None if cfg.rule == "oracle_reference" else "generate"
+        self.limits = text_limits(len(self.asked(1)), cfg.max_answer_chars)
         self.reputation: dict[str, float] = {}  # carried across rounds (consensus.reputation); in each round's row
+
+    def asked(self, t: int) -> list[Prompt]:
+        """The public prompts of round ``t`` (all the run's under ``public.per_round: fixed``)."""
+        return self.public.asked(self.prompts, t)
 
     def restore(self, rounds: list[dict]) -> None:
         """Take up the state carried across rounds from a resumed run's completed rows (the last reputation)."""
@@ -213,7 +221,7 @@ class SemanticConsensus:
 
     # the client side
     def upload(self, client, t, on_progress=None):
-        return client.answer(t, self.prompts, on_batch=on_progress)
+        return client.answer(t, self.asked(t), on_batch=on_progress)
 
     def receive(self, client, msg):
         client.pseudo = msg
@@ -225,7 +233,7 @@ class SemanticConsensus:
 
     def accept(self, round: int, messages: dict[str, Message]) -> tuple[dict[str, Upload], dict[str, str]]:
         """Validate every decoded upload; an invalid one is rejected for this round with its reason."""
-        ids = {p.id for p in self.prompts}
+        ids = {p.id for p in self.asked(round)}
 
         def valid(msg, name: str) -> Upload:
             if problems := validate_upload(msg, client=name, round=round, prompt_ids=ids,
@@ -239,16 +247,17 @@ class SemanticConsensus:
         """One consensus step: validate, embed all answers in one batch, the rule over the candidates of all
         prompts at once; the valid uploads are kept as rows (``uploads/round_NN.jsonl``)."""
         uploads, rejected = self.accept(round, messages)
-        answers = Answers.of(self.prompts, uploads, self.cfg.signals)
-        picked = choose(self.cfg, self.prompts, answers, self.embedder, self.experts, (self.seed % 2**32, round),
+        prompts = self.asked(round)
+        answers = Answers.of(prompts, uploads, self.cfg.signals)
+        picked = choose(self.cfg, prompts, answers, self.embedder, self.experts, (self.seed % 2**32, round),
                         self.reputation)
         self.reputation = picked.reputation or {}
-        labels = pseudo_labels(self.prompts, picked)
+        labels = pseudo_labels(prompts, picked)
         download = Download(round=round, labels={lab.prompt_id: lab.text for lab in labels},
                             finished={lab.prompt_id: lab.finished for lab in labels})
-        metrics = round_metrics(self.prompts, picked, labels, self.experts, self.embedder)
+        metrics = round_metrics(prompts, picked, labels, self.experts, self.embedder)
         return RoundResult(download, answers.names, rejected, labels, metrics, seconds={"embed": picked.seconds_embed},
-                           uploads=upload_rows(self.prompts, answers))
+                           uploads=upload_rows(prompts, answers))
 
 
 def pseudo_labels(prompts: list[Prompt], picked: Choice) -> list[PseudoLabel]:

@@ -38,7 +38,8 @@ class LocalGroup:
         self.answered = answered or {}  # round -> client -> upload already answered (a fork's round 1)
 
     def train_units(self, members: list[str]) -> int:
-        return sum(self.clients[n].steps for n in members)
+        labels = len(self.fed.algorithm.asked(1))  # at most one per prompt of a round
+        return sum(self.clients[n].planned_steps(labels) for n in members)
 
     def recipients(self, members: list[str]) -> list[str]:
         return members
@@ -73,7 +74,7 @@ class LocalGroup:
             return {n: self.answered[t][n] for n in members}, {}
         if algo.upload_phase == "generate":  # clients on one base model answer in shared batches
             try:
-                uploads = answer_together([self.clients[n] for n in members], t, algo.prompts)
+                uploads = answer_together([self.clients[n] for n in members], t, algo.asked(t))
             except Exception as e:  # reported for every client of the batch, as a failed phase behind Flower
                 return {}, {n: f"{type(e).__name__}: {e}" for n in members}
             for _ in members:

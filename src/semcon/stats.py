@@ -1,5 +1,6 @@
-"""Intervals for the compare report: a Student-t interval over seeds and a paired bootstrap over
-(client x seed) differences, both at 95% and reproducible (fixed resampling seed)."""
+"""Intervals for the reports, at 95% and reproducible (fixed resampling seed): a Student-t interval over seeds and a
+two-level bootstrap (seeds, then clients within a seed). The seed is the replicate: the clients of one seed share one
+label set, so they are not independent, and no interval is taken over client-seed pairs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from scipy import stats
 
 LEVEL = 0.95
 RESAMPLES = 10_000
+MIN_SEEDS = 5  # with fewer seeds a difference prints its values and claims no interval
 
 
 def t_interval(values: list[float]) -> tuple[float, float | None]:
@@ -21,14 +23,35 @@ def t_interval(values: list[float]) -> tuple[float, float | None]:
     return float(x.mean()), float(stats.t.ppf(0.5 + LEVEL / 2, len(x) - 1) * sem)
 
 
-def paired_bootstrap(differences: list[float], resamples: int = RESAMPLES,
-                     seed: int = 0) -> tuple[float, float, float]:
-    """Mean of paired differences and the 95% percentile interval of the mean over ``resamples``
-    resamples of the pairs (numpy default_rng(seed), so a report reproduces)."""
-    if not differences:
-        raise ValueError("paired_bootstrap: no differences")
-    d = np.asarray(differences, dtype=float)
+
+def two_level_bootstrap(groups: list[list[float]], resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of group means, resampling the groups (seeds) and then the values
+    (clients) within each drawn group, each with replacement (numpy default_rng(seed))."""
+    if not groups or not all(groups):
+        raise ValueError("two_level_bootstrap: every group needs a value")
+    counts = np.array([len(g) for g in groups])
+    padded = np.zeros((len(groups), counts.max()))
+    for k, g in enumerate(groups):
+        padded[k, :len(g)] = g
     rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    drawn = rng.integers(0, len(groups), size=(resamples, len(groups)))  # [R, S]
+    n = counts[drawn]  # [R, S]
+    within = (rng.random((resamples, len(groups), counts.max())) * n[..., None]).astype(int)  # [R, S, C]
+    used = np.arange(counts.max()) < n[..., None]
+    means = ((padded[drawn[..., None], within] * used).sum(-1) / n).mean(-1)
     lo, hi = np.percentile(means, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2])
-    return float(d.mean()), float(lo), float(hi)
+    return float(lo), float(hi)
+
+
+def seed_level(per_seed: dict[int, list[float]]) -> dict:
+    """A paired difference with the seed as the replicate: each seed's mean over its clients, their mean, and,
+    from ``MIN_SEEDS`` seeds on, the t-interval over the seed means and the two-level bootstrap interval (None
+    below that: too few replicates to claim one)."""
+    seeds = sorted(per_seed)
+    means = [float(np.mean(per_seed[s])) for s in seeds]
+    out = {"seeds": seeds, "seed_means": means, "mean": float(np.mean(means)), "t": None, "bootstrap": None}
+    if len(seeds) >= MIN_SEEDS:
+        mean, half = t_interval(means)
+        out["t"] = (mean - half, mean + half)
+        out["bootstrap"] = two_level_bootstrap([list(per_seed[s]) for s in seeds])
+    return out

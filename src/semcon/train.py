@@ -125,7 +125,7 @@ def response_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor], hidden:
 
 
 def train_lora(model: torch.nn.Module, fmt: ChatFormat, examples: list[TokenizedExample], *, steps: int,
-               batch_size: int, lr: float, seed: int, device: torch.device, dtype: torch.dtype,
+               batch_size: int, lr: float, seed: int | str, device: torch.device, dtype: torch.dtype,
                micro_batch_tokens: int = 1024, prox_mu: float = 0.0, on_step=None) -> TrainStats:
     """``steps`` AdamW steps on the active adapter over length-grouped batches of ``examples``.
 

@@ -30,6 +30,7 @@ from semcon.data.examples import (
            choice_instruction,
            choice_row,
            final_number,
+           without_annotations,
 )
 from semcon.data.jsonl import PUBLIC_FILE_DOMAIN, read_jsonl, read_prompts
 from semcon.data.sources import load_selection
@@ -37,4 +38,4 @@ from semcon.data.splits import MIXED, Splits, build_splits, experts_of, public_p
 
 __all__ = ["ANSWER_LINE", "DEFAULT_CATEGORY", "LETTERS", "MIXED", "PUBLIC_FILE_DOMAIN", "TASKS", "DataError", "Example",
            "Prompt", "Row", "Splits", "Task", "build_splits", "choice_instruction", "experts_of", "choice_row", "final_number",
-           "load_selection", "public_prompts", "read_jsonl", "read_prompts"]
+           "load_selection", "public_prompts", "read_jsonl", "read_prompts", "without_annotations"]

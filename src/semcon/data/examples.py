@@ -15,6 +15,7 @@ TASKS: tuple[str, ...] = ("generative", "multiple_choice", "numeric")
 LETTERS = "ABCDEFGHIJ"  # option letters of multiple choice rows (2 to 10 options)
 ANSWER_LINE = "Answer with the letter of the correct option."
 # A number as written in an answer ("-$1,000.50"); a minus right after a word character is an operator.
+_ANNOTATION = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator annotations: 4*33=<<4*33=132>>132
 _NUMBER = re.compile(r"((?<![\w.])-)?\$?(\d(?:[\d,]*\d)?(?:\.\d+)?)")
 
 
@@ -68,6 +69,11 @@ def final_number(text: str) -> Decimal | None:
         return None
     sign, digits = found[0] if "####" in text else found[-1]
     return Decimal(sign + digits.replace(",", ""))
+
+
+def without_annotations(text: str) -> str:
+    """The text without GSM8K's calculator annotations (``<<4*33=132>>``), which no model-written answer carries."""
+    return _ANNOTATION.sub("", text)
 
 
 def choice_instruction(question: str, choices: tuple[str, ...]) -> str:

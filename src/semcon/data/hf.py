@@ -4,9 +4,9 @@ json/jsonl/csv/parquet files, read through ``datasets`` and validated like the u
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
+from semcon.assets import hub_offline
 from semcon.config import DataSelection
 from semcon.data.examples import DEFAULT_CATEGORY, DataError, Row
 from semcon.data.jsonl import _checked_row
@@ -43,8 +43,7 @@ def _load(sel: DataSelection):
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds (not found, offline, bad split, bad file)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        hint = " (HF_HUB_OFFLINE is set: set HF_HUB_OFFLINE=0 to reach the hub)" if offline and not path.exists() else ""
+        hint = " (HF_HUB_OFFLINE is set: set HF_HUB_OFFLINE=0 to reach the hub)" if hub_offline() and not path.exists() else ""
         raise DataError(f"{where}: cannot load ({e.__class__.__name__}: {reason[:200]}){hint}") from None
 
 

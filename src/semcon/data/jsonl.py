@@ -72,9 +72,56 @@ def _checked_choices(obj: dict, where: str) -> None:
         raise DataError(f"{where}: multiple_choice needs 'answer', one of the letters {', '.join(letters)}")
 
 
+def _turns(messages, where: str, key: str) -> list[tuple[str, str]]:
+    """``(role, content)`` of a list of chat messages (``{"role": ..., "content": ...}``), else DataError."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: {key!r} must be a non-empty list of {{'role', 'content'}} messages")
+    turns = []
+    for k, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise DataError(f"{where}: {key}[{k}] must be an object with string 'role' and 'content'")
+        turns.append((m["role"], m["content"]))
+    return turns
+
+
+def _single_turn(turns: list[tuple[str, str]], where: str, need_answer: bool = True) -> tuple[str, str | None]:
+    """The instruction (a system message, if any, put before the user's) and the assistant's answer of a
+    single-turn conversation."""
+    roles = [r for r, _ in turns]
+    shape = ["system"] * (roles[:1] == ["system"]) + ["user"] + ["assistant"] * need_answer
+    if roles != shape:
+        raise DataError(f"{where}: only single-turn conversations can be rows (an optional system message, one user "
+                        f"message{', one assistant message' if need_answer else ''}); got roles {', '.join(roles)}")
+    text = dict(turns)
+    instruction = f"{text['system']}\n\n{text['user']}" if "system" in text else text["user"]
+    return instruction, text.get("assistant")
+
+
+def _as_instruction(obj: dict, where: str) -> dict:
+    """A row in TRL's conversational (``messages``) or prompt-completion (``prompt``/``completion``, strings or
+    message lists) format as the instruction/response row it is; other rows as they are."""
+    if "instruction" in obj:
+        return obj
+    if "messages" in obj:
+        instruction, response = _single_turn(_turns(obj["messages"], where, "messages"), where)
+    elif "prompt" in obj and "completion" in obj:
+        prompt, completion = obj["prompt"], obj["completion"]
+        if isinstance(prompt, list) or isinstance(completion, list):
+            instruction, response = _single_turn(_turns(prompt, where, "prompt") + _turns(completion, where, "completion"),
+                                                 where)
+        else:
+            instruction, response = prompt, completion
+    else:
+        return obj
+    return {k: v for k, v in obj.items() if k not in ("messages", "prompt", "completion")} | {
+        "instruction": instruction, "response": response}
+
+
 def _checked_row(obj: dict, where: str) -> dict:
     """Validate one row: ``instruction``, ``response`` (not for multiple choice, whose response is built from
-    ``answer``), optional ``category`` and ``task`` (null counts as absent)."""
+    ``answer``), optional ``category`` and ``task`` (null counts as absent). TRL's ``messages`` and
+    ``prompt``/``completion`` rows are read as the instruction/response row they hold."""
+    obj = _as_instruction(obj, where)
     _text_field(obj, "instruction", where)
     category, task = obj.get("category"), obj.get("task") or "generative"
     if category is not None and not isinstance(category, str):
@@ -118,7 +165,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def read_prompts(path: Path) -> list[Prompt]:
-    """Read a public prompt file: JSONL with ``instruction`` and optional ``id`` (default ``p0000``...).
+    """Read a public prompt file: JSONL with ``instruction`` (or TRL's ``prompt``, or ``messages`` of one user
+    turn) and optional ``id`` (default ``p0000``...).
 
     Repeated instructions are dropped with a warning; a repeated id is an error.
     """
@@ -127,6 +175,12 @@ def read_prompts(path: Path) -> list[Prompt]:
     seen_id: dict[str, int] = {}
     for lineno, obj in _jsonl_objects(path):
         where = f"{path}:{lineno}"
+        if "instruction" not in obj and "messages" in obj:
+            obj = {**obj, "instruction": _single_turn(_turns(obj["messages"], where, "messages"), where, False)[0]}
+        elif "instruction" not in obj and "prompt" in obj:
+            prompt = obj["prompt"]
+            obj = {**obj, "instruction": _single_turn(_turns(prompt, where, "prompt"), where, False)[0]
+                   if isinstance(prompt, list) else prompt}
         text = _text_field(obj, "instruction", where)
         if text.strip() in seen_text:
             log.warning("%s: repeated public prompt dropped", where)

@@ -87,6 +87,27 @@ def _public_quotas(available: dict[str, int], num: int) -> dict[str, int]:
     return quota
 
 
+def _spare(cfg: RunConfig, rest: dict[str, list[Example]]) -> dict[str, int]:
+    """Rows each domain has beyond its evaluation set and the private rows its clients ask for (pooled partitions:
+    every domain keeps all the clients' rows, so that the pool leaves the mix of the private rows as it was)."""
+    members = [c for c in cfg.clients if c.data is not None]
+    if cfg.data.partition == "category":
+        need = {d: sum(_wanted(cfg, c) for c in members if c.data.domain == d) for d in rest}
+    else:
+        need = dict.fromkeys(rest, sum(_wanted(cfg, c) for c in cfg.clients))
+    return {d: len(r) - need[d] for d, r in rest.items()}
+
+
+def _pool(cfg: RunConfig, rest: dict[str, list[Example]]) -> dict[str, int]:
+    """Rows each domain gives to the public pool (``public.pool``, else the same count from each domain: what
+    the one that can spare fewest can spare, and at least the prompts the run answers), before any private row
+    is dealt."""
+    size = cfg.public.pool
+    if size is None:
+        size = max(len(rest) * min(_spare(cfg, rest).values(), default=0), cfg.public.drawn(cfg.rounds))
+    return _public_quotas({d: len(r) for d, r in rest.items()}, size)
+
+
 def _round_robin(slices: dict[str, list[Example]]) -> list[Prompt]:
     """Interleave the domains' public slices, each response kept only as the server's reference; ids
     ``p0000``... in order."""
@@ -283,14 +304,20 @@ def _carve(cfg: RunConfig, public: list[Prompt] | None = None, node: str | None 
         if len(eval_sets[d]) < n_eval:
             log.warning("domain %s: only %d eval examples (eval_per_domain=%d)", d, len(eval_sets[d]), n_eval)
 
-    if drawn:
-        texts = {p.instruction for p in public}
-        rest = {d: [e for e in examples if e.instruction not in texts] for d, examples in rest.items()}
-    elif public is None:
-        quota = _public_quotas({d: len(r) for d, r in rest.items()}, num)
-        public = _round_robin({d: rest[d][:quota[d]] for d in rest})
+    if not cfg.public.own:  # the pool leaves the domains whatever the budget, so the private rows never depend on it
+        quota = _pool(cfg, rest)
+        pool = _round_robin({d: rest[d][:quota[d]] for d in rest})
         rest = {d: rest[d][quota[d]:] for d in rest}
-    if len(public) < num:
+        if drawn:  # as drawn before (the data may have changed since): those rows leave too
+            texts = {p.instruction for p in public}
+            rest = {d: [e for e in examples if e.instruction not in texts] for d, examples in rest.items()}
+        else:
+            public = pool[:cfg.public.drawn(cfg.rounds)]
+    if len(public) < cfg.public.drawn(cfg.rounds):
+        where = "file" if cfg.public.path else "public data" if cfg.public.data else "pool (public.pool)"
+        if cfg.public.per_round == "fresh":
+            raise DataError(f"public.per_round=fresh: {cfg.rounds} rounds of public.num_prompts={num} need "
+                            f"{cfg.public.drawn(cfg.rounds)} prompts, the {where} holds {len(public)}")
         log.warning("public prompt set has %d prompts, fewer than public.num_prompts=%d", len(public), num)
     return eval_sets, public, rest
 
@@ -298,7 +325,7 @@ def _carve(cfg: RunConfig, public: list[Prompt] | None = None, node: str | None 
 def _own_public(cfg: RunConfig) -> list[Prompt]:
     """The prompts of ``public.path`` (in file order), or of ``public.data`` (drawn by ``data.split_seed``, each
     keeping its response as the server's reference)."""
-    num = cfg.public.num_prompts
+    num = cfg.public.drawn(cfg.rounds)
     if cfg.public.path is not None:
         return read_prompts(cfg.public.path)[:num]
     rows = _shuffled(load_selection(cfg.public.data, cfg.data.max_chars), f"{cfg.data.split_seed}:public")[:num]
