@@ -64,6 +64,12 @@ def main(committed: Path, reruns: dict[str, Path]) -> None:
             cells = [f"{times[n][phase]:.0f}" for n in names]
             ratios = [f"{times[n][phase] / times[base][phase]:.2f}" for n in names[2:]]
             print(f"| {phase} | {' | '.join(cells + ratios)} |")
+    generate = {n: [r["seconds"].get("generate", 0.0) for r in json.loads((path / "summary.json").read_text(
+        encoding="utf-8"))["per_round"]] for n, path in {"committed": committed, **reruns}.items()}
+    print("\nAnswering the public prompts, seconds per round:\n")
+    print(f"| round | {' | '.join(names)} |\n|---|" + "---|" * len(names))
+    for t in range(1, len(generate["committed"])):
+        print(f"| {t} | {' | '.join(f'{generate[n][t]:.0f}' for n in names)} |")
     print("\n| re-run | round | against the committed run |\n|---|---|---|")
     differing = {}
     for name, path in reruns.items():
