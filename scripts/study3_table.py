@@ -1,0 +1,150 @@
+"""The third study's tables and figure (docs/results/study3/): every run of configs/study3.yaml that has finished,
+paired with local on the seed (the replicate), and the budget curve: the paired gain over local against the bytes
+moved. Folders that have not run yet are left out and named.
+
+    python scripts/study3_table.py [RUNS_DIR] > docs/results/study3/summary.md     (RUNS_DIR: runs/study3)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from semcon.comm import human_bytes
+from semcon.provenance import describe, provenance
+from semcon.report import (budget_cell, difference_cell, mean_expert_share, over_seeds, own_other, paired_differences,
+                           seed_scores)
+from semcon.stats import MIN_SEEDS, t_interval
+
+ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/study3")
+FIGURE = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "budget_curve.png"
+# label, folder of seed-N runs, public prompts answered a round (None: none), whether it is a bound
+ROWS = [
+    ("local", "gain/local", None, False),
+    ("local+ (as many extra private steps)", "gain/local+", None, False),
+    ("gated on knn, 64 a round", "gain/semantic_consensus", 64, False),
+    ("medoid, 64 a round", "medoid/semantic_consensus", 64, False),
+    ("gated on knn, 256 a round (fresh)", "gated-256/semantic_consensus", 256, False),
+    ("oracle_expert, 256 a round (a bound)", "expert-256/semantic_consensus", 256, True),
+    ("oracle_reference, 64 a round (a bound)", "reference-64/semantic_consensus", 64, True),
+    ("oracle_reference, 192 a round (a bound)", "reference-192/semantic_consensus", 192, True),
+    ("oracle_reference, 576 a round (a bound)", "reference-576/semantic_consensus", 576, True),
+    ("FedAvg", "fedavg/fedavg", None, False),
+]
+METRICS = (("bpb", "bits/byte ↓"), ("bpb_plain", "plain ↓"), ("rouge_l", "ROUGE-L ↑"), ("exact_match", "GSM8K EM ↑"),
+           ("accuracy", "MMLU acc ↑"))
+
+
+def runs_in(folder: Path) -> dict[int, dict]:
+    return {int(p.parent.name.removeprefix("seed-")): json.loads(p.read_text())
+            for p in sorted(folder.glob("seed-*/summary.json"))}
+
+
+def client_mean(metric: str):
+    return lambda s: float(np.mean(list(v.values()))) if (v := seed_scores(s, metric)) else None
+
+
+def total_bytes(s: dict) -> float:
+    return s["bytes_up"] + s["bytes_down"]
+
+
+def main() -> None:
+    found = {label: (runs_in(ROOT / folder), budget, bound) for label, folder, budget, bound in ROWS}
+    missing = [label for label, (runs, _, _) in found.items() if not runs]
+    found = {label: row for label, row in found.items() if row[0]}
+    local = found.get("local", ({}, None, False))[0]
+    plus = found.get("local+ (as many extra private steps)", ({}, None, False))[0]
+    commits = sorted({s.get("provenance", {}).get("commit", "?")[:7] for runs, _, _ in found.values() for s in runs.values()})
+    print(f"Tabulated by `python scripts/study3_table.py` with {describe(provenance())}, from the runs' summary.json "
+          f"files (they ran at commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)}).\n")
+    print(f"The seed is the replicate. Quality: held-out, client mean over the four domains, mean over seeds with the "
+          f"95% t-interval from {MIN_SEEDS} seeds on (fewer: the seeds' range). '− local' and '− local+': per seed the "
+          "mean over clients of the paired difference, then the mean over seeds with its t-interval over seeds and "
+          f"two-level bootstrap (`boot`), from {MIN_SEEDS} seeds on; fewer: every seed's value and no interval. "
+          "Bits per byte: lower is better; `plain`: without GSM8K's calculator annotations.\n")
+    head = ["run", "seeds", *(label for _, label in METRICS), "− local (bits/byte)", "− local+ (bits/byte)",
+            "own ↓", "other ↓", "expert share", "steps / client", "bytes", "wall s"]
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for label, (runs, _, _) in found.items():
+        cells = [over_seeds(runs, client_mean(k)) for k, _ in METRICS]
+        vs_local = difference_cell(paired_differences({"local": local, "x": runs}, "x", "bpb")) if local and \
+            not label.startswith("local") else "–"
+        vs_plus = difference_cell(paired_differences({"local": plus, "x": runs}, "x", "bpb")) if plus and \
+            not label.startswith("local") else "–"
+        if label.startswith("local+") and local:
+            vs_local = difference_cell(paired_differences({"local": local, "x": runs}, "x", "bpb"))
+        print(f"| {label} | {len(runs)} | {' | '.join(cells)} | {vs_local} | {vs_plus} | "
+              f"{over_seeds(runs, lambda s: own_other(s, 'bpb')[0])} | {over_seeds(runs, lambda s: own_other(s, 'bpb')[1])} | "
+              f"{over_seeds(runs, mean_expert_share, 2)} | {budget_cell(runs, 0)} | "
+              f"{human_bytes(np.mean([total_bytes(s) for s in runs.values()]))} | "
+              f"{over_seeds(runs, lambda s: s['seconds'], 0)} |")
+    if missing:
+        print(f"\nNot run yet: {'; '.join(missing)}.")
+    if local:
+        print("\nPer client, (run − local) in bits per byte, seed by seed:\n")
+        seeds = sorted(local)
+        print("| run | client | " + " | ".join(f"seed {s}" for s in seeds) + " |\n|---|---|" + "---|" * len(seeds))
+        for label, (runs, _, _) in found.items():
+            if label == "local":
+                continue
+            diffs = paired_differences({"local": local, "x": runs}, "x", "bpb")
+            for c in dict.fromkeys(c for per in diffs.values() for c in per):
+                print(f"| {label} | {c} | " + " | ".join(f"{diffs[s][c]:+.3f}" if c in diffs.get(s, {}) else "–"
+                                                         for s in seeds) + " |")
+        figure(found, local, plus)
+        print(f"\n![paired gain over local against bytes moved]({FIGURE.name})")
+
+
+def gain(runs: dict[int, dict], local: dict[int, dict]) -> tuple[float, float]:
+    """Mean over seeds of (local − run) in bits per byte (positive: better than local) and the t half-width
+    (0 below ``MIN_SEEDS`` seeds: no interval claimed)."""
+    diffs = paired_differences({"local": local, "x": runs}, "x", "bpb")
+    means = [-float(np.mean(list(per.values()))) for per in diffs.values()]
+    mean, half = t_interval(means)
+    return mean, (half or 0.0) if len(means) >= MIN_SEEDS else 0.0
+
+
+def figure(found: dict, local: dict, plus: dict) -> None:
+    """Paired gain over local against bytes moved (log scale): a line per rule across budgets, FedAvg a point,
+    local+ a band (it moves no bytes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    families: dict[str, list[tuple[float, float, float, str]]] = {}
+    for label, (runs, budget, _) in found.items():
+        if label.startswith("local") or not runs:
+            continue
+        family = label.split(",")[0]
+        mean, half = gain(runs, local)
+        families.setdefault(family, []).append((float(np.mean([total_bytes(s) for s in runs.values()])), mean, half,
+                                                f"{budget}" if budget else ""))
+    for family, points in families.items():
+        points.sort()
+        xs, ys, err, names = zip(*points)
+        ax.errorbar(xs, ys, yerr=err, marker="o" if "FedAvg" not in family else "*", capsize=3,
+                    linestyle="--" if "bound" in family or "oracle" in family else "-", label=family)
+        for x, y, name in zip(xs, ys, names):
+            if name:
+                ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
+    if plus:
+        mean, half = gain(plus, local)
+        lo, hi = (mean - half, mean + half) if half else (mean - 1e-4, mean + 1e-4)
+        ax.axhspan(lo, hi, color="grey", alpha=0.3, label="local+ (no bytes)")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set(xlabel="bytes moved in a run (up + down, all clients; log scale)",
+           ylabel="local − run, bits per byte\n(above 0: better than local)",
+           title="what text consensus buys, against its traffic")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(FIGURE, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
