@@ -1,4 +1,4 @@
-# semcon: `make quick` gives a first result in about two minutes, `make demo` runs the default federation,
+# semcon: `make quick` gives a first result in under a minute after `make setup`, `make demo` runs the default federation,
 # `make test` runs the test suite, `make docs` builds the documentation site.
 PYTHON ?= python3
 VENV := .venv

@@ -1,4 +1,4 @@
-"""The round loop of DESIGN.md §1, shared by every transport (in-process and Flower).
+"""The round loop of the method (docs/method.md, "The round"), shared by every transport (in-process and Flower).
 
 A transport is a ``ClientGroup``: it runs the clients' side of a phase and hands back encoded payloads or
 small reports. The loop owns the server side: aggregation, the ledger, pseudo-labels and checkpoints, so
