@@ -1,6 +1,6 @@
 """``semcon compare``: several methods on one setting, each over one or more seeds, then one report.
 
-Run directories are ``OUT/<method>/seed-<S>/``. ``report.py`` writes the report (intervals over seeds, paired
+Run directories are ``OUT/<method>/seed-<S>/``. ``semcon.report`` writes the report (intervals over seeds, paired
 differences to ``local``, own vs other domains, bytes, time, plots); this module plans and runs.
 """
 
