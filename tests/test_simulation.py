@@ -43,6 +43,11 @@ def test_run_directory_has_every_file(tiny_run):
     for client in ("geo", "math"):
         assert (out / "adapters" / client / "adapter_model.safetensors").is_file()
     assert json.loads((out / "summary.json").read_text())["clients"] == ["geo", "math"]
+    # the fp32 adapter's size, recorded once at the run's end for the reports' LoRA-FedAvg comparison
+    from safetensors.torch import load_file
+
+    tensors = load_file(out / "adapters" / "geo" / "adapter_model.safetensors")
+    assert summary["adapter_bytes"] == 4 * sum(t.numel() for t in tensors.values())
 
 
 def test_replaying_a_competence_rule_on_a_run_without_competence_says_so(tiny_run):

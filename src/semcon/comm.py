@@ -188,6 +188,18 @@ def lora_parameters(arch: Arch, rank: int, targets: str | Iterable[str] = ALL_LI
     return arch.num_hidden_layers * sum(rank * sum(shapes[m]) for m in parse_targets(targets))
 
 
+def adapter_bytes(model: str, rank: int, targets: str | Iterable[str]) -> int | None:
+    """An fp32 LoRA adapter of ``model`` (a known name, or a model that resolves to a config.json) in bytes; None
+    where its shape cannot be read here (a hub id without network)."""
+    try:
+        from semcon.assets import resolve_model
+
+        arch = ARCHS[model] if model in ARCHS else arch_from_config(resolve_model(model))
+    except Exception:  # noqa: BLE001 - a hub id without network, a shape semcon does not know: no figure
+        return None
+    return lora_parameters(arch, rank, targets) * 4
+
+
 def dtype_bytes(dtype: str) -> int:
     """Bytes per parameter of a tensor dtype (fp32, fp16, bf16)."""
     try:

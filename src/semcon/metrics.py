@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from semcon.comm import adapter_bytes
 from semcon.config import NetworkConfig, RunConfig
 from semcon.provenance import provenance
 from semcon.protocol import Message
@@ -170,4 +171,6 @@ def summarize(cfg: RunConfig, method: str, clients: list[str], state: RunState, 
         # examples (private + pseudo-labels) left out of the last round's training for exceeding train.max_length
         "dropped_too_long": next((r["dropped_too_long"] for r in reversed(rounds) if r.get("dropped_too_long")), {}),
         "provenance": provenance(),  # of the session that finished the run
+        # an fp32 LoRA adapter of this run's model, for the reports' LoRA-FedAvg comparison (None: unknown shape)
+        "adapter_bytes": adapter_bytes(cfg.clients[0].model, cfg.train.lora.r, cfg.train.lora.target_modules),
     }

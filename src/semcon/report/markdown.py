@@ -42,7 +42,8 @@ def write_report(out: Path, runs: Runs, cfgs: dict[str, RunConfig], skipped: dic
     written into its own directory). ``missing``: planned runs that have not finished, named in the report."""
     out = Path(out)
     cfg = next(iter(cfgs.values()))
-    plots, absent = make_plots(out, runs, adapter_bytes(cfg))
+    first = next(iter(next(iter(runs.values())).values()), None) if runs else None
+    plots, absent = make_plots(out, runs, adapter_bytes(cfg, first))
     single = kind_of(out) == "run"
     metrics = [(k, label) for k, label in METRICS
                if any(seed_scores(s, k) for per_seed in runs.values() for s in per_seed.values())]

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from semcon.comm import ARCHS, arch_from_config, human_bytes, lora_parameters
+from semcon.comm import adapter_bytes as comm_adapter_bytes
+from semcon.comm import human_bytes
 from semcon.config import RunConfig
 
 
@@ -100,24 +101,19 @@ def per_client_round(summary: dict) -> float:
     return total / max(len(rounds) * len(summary["clients"]), 1)
 
 
-def adapter_bytes(cfg: RunConfig) -> int | None:
-    """The fp32 LoRA adapter of the run's first client in bytes, from its model's shapes (None: a shape semcon cannot
-    read here, such as a hub id without network)."""
-    model = cfg.clients[0].model
-    try:
-        from semcon.assets import resolve_model
-
-        arch = ARCHS[model] if model in ARCHS else arch_from_config(resolve_model(model))
-    except Exception:  # noqa: BLE001 - a hub id without network: no analytic figure
-        return None
-    return lora_parameters(arch, cfg.train.lora.r, cfg.train.lora.target_modules) * 4
+def adapter_bytes(cfg: RunConfig, summary: dict | None = None) -> int | None:
+    """The fp32 LoRA adapter of the run's first client in bytes: as the run recorded it at its end (``summary``),
+    else from its model's shapes (runs from before it was recorded)."""
+    if summary is not None and "adapter_bytes" in summary:
+        return summary["adapter_bytes"]
+    return comm_adapter_bytes(cfg.clients[0].model, cfg.train.lora.r, cfg.train.lora.target_modules)
 
 
 def analytic_ratio(cfg: RunConfig, summary: dict) -> str | None:
     """LoRA-FedAvg over semantic-consensus bytes for this run's model, from its shapes and the measured
     mean answer bytes (so the report puts the analytic figure beside the measured one)."""
     up = [r for r in summary["per_round"] if r.get("prompts")]
-    if not up or (one := adapter_bytes(cfg)) is None:
+    if not up or (one := adapter_bytes(cfg, summary)) is None:
         return None
     adapter = 2 * one  # up and down
     text = np.mean([(r["bytes_up"] + r["bytes_down"]) / max(len(r.get("accepted", [])), 1) for r in up])
