@@ -1,7 +1,8 @@
 """MkDocs hook (mkdocs.yml `hooks:`): the configuration and command-line references, generated from the code at
-every build and never written into docs/, so that they cannot fall behind it; the README's "Which rule?" section,
-shown where a page says `<!-- which-rule -->`, so that its words live in one place; and a report's links to run
-folders (which are files, not pages) pointed at those folders in the repository."""
+every build and never written into docs/, so that they cannot fall behind it; the front page, which is the README
+(its links to docs/ pages made site links); the README's "Which rule?" section, shown where a page says
+`<!-- which-rule -->`, so that its words live in one place; and a report's links to run folders (which are files,
+not pages) pointed at those folders in the repository."""
 
 import posixpath
 import re
@@ -12,8 +13,27 @@ from mkdocs.structure.files import File
 from semcon.reference import cli_reference, config_reference
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+LINK = re.compile(r"\]\((?!https?:|#|mailto:)([^)\s]+)\)")
+
+
+def front_page(repo_url: str) -> str:
+    """The README as the site's front page: a link into docs/ becomes a link to that page, any other link a link to
+    the file in the repository."""
+    def relink(match: re.Match) -> str:
+        target = match.group(1)
+        if target.startswith("docs/"):
+            return f"]({target.removeprefix('docs/')})"
+        return f"]({repo_url.rstrip('/')}/blob/main/{target})"
+
+    return LINK.sub(relink, README.read_text(encoding="utf-8"))
+
+
 def on_files(files, config):
-    for path, text in (("reference/config.md", config_reference()), ("reference/cli.md", cli_reference())):
+    for path, text in (("reference/config.md", config_reference()), ("reference/cli.md", cli_reference()),
+                       ("index.md", front_page(config["repo_url"]))):
+        if (old := files.get_file_from_path(path)) is not None:
+            files.remove(old)
         files.append(File.generated(config, path, content=text))
     return files
 
@@ -23,8 +43,7 @@ WHICH_RULE = "<!-- which-rule -->"
 
 def which_rule() -> str:
     """The README's "Which rule?" section, without its heading and its comment."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Which rule?\n", 1)[1].split("\n## ", 1)[0]
+    section = README.read_text(encoding="utf-8").split("## Which rule?\n", 1)[1].split("\n## ", 1)[0]
     return re.sub(r"<!--.*?-->\n", "", section).strip()
 
 
