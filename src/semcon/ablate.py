@@ -53,12 +53,21 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return axes
 
 
+def value_name(value: str) -> str:
+    """A grid value as it reads in a folder name: a list as its items (``[knn, gain]``: ``knn,gain``; ``[]``:
+    ``none``), anything else with the characters a folder name cannot hold made ``_``."""
+    v = value.strip()
+    if v.startswith("[") and v.endswith("]"):
+        v = ",".join(x.strip().strip("'\"") for x in v[1:-1].split(",") if x.strip()) or "none"
+    return re.sub(r"[^A-Za-z0-9._,-]+", "_", v).strip("_") or "_"
+
+
 def cells_of(axes: dict[str, list[str]]) -> list[Cell]:
-    """The cartesian product of the axes, in order, each named for its values."""
+    """The cartesian product of the axes, in order, each named for its values (``key=value`` joined by ``+``)."""
     cells = []
     for values in itertools.product(*axes.values()):
         overrides = [f"{k}={v}" for k, v in zip(axes, values)]
-        name = "+".join(re.sub(r"[^A-Za-z0-9._=-]+", "_", o).strip("_") for o in overrides)
+        name = "+".join(f"{re.sub(r'[^A-Za-z0-9._-]+', '_', k)}={value_name(v)}" for k, v in zip(axes, values))
         cells.append(Cell(name, overrides))
     return cells
 
