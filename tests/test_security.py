@@ -414,7 +414,8 @@ def ssh_key(path, comment: str):
 
 
 def flwr_cli(home, *args, timeout=120):
-    from semcon.flower.launch import flower_env, flwr_bin
+    from semcon.flower import flwr_bin
+    from semcon.flower.launch import flower_env
 
     done = subprocess.run([flwr_bin("flwr"), *map(str, args)], env=flower_env(home), capture_output=True, text=True,
                           timeout=timeout)

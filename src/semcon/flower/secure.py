@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from semcon.flower.launch import flwr_bin
+from semcon.flower import flwr_bin
 from semcon.flower.signing import TRUSTED_KEY_ID
 from semcon.protocol import is_int
 
