@@ -8,6 +8,7 @@ import yaml
 from conftest import cli, one_line_error, rows, tiny_tree
 
 from semcon.rundir import jsonl
+from semcon.replay import same_label
 
 
 def edited(run, tmp_path, name, index, field="text"):
@@ -140,3 +141,12 @@ def test_ablate_shares_round_0_between_consensus_cells_and_reports_a_failed_one(
     # run again: the finished cells are kept, not run again
     stamp = (second / "summary.json").stat().st_mtime
     assert cli(*args).exit_code == 0 and (second / "summary.json").stat().st_mtime == stamp
+
+
+def test_same_label_allows_the_embedders_last_digits_only():
+    row = {"prompt_id": "p0", "prompt": "q", "client": "a", "text": "t", "agreement": 0.71765, "answers": 3,
+           "finished": True, "confidence": None}
+    assert same_label({**row, "agreement": 0.717649}, row)
+    assert not same_label({**row, "agreement": 0.7}, row)
+    assert not same_label({**row, "client": "b"}, row)
+    assert not same_label(row, None) and same_label(None, None)

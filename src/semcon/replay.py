@@ -98,13 +98,26 @@ def verify(path: Path) -> tuple[int, str | None]:
         stored = {r["prompt_id"]: r for r in read_rows(stored_path)} if stored_path.is_file() else {}
         for p in kept.asked(t):
             mine, theirs = labels.get(p.id), stored.get(p.id)
-            if (mine and asdict(mine)) != theirs:
+            if not same_label(mine and asdict(mine), theirs):
                 said = f"the answer of client {theirs['client']!r}" if theirs else "no label"
                 redone = f"the answer of client {mine.client!r}" if mine else "no label"
                 return t, (f"round {t}, prompt {p.id}: pseudo_labels/round_{t:02d}.jsonl has {said}"
                            f"{' (text edited)' if mine and theirs and mine.client == theirs['client'] else ''}, "
                            f"recomputed: {redone}")
     return len(kept.uploads), None
+
+
+AGREEMENT_TOLERANCE = 1e-4  # the embedder's floats differ in the last digits between CPU instruction sets
+
+
+def same_label(mine: dict | None, stored: dict | None) -> bool:
+    """The same pseudo-label row: every field equal, the agreement (a float the embedder computes) within
+    ``AGREEMENT_TOLERANCE``, so that a run verifies on another CPU than the one it ran on."""
+    if mine is None or stored is None:
+        return mine is stored
+    close = (mine["agreement"] is None) == (stored.get("agreement") is None) and (
+        mine["agreement"] is None or abs(mine["agreement"] - stored["agreement"]) <= AGREEMENT_TOLERANCE)
+    return close and {**mine, "agreement": None} == {**stored, "agreement": None}
 
 
 def recompute(kept: Kept, t: int, uploads: dict[str, Upload], cfg: RunConfig, embedder,
