@@ -7,12 +7,13 @@ import pytest
 from semcon.attacks import attack
 from semcon.config import AttackConfig, ConsensusConfig
 from semcon.consensus import (
+    Round,
     agreement_with_others,
-    copy_weights,
+    medoid,
+    merge_copies,
     normalize,
     semantic_medoid,
     update_reputation,
-    voted_scores,
 )
 from semcon.data import Prompt
 from semcon.protocol import Upload
@@ -28,21 +29,24 @@ def sybil_arrays(p=12, honest=3, sybils=2, seed=0):
     return normalize(np.concatenate([emb, fake], axis=1)), np.ones((p, honest + sybils), dtype=bool)
 
 
-def test_votes_of_one_reproduce_the_medoid():
+def test_votes_of_one_reproduce_the_medoid_and_a_silenced_client_loses_its_vote():
     emb, valid = sybil_arrays(seed=1)
     valid[3, 1] = False
     plain = semantic_medoid(emb, valid)
-    assert (semantic_medoid(emb, valid, votes=np.ones(5)).choice == plain.choice).all()
-    e = np.where(valid[..., None], emb, 0)
-    expected = np.einsum("pid,pjd->pij", e, e).sum(2) - np.einsum("pid,pid->pi", e, e)
-    np.testing.assert_allclose(np.where(valid, voted_scores(emb, valid), 0), np.where(valid, expected, 0), atol=1e-5)
+    same = semantic_medoid(emb, valid, reputation=np.ones(5))
+    assert (same.choice == plain.choice).all()
+    np.testing.assert_allclose(same.agreement, plain.agreement)
+    # with the sybils' votes gone, the honest answers outscore the copies again
+    assert (semantic_medoid(emb, valid, reputation=np.array([1, 1, 1, 1e-6, 1e-6])).choice < 3).all()
 
 
 def test_two_sybils_win_the_plain_medoid_and_count_once_when_merged():
     emb, valid = sybil_arrays()
     assert (semantic_medoid(emb, valid).choice >= 3).mean() > 0.5  # the copies vote for each other
     assert (semantic_medoid(emb, valid, merge=0.995).choice < 3).all()
-    np.testing.assert_allclose(copy_weights(emb, valid, 0.995)[0], [1, 1, 1, 0.5, 0.5])
+    merged = merge_copies(Round.of(emb, valid), medoid(valid), 0.995)
+    np.testing.assert_allclose(merged.weights[0], [1, 1, 1, 0.5, 0.5])
+    assert merged.together[0, 3, 4] and not merged.together[0, 0, 1]
 
 
 def test_reputation_arithmetic_on_fixed_numbers():
@@ -54,10 +58,10 @@ def test_reputation_arithmetic_on_fixed_numbers():
 
 def test_agreeing_with_a_copy_of_oneself_earns_nothing():
     emb, valid = sybil_arrays()
-    agreement = agreement_with_others(emb, valid, np.ones(5))
+    agreement = agreement_with_others(Round.of(emb, valid), np.ones(5))
     assert agreement[3:].max() < agreement[:3].min()
     valid[:, 0] = False
-    assert np.isnan(agreement_with_others(emb, valid, np.ones(5))[0])
+    assert np.isnan(agreement_with_others(Round.of(emb, valid), np.ones(5))[0])
 
 
 # The server on real answers: eight prompts on unrelated topics, honest clients that answer each differently.

@@ -3,11 +3,13 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 from conftest import cli, one_line_error, rows, tiny_tree
 
 from semcon.rundir import jsonl
+from semcon.consensus import Ballot
 from semcon.replay import same_label
 
 
@@ -66,6 +68,26 @@ def test_replay_tabulates_every_rule_and_names_the_bounds(kept_run, tmp_path):
     assert same.exit_code == 0 and labelled == len(rows(kept_run / "pseudo_labels/round_01.jsonl")) / 6
 
 
+def confident(valid, confidence, *, gate):
+    """A user's own rule, loaded by name as ``test_replay:confident``: the medoid among the answers whose mean
+    token probability is at least ``consensus.gate``; every answer votes."""
+    sure = valid & (np.exp(np.nan_to_num(confidence, nan=-np.inf)) >= gate)
+    return Ballot(eligible=sure, weights=valid.astype(float))
+
+
+def test_replay_takes_a_users_rule_and_tells_it_from_settings(kept_run, tmp_path):
+    out = tmp_path / "own"
+    result = cli("replay", kept_run, "--rule", "test_replay:confident:gate=0.0", "--rule", "medoid", "--out", out)
+    assert result.exit_code == 0, result.output
+    own, plain = json.loads((out / "replay.json").read_text())
+    assert own["rule"] == "test_replay:confident:gate=0.0"
+    assert (own["labelled"], own["label_share"]) == (plain["labelled"], plain["label_share"])  # gate 0: the medoid
+    sure = cli("replay", kept_run, "--rule", "test_replay:confident:gate=1.0,fallback=none", "--out", tmp_path / "sure")
+    # only the attacker (math) claims the maximal confidence, so it alone passes: this rule trusts what it is told
+    assert sure.exit_code == 0 and json.loads((tmp_path / "sure" / "replay.json").read_text())[0]["label_share"]["math"] == 1.0
+    one_line_error(cli("replay", kept_run, "--rule", "test_replay:nothing"), "has no 'nothing'")
+
+
 def test_replay_refuses_what_it_cannot_recompute(kept_run):
     one_line_error(cli("replay", kept_run, "--rule", "medoid", "--set", "train.steps=3"), "only consensus.* keys")
     one_line_error(cli("replay", kept_run, "--rule", "gated:competence=knn"), "cannot change after the fact")
@@ -117,7 +139,8 @@ def test_ablate_shares_round_0_between_consensus_cells_and_reports_a_failed_one(
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(tiny_tree(str(tiny_llama_dir))))
     out = tmp_path / "abl"
-    args = ("ablate", path, "--grid", "consensus.rule=medoid,oracle_expert,gated", "--methods", "semantic_consensus",
+    args = ("ablate", path, "--grid", "consensus.rule=medoid,oracle_expert,gated,test_replay:confident", "--methods",
+            "semantic_consensus",
             "--seeds", "1", "--out", out)
     result = cli(*args)
     assert result.exit_code == 0, result.output
@@ -138,6 +161,8 @@ def test_ablate_shares_round_0_between_consensus_cells_and_reports_a_failed_one(
     round1 = next(r for r in rows(second / "metrics.jsonl") if r.get("round") == 1)
     assert round1["seconds"]["generate"] < 0.5
     assert cli("verify", second).exit_code == 0
+    own = out / "consensus.rule=test_replay_confident" / "semantic_consensus" / "seed-0"  # a rule defined below
+    assert cli("verify", own).exit_code == 0, "a user's rule verifies like a built-in one"
     # run again: the finished cells are kept, not run again
     stamp = (second / "summary.json").stat().st_mtime
     assert cli(*args).exit_code == 0 and (second / "summary.json").stat().st_mtime == stamp

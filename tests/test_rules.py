@@ -1,11 +1,15 @@
 """The competence-aware rules and the bounds, as pure functions over arrays (``consensus.py``)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from semcon.consensus import gated, normalize, oracle, rank_normalize, semantic_medoid, supported, weighted_medoid
+from semcon.config import ConfigError, ConsensusConfig, load_config
+from semcon.consensus import Ballot, Round, decide, gated, normalize, oracle_expert, rank_normalize, semantic_medoid, supported, weighted_medoid
 
 P, N = 16, 5
+DEMO = Path(__file__).parents[1] / "configs" / "demo.yaml"
 
 
 def random_unit(p=P, n=N, d=16, seed=0):
@@ -17,8 +21,9 @@ def ones(p=P, n=N):
 
 
 RULES = {
-    "weighted_medoid": lambda emb, valid, comp, **kw: weighted_medoid(emb, valid, comp, 0.1, **kw),
-    "gated": lambda emb, valid, comp, **kw: gated(emb, valid, comp, 0.5, fallback=True, **kw),
+    "weighted_medoid": lambda emb, valid, comp, **kw: decide(emb, valid, weighted_medoid, competence=comp,
+                                                             temperature=0.1, **kw),
+    "gated": lambda emb, valid, comp, **kw: decide(emb, valid, gated, competence=comp, gate=0.5, fallback=True, **kw),
 }
 
 
@@ -74,23 +79,23 @@ def one_expert(p=8, n=4, seed=3):
 def test_competence_lets_the_lone_expert_win_where_the_medoid_buries_it():
     emb, comp = one_expert()
     assert (semantic_medoid(emb).choice != 3).all()
-    assert (weighted_medoid(emb, ones(8, 4), comp, 0.1).choice == 3).all()
-    assert (gated(emb, ones(8, 4), comp, 0.9).choice == 3).all()
+    assert (decide(emb, ones(8, 4), weighted_medoid, competence=comp, temperature=0.1).choice == 3).all()
+    assert (decide(emb, ones(8, 4), gated, competence=comp, gate=0.9).choice == 3).all()
     # a high temperature is the medoid again
-    assert (weighted_medoid(emb, ones(8, 4), comp, 1e3).choice == semantic_medoid(emb).choice).all()
+    assert (decide(emb, ones(8, 4), weighted_medoid, competence=comp, temperature=1e3).choice == semantic_medoid(emb).choice).all()
 
 
 def test_gated_without_a_passing_answer_gives_no_label_or_the_medoid():
     emb, comp = one_expert()
-    assert (gated(emb, ones(8, 4), comp, 0.99).choice == -1).all()
-    assert (gated(emb, ones(8, 4), comp, 0.99, fallback=True).choice == semantic_medoid(emb).choice).all()
+    assert (decide(emb, ones(8, 4), gated, competence=comp, gate=0.99).choice == -1).all()
+    assert (decide(emb, ones(8, 4), gated, competence=comp, gate=0.99, fallback=True).choice == semantic_medoid(emb).choice).all()
 
 
 def test_oracle_takes_the_expert_where_its_answer_is_valid():
     emb, _ = one_expert()
     valid = ones(8, 4)
     valid[0, 3] = False
-    res = oracle(valid, np.array([3] * 7 + [-1]), emb)
+    res = decide(emb, valid, oracle_expert, expert=np.array([3] * 7 + [-1]))
     assert list(res.choice) == [-1, 3, 3, 3, 3, 3, 3, -1]
 
 
@@ -104,7 +109,7 @@ def test_rank_normalize_gives_mid_ranks_and_flattens_a_constant_claim():
 
 def test_support_drops_an_answer_no_other_agrees_with():
     emb, _ = one_expert()
-    keep = supported(emb, ones(8, 4), 0.5)
+    keep = supported(Round.of(emb, ones(8, 4)), 0.5)
     assert keep[:, :3].all() and not keep[:, 3].any()
 
 
@@ -136,14 +141,14 @@ def test_rank_normalization_bounds_what_an_inflating_attacker_captures(claim):
     conf[:, 4] = 0.0  # and the highest confidence too
     ranks = rank_normalize(comp)
     for g in (0.5, 0.75, 0.9):
-        res = gated(emb, ones(p, 5), ranks, g, confidence=conf)
+        res = decide(emb, ones(p, 5), gated, competence=ranks, gate=g, confidence=conf)
         assert (res.choice == 4).mean() <= 1 - g + 1 / p, (claim, g)
-    res = gated(emb, ones(p, 5), ranks, 0.75, confidence=conf)
+    res = decide(emb, ones(p, 5), gated, competence=ranks, gate=0.75, confidence=conf)
     unclaimed = ranks[:, 4] < 0.75
     assert (res.choice[unclaimed] == domain[unclaimed]).all()
     if claim == "top":
         assert (res.choice == domain).all()
-    weighted = weighted_medoid(emb, ones(p, 5), ranks, 0.1, confidence=conf)
+    weighted = decide(emb, ones(p, 5), weighted_medoid, competence=ranks, temperature=0.1, confidence=conf)
     assert (weighted.choice == 4).mean() <= 0.25 + 1 / p
 
 
@@ -152,12 +157,47 @@ def test_without_the_bound_an_inflating_attacker_captures_the_federation():
     comp[:, 4] = 1.0
     conf = np.full(comp.shape, -1.0)
     conf[:, 4] = 0.0
-    raw = gated(emb, ones(64, 5), comp, 0.75, confidence=conf)
+    raw = decide(emb, ones(64, 5), gated, competence=comp, gate=0.75, confidence=conf)
     assert (raw.choice == 4).mean() >= 0.9  # it passes every gate and wins the ties by confidence
-    ranked = gated(emb, ones(64, 5), rank_normalize(comp), 0.75, confidence=conf)
+    ranked = decide(emb, ones(64, 5), gated, competence=rank_normalize(comp), gate=0.75, confidence=conf)
     assert (ranked.choice == 4).mean() == 0
     for d in range(4):
         assert (ranked.choice[domain == d] == d).all()
     # the support bound alone also stops a constant off-topic text
-    kept = supported(emb, ones(64, 5), 0.5)
-    assert not kept[:, 4].any() and (gated(emb, kept, comp, 0.75, confidence=conf).choice != 4).all()
+    kept = supported(Round.of(emb, ones(64, 5)), 0.5)
+    assert not kept[:, 4].any() and (decide(emb, kept, gated, competence=comp, gate=0.75, confidence=conf).choice != 4).all()
+
+
+def two_votes(valid, sims, *, support):
+    """A rule of this file: eligible when at least two other candidates agree at cosine >= ``support``."""
+    agree = ((sims >= support) & valid[:, None, :]).sum(axis=2) - valid  # the others, not the answer itself
+    return Ballot(eligible=valid & (agree >= 2), weights=valid.astype(float))
+
+
+def test_a_users_rule_runs_through_the_same_select():
+    emb, _ = one_expert()
+    res = decide(emb, ones(8, 4), two_votes, support=0.5)
+    assert (res.choice == semantic_medoid(emb).choice).all() and (res.choice != 3).all()  # the expert agrees with nobody
+    assert (decide(emb, ones(8, 4), two_votes, support=0.999).choice == -1).all()
+    assert (decide(emb, ones(8, 4), two_votes, support=0.999, fallback=True).choice == semantic_medoid(emb).choice).all()
+
+
+@pytest.mark.parametrize("rule, problem", [
+    ("test_rules:two_votes", None),
+    ("no_such_module_here:rule", "cannot import module 'no_such_module_here'"),
+    ("test_rules:missing", "has no 'missing'"),
+    ("test_rules:random_unit", "parameter 'p' is none of the arrays a rule reads"),
+    ("test_rules:bad_setting", "reads setting 'colour', which is no consensus setting"),
+    ("mediod", "unknown rule 'mediod'"),
+])
+def test_a_rule_is_checked_when_the_config_loads(rule, problem):
+    if problem is None:
+        assert ConsensusConfig(rule=rule, support=0.5).reads == (["valid", "sims"], ["support"])
+        return
+    with pytest.raises(ConfigError) as e:
+        load_config(DEMO, [f"consensus.rule={rule}"])
+    assert problem in str(e.value) and "\n" not in str(e.value)
+
+
+def bad_setting(valid, *, colour):
+    return Ballot(valid, valid.astype(float))

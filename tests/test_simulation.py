@@ -8,7 +8,7 @@ from conftest import built_once, rows, tiny_tree
 from semcon import simulation
 from semcon.assembly import assemble
 from semcon.client import Client
-from semcon.config import load_config
+from semcon.config import config_key, load_config
 from semcon.protocol import Upload
 
 
@@ -152,7 +152,7 @@ def test_config_key_separates_what_decides_round_0_the_answers_and_the_run(tiny_
         for dotted, value in top.items():
             section, field = dotted.split("__")
             tree.setdefault(section, {})[field] = value
-        return simulation.config_key(load_config(tree=tree), level)
+        return config_key(load_config(tree=tree), level)
 
     # no attackers whatever their kind: the same run
     assert key("run", adversaries__kind="random", adversaries__count=0) == key("run", adversaries__kind="sybil",

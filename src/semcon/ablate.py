@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from semcon.compare import method_config, plan, run_compare, seed_plan, write_manifest
-from semcon.config import ConfigError, RunConfig, load_config
+from semcon.config import ConfigError, RunConfig, config_key
 from semcon.report import Runs, ablation_report, cell_title, write_report
-from semcon.simulation import can_fork, config_key
+from semcon.rundir import saved_config
+from semcon.simulation import can_fork
 
 log = logging.getLogger(__name__)
 RunOne = Callable[[RunConfig, Path, bool], dict]  # run (or resume) one federation into a run directory
@@ -112,7 +113,7 @@ def finished_runs(out: Path) -> list[tuple[RunConfig, Path]]:
     found = []
     for summary in sorted(Path(out).glob("*/*/seed-*/summary.json")):
         try:
-            found.append((load_config(summary.parent / "config.yaml", check_files=False), summary.parent))
+            found.append((saved_config(summary.parent), summary.parent))
         except ConfigError as e:
             log.warning("%s: not used for sharing (%s)", summary.parent, e)
     return found
@@ -125,18 +126,12 @@ def _shared(cfg: RunConfig, finished: list[tuple[RunConfig, Path]]) -> tuple[Pat
     same = [(other, path) for other, path in finished if other.method == cfg.method and other.seed == cfg.seed]
     if cfg.method != "semantic_consensus":  # the consensus and what acts on text uploads do not reach it
         return next(((path, True) for other, path in same
-                     if _without_consensus(other) == _without_consensus(cfg)), None)
+                     if config_key(other, "no answers") == config_key(cfg, "no answers")), None)
     for level in ("run", "answers", "round0"):
         for other, path in same:
             if config_key(other, level) == config_key(cfg, level) and (level == "run" or can_fork(path)):
                 return path, level == "run"
     return None
-
-
-def _without_consensus(cfg: RunConfig) -> str:
-    tree = json.loads(config_key(cfg, "round0"))
-    tree.pop("consensus", None)
-    return json.dumps(tree, sort_keys=True)
 
 
 def _reuse(source: Path, cfg: RunConfig, target: Path, fork, copy: bool) -> dict:

@@ -192,11 +192,12 @@ def resume(
     verbose: Verbose = False,
 ) -> None:
     """Continue a run from its last completed round, in-process or on Flower, with nothing lost or repeated."""
-    from semcon.config import ConfigError, load_config
+    from semcon.config import ConfigError
+    from semcon.rundir import saved_config
 
     _setup_logging(verbose)
     try:
-        cfg = load_config(run_dir / "config.yaml")
+        cfg = saved_config(run_dir, check_files=True)
     except ConfigError as e:
         fail(str(e))
     _quiet_libraries()

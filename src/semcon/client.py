@@ -159,7 +159,7 @@ class Client:
         values = {"knn": self._knn, "gain": self._gain}
         return {signal: {p.id: round_to(float(v)) for p, v in
                          zip(prompts, quantize(values[signal](prompts, outs), cfg.competence_levels))}
-                for signal in cfg.signals}
+                for signal in cfg.competence}
 
     def _knn(self, prompts: list[Prompt], outs: list[Generation]) -> np.ndarray:
         if self.embedder is None:

@@ -6,6 +6,7 @@ A run is fully described by its resolved config: ``semcon run RUN_DIR/config.yam
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,7 @@ from pydantic import (
 )
 
 from semcon.assets import model_problem
+from semcon.consensus import REFERENCE_BOUND, RULES, load_rule, rule_inputs
 from semcon.names import check_name, repeated_ignoring_case
 
 Method = Literal["semantic_consensus", "fedavg", "fedprox", "local", "centralized"]
@@ -39,6 +41,25 @@ class ConfigError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# Who reads a setting, and so from when it can change a run. Every field not marked is read by the members from
+# round 0 on; the marked ones act later, which is what lets runs that differ only in them share their start
+# (``config_key``; ``semcon ablate`` forks a cell from another's round 0 and round-1 answers).
+MEMBER = "member"  # a member, from round 0 on (the default)
+UPLOADS = "member uploads"  # a member, on what it uploads only (from round 1's answers on)
+LABELS = "member labels"  # a member, on the pseudo-labels it trains on only (from round 1's training on)
+SERVER = "server"  # the coordinator alone, on the answers it receives
+
+
+def read_by(reader: str) -> dict:
+    """``Field`` keywords that declare the setting's reader."""
+    return {"json_schema_extra": {"reader": reader}}
+
+
+def reader(section: type[BaseModel], name: str) -> str:
+    """The declared reader of ``section.name`` (``MEMBER`` where none is declared)."""
+    return (section.model_fields[name].json_schema_extra or {}).get("reader", MEMBER)
 
 
 class DataSelection(Strict):
@@ -287,56 +308,61 @@ class GenerateConfig(Strict):
 
 Signal = Literal["knn", "gain"]
 SIGNALS: tuple[str, ...] = ("knn", "gain")
-Rule = Literal["medoid", "weighted_medoid", "gated", "oracle_expert", "oracle_reference"]
-ORACLES: tuple[str, ...] = ("oracle_expert", "oracle_reference")  # measurement bounds, never a deployment
-COMPETENCE_RULES: tuple[str, ...] = ("weighted_medoid", "gated")  # the rules that read a competence signal
 
 
 class ConsensusConfig(Strict):
-    rule: Rule = Field("medoid", description="medoid: argmax_i sum_j cos(e_i, e_j); weighted_medoid: each answer's "
-                       "vote weighted by its client's competence; gated: the medoid among answers whose client "
-                       "passes `gate`; oracle_expert / oracle_reference: measurement bounds (the domain expert's "
-                       "answer / the held-back reference), refused on Flower")
+    rule: str = Field("medoid", description="medoid: argmax_i sum_j cos(e_i, e_j); weighted_medoid: each answer's "
+                      "vote weighted by its client's competence; gated: the medoid among answers whose client "
+                      "passes `gate`; oracle_expert / oracle_reference: measurement bounds (the domain expert's "
+                      "answer / the held-back reference), refused on Flower; or your own rule as "
+                      "package.module:function (docs/method.md)", **read_by(SERVER))
     threshold: float | None = Field(None, ge=-1, le=1,
-                                    description="τ: no pseudo-label when the best mean similarity is below it")
-    embedder: str = Field("all-minilm-l6-v2", description="sentence-transformers model (embedded name, id, dir)")
-    embed_batch_size: int = Field(64, gt=0, description="answers per batch of the server's embedder")
-    max_answer_chars: int = Field(4000, gt=0, description="uploads with a longer answer are rejected")
+                                    description="τ: no pseudo-label when the best mean similarity is below it", **read_by(SERVER))
+    embedder: str = Field("all-minilm-l6-v2", description="sentence-transformers model (embedded name, id, dir)", **read_by(MEMBER))
+    embed_batch_size: int = Field(64, gt=0, description="answers per batch of the server's embedder", **read_by(MEMBER))
+    max_answer_chars: int = Field(4000, gt=0, description="uploads with a longer answer are rejected", **read_by(MEMBER))
     truncated: Literal["drop", "keep"] = Field(
         "drop", description="answers cut at max_new_tokens: drop (no candidate for a pseudo-label) or keep "
-        "(then trained on without an end-of-turn token)")
+        "(then trained on without an end-of-turn token)", **read_by(SERVER))
     degenerate: Literal["drop", "keep"] = Field(
-        "drop", description="answers that mostly repeat one n-gram (\"I'm sorry, I'm sorry, ...\"): drop or keep")
+        "drop", description="answers that mostly repeat one n-gram (\"I'm sorry, I'm sorry, ...\"): drop or keep", **read_by(SERVER))
     competence: Literal["none"] | Signal | list[Signal] = Field(
         "none", validate_default=True, description="what every client computes from its own data and sends, one number in [0, 1] per "
         "answer and signal: knn (the prompt's similarity to its private instructions), gain (how much more its "
-        "adapter than the base model likes its answer, per token); each calibrated against the client's own data")
+        "adapter than the base model likes its answer, per token); each calibrated against the client's own data", **read_by(MEMBER))
     signal: Signal | None = Field(None, description="the competence signal the rule uses (default: the first of "
-                                  "`competence`)")
+                                  "`competence`)", **read_by(SERVER))
     competence_levels: int | None = Field(None, ge=2, le=1_000_000, description="quantize each competence to this "
-                                          "many levels before it leaves the client (less of the data revealed)")
+                                          "many levels before it leaves the client (less of the data revealed)", **read_by(MEMBER))
     competence_norm: Literal["rank", "raw"] = Field(
         "rank", description="rank: the server compares each client's competence as its percentile rank over the "
-        "round's prompts, so no client can claim every prompt (the bound against inflated competence); raw: as sent")
-    knn_k: int = Field(5, gt=0, description="knn: mean cosine to this many nearest private instructions")
-    temperature: float = Field(0.1, gt=0, description="weighted_medoid: vote weights softmax(competence / T)")
+        "round's prompts, so no client can claim every prompt (the bound against inflated competence); raw: as sent", **read_by(SERVER))
+    knn_k: int = Field(5, gt=0, description="knn: mean cosine to this many nearest private instructions", **read_by(MEMBER))
+    temperature: float = Field(0.1, gt=0, description="weighted_medoid: vote weights softmax(competence / T)", **read_by(SERVER))
     gate: float = Field(0.5, ge=0, le=1, description="gated: an answer is a candidate when its client's competence "
-                        "is at least this (a percentile of the client's own calibration)")
+                        "is at least this (a percentile of the client's own calibration)", **read_by(SERVER))
     fallback: Literal["none", "medoid"] = Field(
-        "none", description="gated and the oracles: a prompt with no eligible answer gets no label, or the medoid")
+        "none", description="gated and the oracles: a prompt with no eligible answer gets no label, or the medoid", **read_by(SERVER))
     support: float | None = Field(None, ge=-1, le=1, description="an answer is a candidate only when it agrees with "
-                                  "at least one other client's answer at cosine >= this (a lone answer never wins)")
+                                  "at least one other client's answer at cosine >= this (a lone answer never wins)", **read_by(SERVER))
     skip_own: bool | None = Field(None, description="a client does not train on a pseudo-label that is its own "
                                   "answer (no extra bytes: it compares the label with what it sent); default: on for "
                                   "the rules that read competence, where an expert would otherwise retrain on its "
-                                  "own answers, off for the others")
+                                  "own answers, off for the others", **read_by(LABELS))
     reputation: float | None = Field(None, gt=0, description="defence: β of a per-client reputation carried "
                                      "across rounds (and checkpoints): each round a client's vote decays by "
                                      "exp(-β·d), d its distance to the consensus of the others beyond the closest "
-                                     "client's (copies of its own answer left out); off by default")
+                                     "client's (copies of its own answer left out); off by default", **read_by(SERVER))
     sybil_merge: float | None = Field(None, ge=0, le=1, description="defence: answers of different clients at "
                                       "cosine >= this count as one voter (0.995: copies); honest clients on one base "
-                                      "model that answer identically are merged too")
+                                      "model that answer identically are merged too", **read_by(SERVER))
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, value: str) -> str:
+        if value != REFERENCE_BOUND:
+            load_rule(value)
+        return value
 
     @field_validator("competence")
     @classmethod
@@ -350,7 +376,10 @@ class ConsensusConfig(Strict):
     def _rule_needs_signal(self) -> ConsensusConfig:
         if self.signal is not None and self.signal not in self.competence:
             raise ValueError(f"signal {self.signal!r} is not computed: add it to consensus.competence")
-        if self.rule in COMPETENCE_RULES and not self.competence:
+        arrays, settings = self.reads
+        if unknown := [k for k in settings if k not in type(self).model_fields]:
+            raise ValueError(f"rule {self.rule!r} reads setting {unknown[0]!r}, which is no consensus setting")
+        if "competence" in arrays and not self.competence:
             raise ValueError(f"rule {self.rule!r} weighs answers by competence: set consensus.competence "
                              "(knn or gain)")
         if self.skip_own is None:
@@ -362,16 +391,26 @@ class ConsensusConfig(Strict):
         """The competence signals every client computes (``competence`` as a list)."""
         return list(self.competence)
 
+    def member(self) -> MemberConsensus:
+        """The part a member reads."""
+        return MemberConsensus(**{k: getattr(self, k) for k in type(self).model_fields if reader(type(self), k) != SERVER})
+
+    @property
+    def reads(self) -> tuple[list[str], list[str]]:
+        """The arrays (``consensus.ROUND_ARRAYS``) and the consensus settings the rule reads."""
+        return ([], []) if self.rule == REFERENCE_BOUND else rule_inputs(load_rule(self.rule), self.rule)
+
     @property
     def used_signal(self) -> str | None:
         """The signal the rule reads (None for rules that read none)."""
-        if self.rule not in COMPETENCE_RULES:
+        if "competence" not in self.reads[0]:
             return None
         return self.signal or self.competence[0]
 
     @property
     def oracle(self) -> bool:
-        return self.rule in ORACLES
+        """A measurement bound (it reads who each domain's expert is, or the references), never a deployment."""
+        return self.rule == REFERENCE_BOUND or "expert" in self.reads[0]
 
 
 class EvalConfig(Strict):
@@ -409,8 +448,8 @@ class PrivacyConfig(Strict):
                             "exposure ranks it among (exposure at most log2(candidates + 1))")
     filter: list[Literal["ngram", "pii"]] = Field([], description="before upload: ngram withholds an answer that "
                                                   "shares `ngram` tokens in a row with the client's private data; "
-                                                  "pii redacts e-mails, IBANs, card, phone and code-like digit runs")
-    ngram: int = Field(8, ge=2, le=64, description="the run length of the ngram filter, in word tokens")
+                                                  "pii redacts e-mails, IBANs, card, phone and code-like digit runs", **read_by(UPLOADS))
+    ngram: int = Field(8, ge=2, le=64, description="the run length of the ngram filter, in word tokens", **read_by(UPLOADS))
 
 
 class FlowerConfig(Strict):
@@ -554,8 +593,30 @@ class RunConfig(Strict):
             batch_size=(own and own.batch_size) or self.train.batch_size,
             max_new_tokens=(own and own.max_new_tokens) or self.generate.max_new_tokens,
             gen_batch_size=self.generate.batch_size, max_answer_chars=self.consensus.max_answer_chars,
-            train=self.train, eval=self.eval, consensus=self.consensus, attack=self.attack_of(name),
+            train=self.train, eval=self.eval, consensus=self.consensus.member(), attack=self.attack_of(name),
             privacy=self.privacy)
+
+
+@dataclass(frozen=True)
+class MemberConsensus:
+    """The consensus settings a member reads (those not declared ``SERVER``): the embedder and limits of its
+    answers, the competence it computes and sends, and ``skip_own``."""
+
+    embedder: str
+    embed_batch_size: int
+    max_answer_chars: int
+    competence: list[str]
+    competence_levels: int | None
+    knn_k: int
+    skip_own: bool
+
+
+def member_tree(tree: dict) -> dict:
+    """A config tree as a member reads it: the coordinator's consensus settings (the rule, its settings, the
+    defences) left out, so a member neither needs nor checks them (a user's rule imports on the coordinator only)."""
+    consensus = tree.get("consensus") or {}
+    return {**tree, "consensus": {k: v for k, v in consensus.items()
+                                  if k not in ConsensusConfig.model_fields or reader(ConsensusConfig, k) != SERVER}}
 
 
 @dataclass(frozen=True)
@@ -572,7 +633,7 @@ class ClientSettings:
     max_answer_chars: int  # the server's limit: a longer answer is cut and flagged as cut
     train: TrainConfig  # max_length, truncate, micro_batch_tokens, pseudo_label_weight
     eval: EvalConfig
-    consensus: ConsensusConfig  # the client's part: competence signals, their levels, skip_own
+    consensus: MemberConsensus  # the member's part: competence signals, their levels, skip_own
     attack: AttackConfig | None = None
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # the audit's canaries (measured by every client) and the filter
 
@@ -656,11 +717,54 @@ def resolve_paths(cfg: RunConfig, base: Path, check_files: bool = True) -> RunCo
     return cfg
 
 
+def unread_settings(consensus: dict | None) -> list[str]:
+    """The settings in a consensus section (as written) that its rule does not read though another rule does: a
+    rule's own settings (``gate``, ``temperature``), and ``signal`` and ``competence_norm`` without competence."""
+    consensus, rule = consensus or {}, (consensus or {}).get("rule", "medoid")
+    if not isinstance(consensus, dict) or not isinstance(rule, str):
+        return []
+    try:
+        arrays, knobs = ([], []) if rule == REFERENCE_BOUND else rule_inputs(load_rule(rule), rule)
+    except ValueError:
+        return []  # validation names the rule's problem
+    others = {k for r in RULES.values() for k in rule_inputs(r)[1]} - set(knobs)
+    if "competence" not in arrays:
+        others |= {"signal", "competence_norm"}
+    fields = ConsensusConfig.model_fields
+    return [k for k, v in consensus.items() if k in others and k in fields and v != fields[k].default]
+
+
+def config_key(cfg: RunConfig, level: Literal["run", "answers", "round0", "no answers"] = "run") -> str:
+    """What decides a run, as a string to compare, from each setting's declared reader: ``run``, the whole config
+    but its name, its seeds plan and trackers (an ``adversaries`` of count 0 is none); ``answers``, its round 0 and
+    round-1 answers, which the ``SERVER`` and ``LABELS`` settings do not change; ``round0``, round 0 alone, which
+    the ``UPLOADS`` settings (and attacks that leave the private data alone) do not change either; ``no answers``,
+    round 0 of a method that exchanges no answers, which reads no consensus setting at all."""
+    tree = cfg.model_dump(mode="json")
+    for key in ("name", "seeds", "log"):
+        tree.pop(key, None)
+    if tree["adversaries"] and tree["adversaries"]["count"] == 0:
+        tree["adversaries"] = None
+    later = {"answers": {SERVER, LABELS}}.get(level, {SERVER, LABELS, UPLOADS} if level != "run" else set())
+    for name, field in RunConfig.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) and isinstance(tree.get(name), dict):
+            tree[name] = {k: v for k, v in tree[name].items() if reader(field.annotation, k) not in later}
+    if UPLOADS in later:  # an attack that leaves the private data alone acts on its uploads only
+        for holder, key in [(tree, "adversaries"), *((c, "attack") for c in tree["clients"])]:
+            if holder.get(key) and not holder[key]["poison_private"]:
+                holder[key] = None
+    if level == "no answers":
+        tree.pop("consensus")
+    return json.dumps(tree, sort_keys=True)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                tree: dict | None = None, check_files: bool = True) -> RunConfig:
+                tree: dict | None = None, check_files: bool = True, written: bool = False) -> RunConfig:
     """Load YAML (or a dict), apply overrides, validate. Raises ConfigError with one line.
 
     ``check_files=False``: files named in the config need not exist here (a Flower node has only its own data).
+    A consensus setting the rule does not read is refused, unless an override changed the rule (it is dropped
+    then, as it is from a config semcon ``written`` into a run folder before it refused them).
     """
     origin = "config"
     if path is not None:
@@ -681,6 +785,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping of keys")
     tree = apply_overrides(copy.deepcopy(tree or {}), overrides or [])
+    if unread := unread_settings(tree.get("consensus")):
+        overridden = {o.partition("=")[0].strip() for o in overrides or []}
+        if not written:
+            said = [k for k in unread if f"consensus.{k}" in overridden] if "consensus.rule" in overridden else unread
+            if said:
+                where = next((f"--set {o}" for o in overrides or [] if o.startswith(f"consensus.{said[0]}=")), origin)
+                raise ConfigError(f"{where}: consensus.{said[0]}: rule {tree['consensus'].get('rule', 'medoid')!r} "
+                                  "does not read it (remove it, or choose a rule that does)")
+        tree["consensus"] = {k: v for k, v in tree["consensus"].items() if k not in unread}
     try:
         cfg = RunConfig.model_validate(tree)
     except ValidationError as e:

@@ -1,23 +1,68 @@
 """Consensus rules: pure functions over embedding arrays (no torch, no transport).
 
-Semantic medoid: c(p) = argmax_i Σ_j cos(e_i, e_j). With unit vectors Σ_j e_i·e_j = e_i·(Σ_j e_j), so
-all prompts take one batched product with their centroid: the medoid is the answer nearest the centroid.
-The competence-aware rules (``weighted_medoid``, ``gated``) read one number per answer that its client
-computed from its own data; ``rank_normalize`` and ``supported`` bound what a client that lies about it
-can take. ``oracle`` is a measurement bound, never a deployment. Two defences against adversarial members
-change whose votes count: ``votes`` (each client's reputation, ``update_reputation``) and ``merge`` (near-
-identical answers of different clients count as one voter, against sybils).
+One round's candidate answers are a ``Round``: arrays over [prompts P, clients N], their pairwise cosines computed
+once. A rule is a function of the arrays it names (any of ``ROUND_ARRAYS``) and of the consensus settings it names
+after ``*`` (``gate``, ``temperature``); it returns a ``Ballot``: which answers may become the pseudo-label, and how
+much each answer's vote weighs. Defences rescale the votes (``reputation``, ``merge_copies``). ``select`` does the
+rest once for every rule: each eligible answer's score Σ_j w_j cos(e_i, e_j) over the other voters (or all of them,
+``own_vote``), the tie-break, the threshold and the fallback. Adding a rule is one function and one line in
+``RULES``; a user's own rule is the same function, named in the config as ``package.module:function``.
+
+The semantic medoid c(p) = argmax_i Σ_{j≠i} cos(e_i, e_j) is the rule ``medoid``: every candidate eligible, every
+vote 1. The competence-aware rules read one number per answer that its client computed from its own data;
+``rank_normalize`` and ``supported`` bound what a client that lies about it can take. ``oracle_expert`` is a
+measurement bound, never a deployment.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 
 TIE_TOLERANCE = 1e-5  # per answer summed over
 COPY = 0.995  # cosine at which two clients' answers count as copies of one text (sybil_merge, reputation)
+ROUND_ARRAYS = ("valid", "sims", "emb", "competence", "confidence", "text_ids", "expert")  # what a rule may read
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round's candidate answers, as every rule sees them."""
+
+    emb: np.ndarray  # [P, N, D] unit rows, zero where not a candidate
+    valid: np.ndarray  # [P, N] the candidates (answers that may become a pseudo-label)
+    sims: np.ndarray  # [P, N, N] cosine between candidates, 0 where either is not one
+    text_ids: np.ndarray | None = None  # [P, N] equal ids: identical texts (None: equal embeddings)
+    confidence: np.ndarray | None = None  # [P, N] mean token log-prob as sent (nan: not sent)
+    competence: np.ndarray | None = None  # [P, N] the signal the rule reads, as the server compares it
+    expert: np.ndarray | None = None  # [P] each prompt's expert client (-1: none), for the measurement bound
+
+    @classmethod
+    def of(cls, emb: np.ndarray, valid: np.ndarray | None = None, **arrays) -> Round:
+        valid = np.ones(emb.shape[:2], dtype=bool) if valid is None else valid.astype(bool)
+        e = np.where(valid[..., None], emb, 0).astype(emb.dtype)
+        return cls(e, valid, np.einsum("pid,pjd->pij", e, e), **arrays)
+
+    def only(self, valid: np.ndarray) -> Round:
+        """The same round with fewer candidates (a defence's filter), without computing the cosines again."""
+        valid = valid & self.valid
+        pair = valid[:, :, None] & valid[:, None, :]
+        return replace(self, emb=np.where(valid[..., None], self.emb, 0).astype(self.emb.dtype), valid=valid,
+                       sims=np.where(pair, self.sims, 0).astype(self.sims.dtype))
+
+
+@dataclass(frozen=True)
+class Ballot:
+    """What a rule decides: who may win, and whose vote counts how much."""
+
+    eligible: np.ndarray  # [P, N] answers that may become the pseudo-label
+    weights: np.ndarray  # [P, N] each answer's vote (0: none)
+    own_vote: bool = False  # an answer's own vote counts for it (minimum Bayes risk with a prior)
+    together: np.ndarray | None = None  # [P, N, N] answers that vote as one and not for each other (copies)
 
 
 @dataclass(frozen=True)
@@ -27,77 +72,164 @@ class Consensus:
     valid_count: np.ndarray  # [P] answers that took part
 
 
+# The rules. Each says who is eligible and how the votes weigh; select does the scoring.
+
+def medoid(valid: np.ndarray) -> Ballot:
+    """The semantic medoid: every candidate eligible, every candidate one vote."""
+    return Ballot(valid, valid.astype(float))
+
+
+def weighted_medoid(valid: np.ndarray, competence: np.ndarray, *, temperature: float) -> Ballot:
+    """Minimum Bayes risk with a prior: votes softmax(competence / T) over the prompt's candidates, the own vote
+    included. Equal competence is the plain medoid; as T → 0 the most competent client's answer wins unless the
+    others agree with it anyway."""
+    logits = np.where(valid, competence / temperature, -np.inf)
+    logits = logits - np.where(valid.any(axis=1, keepdims=True), logits.max(axis=1, keepdims=True), 0)
+    weights = np.where(valid, np.exp(logits), 0.0)
+    return Ballot(valid, weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-300), own_vote=True)
+
+
+def gated(valid: np.ndarray, competence: np.ndarray, *, gate: float) -> Ballot:
+    """Selective-FD's rule for texts: the medoid among the answers whose client's competence is at least
+    ``gate``; only they vote."""
+    passing = valid & (competence >= gate)
+    return Ballot(passing, passing.astype(float))
+
+
+def oracle_expert(valid: np.ndarray, expert: np.ndarray) -> Ballot:
+    """A measurement bound: each prompt's domain expert's answer where it is a candidate."""
+    eligible = valid & (np.arange(valid.shape[1])[None, :] == expert[:, None])
+    return Ballot(eligible, eligible.astype(float))
+
+
+RULES: dict[str, Callable[..., Ballot]] = {"medoid": medoid, "weighted_medoid": weighted_medoid, "gated": gated,
+                                           "oracle_expert": oracle_expert}
+REFERENCE_BOUND = "oracle_reference"  # labels are the held-back references: no answer is chosen (server.choose)
+
+
+def load_rule(name: str) -> Callable[..., Ballot]:
+    """A rule by its name in ``RULES`` or as ``package.module:function``; ValueError (one line) when the module
+    does not import, has no such function, or the function's parameters are not a rule's."""
+    if name in RULES:
+        return RULES[name]
+    module, sep, function = name.partition(":")
+    if not sep or not module or not function.isidentifier():
+        raise ValueError(f"unknown rule {name!r}: one of {', '.join([*RULES, REFERENCE_BOUND])}, or your own as "
+                         "package.module:function")
+    try:
+        rule = getattr(importlib.import_module(module), function)
+    except ImportError as e:
+        raise ValueError(f"rule {name!r}: cannot import module {module!r} ({e})") from None
+    except AttributeError:
+        raise ValueError(f"rule {name!r}: module {module!r} has no {function!r}") from None
+    rule_inputs(rule, name)
+    return rule
+
+
+def rule_inputs(rule: Callable, name: str = "") -> tuple[list[str], list[str]]:
+    """The arrays a rule reads (its positional parameters, each one of ``ROUND_ARRAYS``) and the consensus
+    settings it reads (its keyword-only parameters)."""
+    try:
+        params = list(inspect.signature(rule).parameters.values())
+    except (TypeError, ValueError):
+        raise ValueError(f"rule {name!r} is not a function") from None
+    arrays = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    knobs = [p.name for p in params if p.kind == p.KEYWORD_ONLY]
+    if unknown := [a for a in arrays if a not in ROUND_ARRAYS]:
+        raise ValueError(f"rule {name!r}: parameter {unknown[0]!r} is none of the arrays a rule reads "
+                         f"({', '.join(ROUND_ARRAYS)}); settings go after '*'")
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        raise ValueError(f"rule {name!r}: name the arrays and settings it reads (no *args or **kwargs)")
+    return arrays, knobs
+
+
+def ballot(rule: Callable[..., Ballot], rnd: Round, settings: dict | None = None) -> Ballot:
+    """Call ``rule`` with the arrays and settings it names; a wrong return is a one-line ValueError."""
+    arrays, knobs = rule_inputs(rule, getattr(rule, "__name__", ""))
+    if missing := [a for a in arrays if getattr(rnd, a) is None]:
+        raise ValueError(f"rule {rule.__name__!r} reads {missing[0]!r}, which this round does not have")
+    out = rule(*(getattr(rnd, a) for a in arrays), **{k: (settings or {})[k] for k in knobs})
+    if not isinstance(out, Ballot) or out.eligible.shape != rnd.valid.shape or out.weights.shape != rnd.valid.shape:
+        raise ValueError(f"rule {rule.__name__!r} must return a Ballot with eligible and weights of shape "
+                         f"{rnd.valid.shape} [prompts, clients]")
+    return replace(out, eligible=out.eligible.astype(bool) & rnd.valid, weights=np.where(rnd.valid, out.weights, 0.0))
+
+
+# The defences: they change whose votes count, for any rule.
+
+def reputation_votes(ballot: Ballot, reputation: np.ndarray) -> Ballot:
+    """Each client's vote scaled by its reputation [N] (``update_reputation``)."""
+    return replace(ballot, weights=ballot.weights * reputation[None, :])
+
+
+def merge_copies(rnd: Round, ballot: Ballot, merge: float) -> Ballot:
+    """Voters whose answers are at cosine >= ``merge`` to each other are copies: they count as one voter (each
+    votes 1/copies) and, unless the rule counts an answer's own vote, give no vote to one another; so k sybils
+    sending one text weigh as one client."""
+    voters = ballot.weights > 0
+    same = (rnd.sims >= merge) & voters[:, None, :] & voters[:, :, None]
+    return replace(ballot, weights=ballot.weights / np.maximum(same.sum(axis=2), 1), together=same)
+
+
+def select(rnd: Round, ballot: Ballot, tie_seed: tuple[int, ...] = (0,), threshold: float | None = None,
+           fallback: Ballot | None = None) -> Consensus:
+    """The eligible answer with the highest weighted vote per prompt. Ties (within float32 rounding) between
+    identical texts go to the lowest client index; between different texts to the highest ``confidence``, else
+    to a random text drawn with ``tie_seed`` + the prompt index: never to a fixed client. A prompt with no
+    eligible answer takes the ``fallback`` ballot's choice, if one is given. With ``threshold`` τ, a choice whose
+    mean cosine to the other candidates is below τ is withdrawn."""
+    p, n = rnd.valid.shape
+    if n == 0:  # every upload was rejected
+        return Consensus(np.full(p, -1), np.full(p, np.nan), np.zeros(p, dtype=int))
+    apart = ~np.eye(n, dtype=bool)[None] if ballot.together is None else ~ballot.together & ~np.eye(n, dtype=bool)
+    votes = rnd.sims if ballot.own_vote else np.where(apart, rnd.sims, 0)
+    scores = np.einsum("pij,pj->pi", votes, ballot.weights)
+    choice = pick(scores, ballot.eligible, rnd.emb, rnd.text_ids, rnd.confidence, tie_seed)
+    if fallback is not None:
+        choice = np.where(ballot.eligible.any(axis=1), choice, select(rnd, fallback, tie_seed).choice)
+    return finish(rnd.emb, rnd.valid, choice, threshold)
+
+
+def decide(emb: np.ndarray, valid: np.ndarray | None = None, rule: Callable[..., Ballot] = medoid, *,
+           tie_seed: tuple[int, ...] = (0,), threshold: float | None = None, fallback: bool = False,
+           reputation: np.ndarray | None = None, merge: float | None = None, **arrays_and_settings) -> Consensus:
+    """The whole consensus over arrays in one call: ``rule``'s ballot, the defences, ``select`` (with the
+    medoid, under the same defences, where no answer is eligible and ``fallback``). Keywords that are
+    ``ROUND_ARRAYS`` go to the round, the others are the rule's settings."""
+    arrays = {k: v for k, v in arrays_and_settings.items() if k in ROUND_ARRAYS}
+    settings = {k: v for k, v in arrays_and_settings.items() if k not in ROUND_ARRAYS}
+    rnd = Round.of(emb, valid, **arrays)
+
+    def defended(b: Ballot) -> Ballot:
+        b = b if reputation is None else reputation_votes(b, reputation)
+        return b if merge is None else merge_copies(rnd, b, merge)
+
+    plain = defended(medoid(rnd.valid)) if fallback else None
+    return select(rnd, defended(ballot(rule, rnd, settings)), tie_seed, threshold, plain)
+
+
+def semantic_medoid(emb: np.ndarray, valid: np.ndarray | None = None, threshold: float | None = None,
+                    **kw) -> Consensus:
+    """The medoid per prompt over ``emb`` [prompts, clients, dim] (unit rows), ignoring invalid answers."""
+    return decide(emb, valid, medoid, threshold=threshold, **kw)
+
+
+# What the server measures and bounds around the rules.
+
 def normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-def semantic_medoid(emb: np.ndarray, valid: np.ndarray | None = None, threshold: float | None = None, *,
-                    text_ids: np.ndarray | None = None, confidence: np.ndarray | None = None,
-                    tie_seed: tuple[int, ...] = (0,), votes: np.ndarray | None = None,
-                    merge: float | None = None) -> Consensus:
-    """Medoid per prompt over ``emb`` [prompts, clients, dim] (unit rows), ignoring invalid answers.
-
-    Ties (within float32 rounding) between identical texts (same ``text_ids``; without them, the same
-    embedding) go to the lowest client index;
-    ties between different texts (always the case with two clients) go to the highest ``confidence``
-    [prompts, clients] (mean token log-prob, nan when unknown), else to a random text drawn with
-    ``tie_seed`` + the prompt index: never to a fixed client. With ``threshold`` τ, a prompt whose best mean
-    similarity to the others is below τ gets no pseudo-label (choice -1). ``votes`` and ``merge``: see
-    ``voted_scores``.
-    """
-    p, n, _ = emb.shape
-    valid = np.ones((p, n), dtype=bool) if valid is None else valid.astype(bool)
-    if n == 0:  # every upload was rejected
-        return Consensus(np.full(p, -1), np.full(p, np.nan), np.zeros(p, dtype=int))
-    if votes is not None or merge is not None:
-        scores = voted_scores(emb, valid, votes, merge)
-    else:
-        e = emb if valid.all() else np.where(valid[..., None], emb, 0)
-        # Σ_j e_i·e_j over valid j, minus the self term e_i·e_i: the similarity to the others.
-        scores = np.matmul(e, e.sum(axis=1)[..., None])[..., 0] - np.einsum("pnd,pnd->pn", e, e)
-    choice = pick(scores, valid, emb, text_ids, confidence, tie_seed)
-    return finish(emb, valid, choice, threshold)
-
-
-def voted_scores(emb: np.ndarray, valid: np.ndarray, votes: np.ndarray | None = None,
-                 merge: float | None = None) -> np.ndarray:
-    """The medoid's scores [P, N] with a vote per client: score_i = Σ_{j≠i} v_j cos(e_i, e_j) over valid j. With
-    ``merge`` τ, answers at cosine >= τ to each other are copies: they count as one voter (each votes 1/copies)
-    and give no vote to one another, so k sybils sending one text weigh as one client."""
-    valid = valid.astype(bool)
-    p, n, _ = emb.shape
-    e = np.where(valid[..., None], emb, 0)
-    sims = np.einsum("pid,pjd->pij", e, e)
-    voters = valid[:, None, :] & ~np.eye(n, dtype=bool)[None]
-    weight = np.ones((p, n)) if votes is None else np.broadcast_to(votes, (p, n)).astype(float)
-    if merge is not None:
-        same = (sims >= merge) & valid[:, None, :] & valid[:, :, None]
-        weight = weight / np.maximum(same.sum(axis=2), 1)
-        voters &= ~same
-    return np.einsum("pij,pj->pi", np.where(voters, sims, 0.0), weight)
-
-
-def copy_weights(emb: np.ndarray, valid: np.ndarray, merge: float) -> np.ndarray:
-    """[P, N]: 1 / (the number of valid answers at cosine >= ``merge`` to each valid answer, itself included)."""
-    e = np.where(valid[..., None], emb, 0)
-    same = (np.einsum("pid,pjd->pij", e, e) >= merge) & valid[:, None, :] & valid[:, :, None]
-    return np.where(valid, 1.0 / np.maximum(same.sum(axis=2), 1), 0.0)
-
-
-def agreement_with_others(emb: np.ndarray, valid: np.ndarray, reputation: np.ndarray, copy: float = COPY
-                          ) -> np.ndarray:
-    """[N]: each client's mean cosine to the reputation-weighted centroid of the other clients' valid answers,
+def agreement_with_others(rnd: Round, reputation: np.ndarray, copy: float = COPY) -> np.ndarray:
+    """[N]: each client's mean cosine to the reputation-weighted centroid of the other clients' candidates,
     over the prompts it answered; answers that are copies of its own (cosine >= ``copy``) are left out, so agreeing
     with a copy of oneself earns nothing. nan for a client with no such prompt."""
-    valid = valid.astype(bool)
-    n = emb.shape[1]
-    e = np.where(valid[..., None], emb, 0)
-    sims = np.einsum("pid,pjd->pij", e, e)
-    others = valid[:, None, :] & valid[:, :, None] & ~np.eye(n, dtype=bool)[None] & (sims < copy)
+    n = rnd.valid.shape[1]
+    others = rnd.valid[:, None, :] & rnd.valid[:, :, None] & ~np.eye(n, dtype=bool)[None] & (rnd.sims < copy)
     w = np.where(others, reputation[None, None, :], 0.0)
     total = w.sum(axis=2)
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_prompt = np.where(total > 0, (w * sims).sum(axis=2) / total, np.nan)  # [P, N]
+        per_prompt = np.where(total > 0, (w * rnd.sims).sum(axis=2) / total, np.nan)  # [P, N]
         counted = np.isfinite(per_prompt)
         return np.where(counted.any(axis=0), np.nansum(per_prompt, axis=0) / np.maximum(counted.sum(axis=0), 1), np.nan)
 
@@ -115,57 +247,6 @@ def update_reputation(reputation: np.ndarray, agreement: np.ndarray, beta: float
     return np.maximum(new / new.max(), 1e-6)
 
 
-def weighted_medoid(emb: np.ndarray, valid: np.ndarray, competence: np.ndarray, temperature: float, *,
-                    threshold: float | None = None, text_ids: np.ndarray | None = None,
-                    confidence: np.ndarray | None = None, tie_seed: tuple[int, ...] = (0,),
-                    votes: np.ndarray | None = None, merge: float | None = None) -> Consensus:
-    """Minimum Bayes risk with a prior: c(p) = argmax_i Σ_j w_j cos(e_i, e_j), the own term included, with vote
-    weights w = softmax(competence / T) over the prompt's valid answers. Equal competence is the plain medoid;
-    as T → 0 the most competent client's answer wins unless the others agree with it anyway. ``votes`` scale
-    the weights; with ``merge``, copies share one weight (``copy_weights``)."""
-    p, n, _ = emb.shape
-    valid = valid.astype(bool)
-    if n == 0:
-        return Consensus(np.full(p, -1), np.full(p, np.nan), np.zeros(p, dtype=int))
-    logits = np.where(valid, competence / temperature, -np.inf)
-    logits = logits - np.where(valid.any(axis=1, keepdims=True), logits.max(axis=1, keepdims=True), 0)
-    weights = np.where(valid, np.exp(logits), 0.0)
-    if votes is not None:
-        weights = weights * votes
-    if merge is not None:
-        weights = weights * copy_weights(emb, valid, merge)
-    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-300)
-    e = np.where(valid[..., None], emb, 0)
-    scores = np.einsum("pnd,pd->pn", e, np.einsum("pn,pnd->pd", weights, e))
-    return finish(emb, valid, pick(scores, valid, emb, text_ids, confidence, tie_seed), threshold)
-
-
-def gated(emb: np.ndarray, valid: np.ndarray, competence: np.ndarray, gate: float, *, fallback: bool = False,
-          threshold: float | None = None, text_ids: np.ndarray | None = None, confidence: np.ndarray | None = None,
-          tie_seed: tuple[int, ...] = (0,), votes: np.ndarray | None = None, merge: float | None = None
-          ) -> Consensus:
-    """Selective-FD's rule for texts: only answers whose client's competence is at least ``gate`` are
-    candidates, and the medoid runs among them. A prompt no answer passes gets no label, or (``fallback``) the
-    medoid of all valid answers."""
-    valid = valid.astype(bool)
-    passing = valid & (competence >= gate)
-    common = {"text_ids": text_ids, "confidence": confidence, "tie_seed": tie_seed, "votes": votes, "merge": merge}
-    inner = semantic_medoid(emb, passing, **common)
-    choice = inner.choice
-    if fallback:
-        plain = semantic_medoid(emb, valid, **common)
-        choice = np.where(inner.valid_count > 0, choice, plain.choice)
-    return finish(emb, valid, choice, threshold)
-
-
-def oracle(valid: np.ndarray, expert: np.ndarray, emb: np.ndarray) -> Consensus:
-    """A measurement bound: the answer of each prompt's ``expert`` [P] (client index, -1: none) where it is
-    valid; -1 elsewhere."""
-    p = len(expert)
-    ok = (expert >= 0) & valid[np.arange(p), np.maximum(expert, 0)] if valid.shape[1] else np.zeros(p, dtype=bool)
-    return finish(emb, valid.astype(bool), np.where(ok, expert, -1))
-
-
 def rank_normalize(competence: np.ndarray) -> np.ndarray:
     """Each client's competence [prompts, clients] as its percentile rank over the round's prompts (mid-ranks
     for ties, in (0, 1)): every client's numbers then average 0.5, so one that claims the top on every prompt
@@ -180,19 +261,16 @@ def rank_normalize(competence: np.ndarray) -> np.ndarray:
     return out
 
 
-def supported(emb: np.ndarray, valid: np.ndarray, tau: float) -> np.ndarray:
-    """[P, N]: valid answers that agree with at least one other client's valid answer at cosine >= ``tau``."""
-    valid = valid.astype(bool)
-    e = np.where(valid[..., None], emb, 0)
-    sims = np.einsum("pid,pjd->pij", e, e)
-    n = emb.shape[1]
-    others = valid[:, None, :] & ~np.eye(n, dtype=bool)[None]
-    return valid & ((sims >= tau) & others).any(axis=2)
+def supported(rnd: Round, tau: float) -> np.ndarray:
+    """[P, N]: candidates that agree with at least one other client's candidate at cosine >= ``tau``."""
+    n = rnd.valid.shape[1]
+    others = rnd.valid[:, None, :] & ~np.eye(n, dtype=bool)[None]
+    return rnd.valid & ((rnd.sims >= tau) & others).any(axis=2)
 
 
 def pick(scores: np.ndarray, valid: np.ndarray, emb: np.ndarray, text_ids: np.ndarray | None,
          confidence: np.ndarray | None, tie_seed: tuple[int, ...]) -> np.ndarray:
-    """The valid answer with the highest score per prompt, ties broken as ``semantic_medoid`` says (-1: none)."""
+    """The valid answer with the highest score per prompt, ties broken as ``select`` says (-1: none)."""
     p, n = scores.shape
     confidence = np.full((p, n), np.nan) if confidence is None else confidence
     scores = np.where(valid, scores, -np.inf)

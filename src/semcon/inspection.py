@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from textwrap import indent
 
-from semcon.config import ConfigError, load_config
-from semcon.rundir import RunDir, RunDirError, read_rows
+from semcon.config import ConfigError
+from semcon.rundir import RunDir, RunDirError, read_rows, saved_config
 
 # What each kind of ledger message carries, in words (protocol.py defines them).
 CARRIES = {
@@ -44,7 +44,7 @@ def exchanges(path: Path, client: str | None = None, round: int | None = None) -
     for a directory that is no run or a client or round it does not have."""
     path = Path(path)
     try:
-        cfg = load_config(path / "config.yaml", check_files=False)
+        cfg = saved_config(path)
     except (ConfigError, OSError) as e:
         raise RunDirError(f"{path}: not a run directory ({e})") from None
     names = [c.name for c in cfg.clients]

@@ -9,6 +9,7 @@ picks a rule before paying for training runs. Round 1's uploads do not depend on
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,11 +17,12 @@ import numpy as np
 
 from semcon.attacks import attack
 from semcon.competence import quantize
-from semcon.config import COMPETENCE_RULES, AttackConfig, ConfigError, RunConfig, load_config
+from semcon.consensus import REFERENCE_BOUND, load_rule, rule_inputs
+from semcon.config import AttackConfig, ConfigError, RunConfig, load_config
 from semcon.data import Prompt, build_splits, experts_of
 from semcon.embed import Embedder
 from semcon.protocol import Upload, digest
-from semcon.rundir import RunDir, RunDirError, read_rows
+from semcon.rundir import RunDir, RunDirError, read_rows, saved_config
 from semcon.server import Answers, Choice, choose, pseudo_labels, round_metrics, uploads_from_rows
 
 
@@ -59,7 +61,7 @@ def load_kept(path: Path, need_experts: bool = True) -> Kept:
     are read when ``need_experts`` or the run's own rule needs them (oracle_expert)."""
     path = Path(path)
     try:
-        cfg = load_config(path / "config.yaml", check_files=False)
+        cfg = saved_config(path)
     except ConfigError as e:
         raise RunDirError(f"{path}: cannot read its config ({e})") from None
     if cfg.method != "semantic_consensus":
@@ -130,16 +132,21 @@ def recompute(kept: Kept, t: int, uploads: dict[str, Upload], cfg: RunConfig, em
     return picked, pseudo_labels(prompts, picked)
 
 
-def parse_rule(spec: str) -> tuple[str, list[str]]:
-    """``NAME[:key=value,...]`` (consensus keys) as a label and ``consensus.*`` overrides."""
-    name, _, rest = spec.partition(":")
-    sets = [f"consensus.rule={name.strip()}"]
-    for item in filter(None, (part.strip() for part in rest.split(","))):
+RULE_SPEC = re.compile(r"^\s*(?P<rule>[\w.]+(?::\w+)?)\s*(?::(?P<settings>.*=.*))?$")
+
+
+def parse_rule(spec: str) -> tuple[str, str, list[str]]:
+    """``RULE[:key=value,...]`` as a label, the rule and ``consensus.*`` overrides. RULE is a rule's name or your
+    own as ``package.module:function`` (a colon with no ``=`` after it)."""
+    if not (m := RULE_SPEC.match(spec)):
+        raise ConfigError(f"--rule {spec!r}: not NAME[:key=value,...] or package.module:function[:key=value,...]")
+    sets = [f"consensus.rule={m['rule']}"]
+    for item in filter(None, (part.strip() for part in (m["settings"] or "").split(","))):
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--rule {spec!r}: {item!r} is not key=value")
         sets.append(f"consensus.{key.strip().removeprefix('consensus.')}={value.strip()}")
-    return spec, sets
+    return spec, m["rule"], sets
 
 
 def parse_attack(spec: str) -> tuple[str, AttackConfig]:
@@ -169,8 +176,8 @@ def replay(path: Path, rules: list[str], sets: list[str] = (), attackers: list[s
     embedder, out = kept.embedder(), []
     for spec in rules:
         reputation = None
-        label, rule_sets = parse_rule(spec)
-        if spec.partition(":")[0].strip() in COMPETENCE_RULES and not kept.cfg.consensus.signals:
+        label, rule, rule_sets = parse_rule(spec)
+        if reads_competence(rule) and not kept.cfg.consensus.signals:
             raise ConfigError(f"--rule {spec!r} reads competence, and this run's uploads carry none (it ran with "
                               "consensus.competence: none): replay it on a run made with consensus.competence: knn")
         cfg = load_config(tree=tree, overrides=[*sets, *rule_sets], check_files=False)
@@ -190,6 +197,16 @@ def replay(path: Path, rules: list[str], sets: list[str] = (), attackers: list[s
                                     for n, a in sorted(attacks.items())},
                         "bound": cfg.consensus.oracle})
     return out
+
+
+def reads_competence(rule: str) -> bool:
+    """Whether ``rule`` reads the clients' competence; ConfigError (one line) for a rule that does not load."""
+    if rule == REFERENCE_BOUND:
+        return False
+    try:
+        return "competence" in rule_inputs(load_rule(rule), rule)[0]
+    except ValueError as e:
+        raise ConfigError(f"--rule: {e}") from None
 
 
 def _levels(upload: Upload, levels: int | None) -> Upload:

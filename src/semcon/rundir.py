@@ -37,13 +37,19 @@ class RunDirError(ValueError):
     """A run directory that cannot be used or read, phrased as one line naming it (exit code 2)."""
 
 
+def saved_config(where: Path, overrides: list[str] | None = None, check_files: bool = False) -> RunConfig:
+    """A run folder's resolved ``config.yaml`` (ConfigError naming it). Settings its rule does not read are left
+    out: folders from before semcon refused them still load."""
+    return load_config(Path(where) / "config.yaml", overrides, check_files=check_files, written=True)
+
+
 def finished_run(where: Path) -> tuple[RunConfig, dict[str, Any]]:
     """A finished run's resolved config and summary, or RunDirError naming what is missing."""
     where = Path(where)
     if not (where / "summary.json").is_file():
         raise RunDirError(f"{where}: the run has not finished (no summary.json); `semcon resume {where}` first")
     try:
-        cfg = load_config(where / "config.yaml", check_files=False)
+        cfg = saved_config(where)
         return cfg, json.loads((where / "summary.json").read_text(encoding="utf-8"))
     except (ConfigError, ValueError) as e:
         raise RunDirError(f"{where}: cannot read it ({e})") from None

@@ -17,16 +17,20 @@ import numpy as np
 
 from semcon.config import ConsensusConfig, PublicConfig
 from semcon.consensus import (
+    REFERENCE_BOUND,
+    Ballot,
     Consensus,
+    Round,
     agreement_with_others,
-    finish,
-    gated,
-    oracle,
+    ballot,
+    load_rule,
+    medoid,
+    merge_copies,
     rank_normalize,
-    semantic_medoid,
+    reputation_votes,
+    select,
     supported,
     update_reputation,
-    weighted_medoid,
 )
 from semcon.data import Prompt
 from semcon.embed import Embedder
@@ -106,18 +110,7 @@ class Answers:
     def blank(self) -> np.ndarray:
         return np.array([[is_blank(t) for t in row] for row in self.texts], dtype=bool).reshape(self.finished.shape)
 
-    def with_reference(self, prompts: list[Prompt]) -> Answers:
-        """These answers plus the held-back references as one more column, ``reference`` (for the oracle bound;
-        blank where a prompt has none)."""
-        def column(table: np.ndarray, value) -> np.ndarray:
-            return np.concatenate([table, np.full((len(prompts), 1), value)], axis=1)
-
-        return Answers([*self.names, REFERENCE], [[*row, q.reference or ""] for row, q in zip(self.texts, prompts)],
-                       column(self.finished, True), column(self.confidence, np.nan),
-                       {s: column(c, 1.0) for s, c in self.competence.items()})
-
-
-REFERENCE = "reference"  # the column of held-back references under rule oracle_reference
+REFERENCE = "reference"  # who supplied a label under the references-only bound (oracle_reference)
 
 
 @dataclass
@@ -131,18 +124,26 @@ class Choice:
     text_ids: np.ndarray  # [P, N] row of ``vectors`` of each answer (-1: blank)
     seconds_embed: float
     reputation: dict[str, float] | None = None  # each client's weight after this round (consensus.reputation)
+    references: list[str | None] | None = None  # the references-only bound: each prompt's label (None: none)
+
+    def label(self, k: int) -> tuple[str, str, bool, float] | None:
+        """Prompt ``k``'s pseudo-label as (who, text, finished, confidence), or None."""
+        if self.references is not None and self.references[k] is not None:
+            return REFERENCE, self.references[k], True, np.nan
+        c = int(self.consensus.choice[k])
+        if c < 0:
+            return None
+        a = self.answers
+        return a.names[c], a.texts[k][c], bool(a.finished[k, c]), float(a.confidence[k, c])
 
 
 def choose(cfg: ConsensusConfig, prompts: list[Prompt], answers: Answers, embedder: Embedder,
            experts: dict[str, str] | None, tie_seed: tuple[int, ...], reputation: dict[str, float] | None = None
            ) -> Choice:
     """One consensus step over a round's valid answers under ``cfg.rule``: candidates, one batched embedding of
-    the distinct texts, the defences' votes, then the rule (``consensus.py``). ``reputation``: each client's weight
-    after the rounds before (absent: 1). The server, replay and verify all call this."""
-    if cfg.rule == "oracle_reference":
-        answers = answers.with_reference(prompts)
-    blank = answers.blank
-    candidate = ~blank
+    the distinct texts, the defences' votes, then the rule and ``select`` (``consensus.py``). ``reputation``: each
+    client's weight after the rounds before (absent: 1). The server, replay and verify all call this."""
+    candidate = ~answers.blank
     if cfg.truncated == "drop":
         candidate &= answers.finished
     if cfg.degenerate == "drop":
@@ -150,45 +151,59 @@ def choose(cfg: ConsensusConfig, prompts: list[Prompt], answers: Answers, embedd
 
     start = time.perf_counter()
     texts = answers.texts
-    unique = sorted({t for row, ok in zip(texts, ~blank) for t, v in zip(row, ok) if v})
+    unique = sorted({t for row, ok in zip(texts, candidate) for t, v in zip(row, ok) if v})
     vectors = embedder(unique)
     index = {t: i for i, t in enumerate(unique)}
-    shape = candidate.shape
-    text_ids = np.array([[index.get(t, -1) for t in row] for row in texts], dtype=int).reshape(shape)
-    emb = np.zeros((*shape, embedder.dim), dtype=np.float32)
+    text_ids = np.array([[index.get(t, -1) for t in row] for row in texts], dtype=int).reshape(candidate.shape)
+    emb = np.zeros((*candidate.shape, embedder.dim), dtype=np.float32)
     emb[candidate] = vectors[text_ids[candidate]]
     seconds = time.perf_counter() - start
 
+    names = answers.names
+    signal = answers.competence[cfg.used_signal] if cfg.used_signal else None
+    expert = np.array([names.index(experts[p.domain]) if experts and experts.get(p.domain) in names else -1
+                       for p in prompts], dtype=int)
+    rnd = Round.of(emb, candidate, text_ids=text_ids, confidence=answers.confidence, expert=expert,
+                   competence=rank_normalize(signal) if signal is not None and cfg.competence_norm == "rank" else signal)
     if cfg.support is not None:
-        candidate = supported(emb, candidate, cfg.support)
-    votes, carried = None, None
+        rnd = rnd.only(supported(rnd, cfg.support))
+    carried, votes = None, None
     if cfg.reputation is not None:  # this round's evidence first, so that round 1 is defended too
-        before = np.array([(reputation or {}).get(n, 1.0) for n in answers.names])
-        votes = update_reputation(before, agreement_with_others(emb, candidate, before), cfg.reputation)
-        carried = {n: round_float(v) for n, v in zip(answers.names, votes) if n != REFERENCE}
-    common = {"threshold": cfg.threshold, "text_ids": text_ids, "confidence": answers.confidence, "tie_seed": tie_seed,
-              "votes": votes, "merge": cfg.sybil_merge}
-    if cfg.used_signal is not None:  # a rule that reads competence
-        comp = answers.competence[cfg.used_signal]
-        comp = rank_normalize(comp) if cfg.competence_norm == "rank" else comp
-        if cfg.rule == "weighted_medoid":
-            result = weighted_medoid(emb, candidate, comp, cfg.temperature, **common)
-        else:
-            result = gated(emb, candidate, comp, cfg.gate, fallback=cfg.fallback == "medoid", **common)
-    elif cfg.oracle:
-        names = answers.names
-        if cfg.rule == "oracle_reference":
-            expert = np.full(len(prompts), names.index(REFERENCE))
-        else:
-            expert = np.array([names.index(experts[p.domain]) if experts and experts.get(p.domain) in names else -1
-                               for p in prompts], dtype=int)
-        result = oracle(candidate, expert, emb)
-        if cfg.fallback == "medoid":
-            plain = semantic_medoid(emb, candidate, **common)
-            result = finish(emb, candidate, np.where(result.choice >= 0, result.choice, plain.choice), cfg.threshold)
-    else:
-        result = semantic_medoid(emb, candidate, **common)
-    return Choice(answers, candidate, result, vectors, text_ids, seconds, carried)
+        before = np.array([(reputation or {}).get(n, 1.0) for n in names])
+        votes = update_reputation(before, agreement_with_others(rnd, before), cfg.reputation)
+        carried = {n: round_float(v) for n, v in zip(names, votes)}
+
+    def defended(b: Ballot) -> Ballot:
+        b = b if votes is None else reputation_votes(b, votes)
+        return b if cfg.sybil_merge is None else merge_copies(rnd, b, cfg.sybil_merge)
+
+    plain = defended(medoid(rnd.valid)) if cfg.fallback == "medoid" else None
+    if cfg.rule == REFERENCE_BOUND:
+        refs = [p.reference if p.reference and not is_blank(p.reference) and
+                not (cfg.degenerate == "drop" and is_degenerate(p.reference)) else None for p in prompts]
+        result = reference_bound(rnd, refs, embedder, tie_seed, cfg.threshold, plain)
+        return Choice(answers, rnd.valid, result, vectors, text_ids, seconds, carried, refs)
+    rule = defended(ballot(load_rule(cfg.rule), rnd, cfg.model_dump()))
+    result = select(rnd, rule, tie_seed, cfg.threshold, plain)
+    return Choice(answers, rnd.valid, result, vectors, text_ids, seconds, carried)
+
+
+def reference_bound(rnd: Round, refs: list[str | None], embedder: Embedder, tie_seed: tuple[int, ...],
+                    threshold: float | None, fallback: Ballot | None) -> Consensus:
+    """The references-only bound's consensus: each reference's agreement with the candidates (it took part with
+    them), and the ``fallback`` choice where a prompt has no reference."""
+    none = Ballot(np.zeros_like(rnd.valid), np.zeros(rnd.valid.shape))
+    result = select(rnd, none, tie_seed, threshold, fallback)
+    have = np.array([r is not None for r in refs], dtype=bool)
+    if not have.any():
+        return result
+    ref = np.zeros((len(refs), rnd.emb.shape[2]), dtype=rnd.emb.dtype)
+    ref[have] = embedder([r for r in refs if r is not None])
+    count = rnd.valid.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        agreement = np.where(count > 0, np.einsum("pnd,pd->p", rnd.emb, ref) / np.maximum(count, 1), 1.0)
+    return Consensus(np.where(have, -1, result.choice), np.where(have, agreement, result.agreement),
+                     np.where(have, count + 1, result.valid_count))
 
 
 class SemanticConsensus:
@@ -262,16 +277,13 @@ class SemanticConsensus:
 
 def pseudo_labels(prompts: list[Prompt], picked: Choice) -> list[PseudoLabel]:
     """The rows of ``pseudo_labels/round_NN.jsonl``: each labelled prompt's chosen answer and who gave it."""
-    a, result = picked.answers, picked.consensus
-    labels = []
-    for pi, p in enumerate(prompts):
-        c = int(result.choice[pi])
-        if c < 0:
+    result, labels = picked.consensus, []
+    for k, p in enumerate(prompts):
+        if (label := picked.label(k)) is None:
             continue
-        conf = a.confidence[pi, c]
-        labels.append(PseudoLabel(p.id, p.instruction, a.names[c], a.texts[pi][c], round_float(result.agreement[pi]),
-                                  int(result.valid_count[pi]), bool(a.finished[pi, c]),
-                                  round_float(conf) if np.isfinite(conf) else None))
+        who, text, finished, conf = label
+        labels.append(PseudoLabel(p.id, p.instruction, who, text, round_float(result.agreement[k]),
+                                  int(result.valid_count[k]), finished, round_float(conf) if np.isfinite(conf) else None))
     return labels
 
 
@@ -307,22 +319,18 @@ def round_metrics(prompts: list[Prompt], picked: Choice, labels: list[PseudoLabe
                   embedder: Embedder) -> dict:
     """The consensus fields of the round's metrics row: agreement, labels given, cut and degenerate answers,
     whose answers became labels (per client, and per domain the expert's share) and the labels' quality."""
-    a, choice = picked.answers, picked.consensus.choice
-    names = [n for n in a.names if n != REFERENCE]
-    real = len(names)
+    a, names = picked.answers, picked.answers.names
     agreement = [lab.agreement for lab in labels if lab.answers > 1]
-    degenerate = a.degenerate[:, :real]
     return {
         **({"reputation": picked.reputation} if picked.reputation is not None else {}),
         "mean_agreement": round_float(np.mean(agreement), 4) if agreement else None,
         "pseudo_labels": len(labels), "unlabelled": len(prompts) - len(labels), "prompts": len(prompts),
         "cut_share": {n: round_float(1 - a.finished[:, i].mean()) for i, n in enumerate(names)},
-        "cut_share_by_domain": share_by_domain(prompts, names, ~a.finished[:, :real]),
-        "degenerate_share": {n: round_float(degenerate[:, i].mean()) for i, n in enumerate(names)},
-        "label_share": label_share(labels, a.names),
+        "cut_share_by_domain": share_by_domain(prompts, names, ~a.finished),
+        "degenerate_share": {n: round_float(a.degenerate[:, i].mean()) for i, n in enumerate(names)},
+        "label_share": label_share(labels, [*names, REFERENCE] if picked.references is not None else names),
         "expert_share": expert_share(prompts, labels, experts),
-        "answer_quality": answer_quality(prompts, a.names[:real], a.texts, choice, picked.vectors, picked.text_ids,
-                                         embedder),
+        "answer_quality": answer_quality(prompts, picked, embedder),
     }
 
 
@@ -350,29 +358,32 @@ def share_by_domain(prompts: list[Prompt], names: list[str], flags: np.ndarray) 
     return {n: {d: round_float(flags[rows[d], i].mean()) for d in domains} for i, n in enumerate(names)}
 
 
-def answer_quality(prompts: list[Prompt], names: list[str], texts: list[list[str]], choice: np.ndarray,
-                   vectors: np.ndarray, text_ids: np.ndarray, embedder: Embedder) -> dict | None:
+def answer_quality(prompts: list[Prompt], picked: Choice, embedder: Embedder) -> dict | None:
     """ROUGE-L and embedding cosine to the held-back references, on the labelled prompts that have one: of the
     chosen pseudo-labels, of each client's own answers and of a uniformly random client's answer (its
-    expectation: the mean over clients). The direct check that consensus picks better answers than a client.
-    ``texts`` may hold more columns than ``names`` (the reference itself, under oracle_reference)."""
-    rows = [k for k, p in enumerate(prompts) if p.reference is not None and choice[k] >= 0]
-    if not rows or not names:
+    expectation: the mean over clients). The direct check that consensus picks better answers than a client."""
+    a, choice = picked.answers, picked.consensus.choice
+    rows = [k for k, p in enumerate(prompts) if p.reference is not None and picked.label(k) is not None]
+    if not rows or not a.names:
         return None
-    columns = range(len(texts[rows[0]]))
     refs = embedder([prompts[k].reference for k in rows])
-    rouge = np.array([[rouge_l(texts[k][i], prompts[k].reference) for i in columns] for k in rows])
-    cos = np.array([[float(vectors[text_ids[k, i]] @ refs[r]) if text_ids[k, i] >= 0 else 0.0 for i in columns]
-                    for r, k in enumerate(rows)])
-    chosen = np.array([choice[k] for k in rows])
-    at, own = np.arange(len(rows)), len(names)
+
+    def cosine(k: int, i: int, r: int) -> float:  # answer i of prompt k (-1: the reference) to reference r
+        if i < 0:
+            return float(refs[r] @ refs[r])
+        return float(picked.vectors[picked.text_ids[k, i]] @ refs[r]) if picked.text_ids[k, i] >= 0 else 0.0
+
+    rouge = np.array([[rouge_l(t, prompts[k].reference) for t in a.texts[k]] for k in rows])
+    cos = np.array([[cosine(k, i, r) for i in range(len(a.names))] for r, k in enumerate(rows)])
+    label_rouge = np.array([rouge_l(picked.label(k)[1], prompts[k].reference) for k in rows])
+    label_cos = np.array([cosine(k, int(choice[k]), r) for r, k in enumerate(rows)])
 
     def scores(r: np.ndarray, c: np.ndarray) -> dict[str, float]:
         return {"rouge_l": round_float(r.mean(), 4), "cosine": round_float(c.mean(), 4)}
 
-    return {"prompts": len(rows), "consensus": scores(rouge[at, chosen], cos[at, chosen]),
-            "random": scores(rouge[:, :own].mean(1), cos[:, :own].mean(1)),
-            "clients": {n: scores(rouge[:, i], cos[:, i]) for i, n in enumerate(names)}}
+    return {"prompts": len(rows), "consensus": scores(label_rouge, label_cos),
+            "random": scores(rouge.mean(1), cos.mean(1)),
+            "clients": {n: scores(rouge[:, i], cos[:, i]) for i, n in enumerate(a.names)}}
 
 
 def round_float(x: float, digits: int = 6) -> float:

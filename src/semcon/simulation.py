@@ -11,16 +11,15 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
 
 from semcon.assembly import Federation, assemble, client_round
 from semcon.client import answer_together, evaluate_together
-from semcon.config import ConsensusConfig, RunConfig, load_config
+from semcon.config import RunConfig, config_key
 from semcon.data import public_prompts
 from semcon.energy import EnergyMeter
 from semcon.federation import federate
 from semcon.protocol import decode, encode
-from semcon.rundir import RunDir, RunState, jsonl, read_rows
+from semcon.rundir import RunDir, RunState, jsonl, read_rows, saved_config
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,7 @@ def run(cfg: RunConfig, out: Path, progress=None, overwrite: bool = False) -> di
 def resume(out: Path, progress=None) -> dict:
     """Continue a crashed or killed run from its last completed round, with nothing lost or repeated."""
     run_dir = RunDir(out)
-    cfg = load_config(run_dir.path / "config.yaml")
+    cfg = saved_config(run_dir.path, check_files=True)
     if run_dir.has_state():
         return _session(cfg, run_dir, progress, resuming=True)
     log.info("%s has no completed round yet: starting it again", out)
@@ -140,7 +139,7 @@ def fork(source: Path, cfg: RunConfig, out: Path, progress=None) -> dict:
     from semcon.server import uploads_from_rows
 
     source, run_dir = Path(source), RunDir.create(out, cfg)
-    other = load_config(source / "config.yaml", check_files=False)
+    other = saved_config(source)
     if config_key(other, "round0") != config_key(cfg, "round0"):
         raise ValueError(f"{source} differs from this run in more than what acts on uploads and the consensus")
     shutil.copy2(source / "public.jsonl", run_dir.path / "public.jsonl")
@@ -165,33 +164,6 @@ def can_fork(source: Path) -> bool:
     source = Path(source)
     return ((source / "checkpoints" / "state.round_00.json").is_file() and (source / "uploads" / "round_01.jsonl").is_file()
             and any((source / "checkpoints" / "clients").glob("*/round_00.safetensors")))
-
-
-# Consensus settings that act on the server only: runs that differ only in these share round 0 and round 1's answers.
-SERVER_ONLY = frozenset(ConsensusConfig.model_fields) - {"competence", "competence_levels", "knn_k", "embedder",
-                                                         "max_answer_chars"}
-
-
-def config_key(cfg: RunConfig, level: Literal["run", "answers", "round0"] = "run") -> str:
-    """What decides a run, as a string to compare: ``run``, the whole config but its name, its seeds plan and
-    trackers (an ``adversaries`` of count 0 is none); ``answers``, its round 0 and round-1 answers, which the
-    server-only consensus settings do not change (``skip_own`` acts only from round 1's training on); ``round0``,
-    round 0 alone, which neither what acts only on uploads changes: attacks that leave the private data alone,
-    and the upload filter."""
-    tree = cfg.model_dump(mode="json")
-    for key in ("name", "seeds", "log"):
-        tree.pop(key, None)
-    if tree["adversaries"] and tree["adversaries"]["count"] == 0:
-        tree["adversaries"] = None
-    if level in ("answers", "round0"):
-        tree["consensus"] = {k: v for k, v in tree["consensus"].items() if k not in SERVER_ONLY}
-    if level == "round0":
-        for holder in [tree, *tree["clients"]]:
-            key = "adversaries" if holder is tree else "attack"
-            if holder.get(key) and not holder[key]["poison_private"]:
-                holder[key] = None
-        tree["privacy"] = {k: v for k, v in tree["privacy"].items() if k not in ("filter", "ngram")}
-    return json.dumps(tree, sort_keys=True)
 
 
 def _session(cfg: RunConfig, run_dir: RunDir, progress, resuming: bool = False,

@@ -26,7 +26,7 @@ import yaml
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from semcon.config import RunConfig, load_config
+from semcon.config import RunConfig, load_config, member_tree
 from semcon.data import Prompt
 from semcon.flower.signing import Refused, check_order, trusted_key
 from semcon.names import check_name, child
@@ -113,7 +113,7 @@ def load_setup(state: Path, pid: int, node: dict) -> tuple[RunConfig, list[Promp
     if "data-path" in node:
         client["data"] = {"source": "jsonl", "path": str(node["data-path"])}
     prompts = json.loads((state / "public.json").read_text(encoding="utf-8"))
-    return load_config(tree=tree, check_files=False), [Prompt(pid_, text, "public") for pid_, text in prompts.items()]
+    return load_config(tree=member_tree(tree), check_files=False), [Prompt(pid_, text, "public") for pid_, text in prompts.items()]
 
 
 def _fault(client: str, phase: str, t: int) -> None:

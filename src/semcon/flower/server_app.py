@@ -19,7 +19,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from semcon.algorithms import make_algorithm
-from semcon.config import FILE_SOURCES, RunConfig, load_config
+from semcon.config import FILE_SOURCES, RunConfig
 from semcon.data import experts_of, public_prompts
 from semcon.embed import Embedder
 from semcon.federation import FederationError, Tick, federate, setup_messages
@@ -28,7 +28,7 @@ from semcon.flower.secure import load_members
 from semcon.flower.signing import Signer
 from semcon.names import check_name
 from semcon.protocol import ProtocolError, check_eval_report, check_train_report, encode, load_report
-from semcon.rundir import RunDir, RunState
+from semcon.rundir import RunDir, RunState, saved_config
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -258,10 +258,10 @@ def serve(grid: Grid, run_dir: RunDir, run_config: dict | None = None) -> dict:
     """
     state = RunState.load(run_dir)
     if state is None:
-        cfg = load_config(run_dir.path / "config.yaml", run_config_overrides(run_config or {}))
+        cfg = saved_config(run_dir.path, run_config_overrides(run_config or {}), check_files=True)
         (run_dir.path / "config.yaml").write_text(cfg.dump(), encoding="utf-8")
     else:
-        cfg = load_config(run_dir.path / "config.yaml")
+        cfg = saved_config(run_dir.path, check_files=True)
     if cfg.method == "centralized":
         raise FederationError("centralized training pools data in one place: it has no Flower deployment")
     if cfg.method == "semantic_consensus" and cfg.consensus.oracle:
