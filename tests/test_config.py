@@ -98,3 +98,37 @@ def test_a_client_template_declares_many_clients():
 def test_bad_templates_and_cohorts_are_one_line(tree, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         load_config(tree={"data": {"partition": "iid"}, **tree})
+
+
+OLD_MEDOID = ROOT / "docs/results/study2/dirichlet/data.partition=dirichlet+consensus.rule=medoid/semantic_consensus/seed-0"
+
+
+def test_a_setting_the_rule_does_not_read_is_refused_unless_semcon_wrote_it():
+    from semcon.rundir import RunDir
+
+    one_line = "consensus.gate: rule 'medoid' does not read it"
+    with pytest.raises(ConfigError, match=one_line):
+        load_config(ROOT / "configs/demo.yaml", ["consensus.gate=0.7"])
+    with pytest.raises(ConfigError, match="^--set consensus.gate=0.6: " + one_line):
+        load_config(ROOT / "configs/study2.yaml", ["consensus.rule=medoid", "consensus.gate=0.6"])
+    # a rule changed by an override leaves the file's settings of the other rule behind
+    assert load_config(ROOT / "configs/study2.yaml", ["consensus.rule=medoid"]).consensus.gate == 0.5
+    # a committed run folder written before the check (medoid with gate 0.75) still loads, for verify and replay
+    assert yaml.safe_load((OLD_MEDOID / "config.yaml").read_text())["consensus"]["gate"] == 0.75
+    with pytest.raises(ConfigError, match="rule 'medoid' does not read it"):
+        load_config(OLD_MEDOID / "config.yaml", check_files=False)
+    assert RunDir(OLD_MEDOID).config().consensus.rule == "medoid"
+
+
+def test_every_consensus_setting_has_one_reader_and_a_member_gets_only_its_part():
+    from semcon.config import SERVER, ConsensusConfig, MemberConsensus, member_tree, reader
+
+    readers = {k: reader(ConsensusConfig, k) for k in ConsensusConfig.model_fields}
+    assert readers["rule"] == readers["gate"] == SERVER and readers["competence"] == "member"
+    member = ConsensusConfig(rule="gated", competence="knn", gate=0.75).member()
+    assert isinstance(member, MemberConsensus) and not hasattr(member, "gate") and member.skip_own
+    assert set(MemberConsensus.__dataclass_fields__) == {k for k, r in readers.items() if r != SERVER}
+    # a member loads the run's config without the coordinator's rule, which it need not be able to import
+    tree = load_config(ROOT / "configs/demo.yaml").model_dump(mode="json")
+    tree["consensus"]["rule"] = "only_on_the_coordinator:rule"
+    assert load_config(tree=member_tree(tree), check_files=False).consensus.rule == "medoid"

@@ -11,7 +11,6 @@ filter) from its round 0; another method's run that does not read these at all i
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import re
 import shutil
@@ -22,8 +21,7 @@ from pathlib import Path
 from semcon.compare import method_config, plan, run_compare, seed_plan, write_manifest
 from semcon.config import ConfigError, RunConfig, config_key
 from semcon.report import Runs, ablation_report, cell_title, write_report
-from semcon.rundir import saved_config
-from semcon.simulation import can_fork
+from semcon.rundir import RunDir
 
 log = logging.getLogger(__name__)
 RunOne = Callable[[RunConfig, Path, bool], dict]  # run (or resume) one federation into a run directory
@@ -113,7 +111,7 @@ def finished_runs(out: Path) -> list[tuple[RunConfig, Path]]:
     found = []
     for summary in sorted(Path(out).glob("*/*/seed-*/summary.json")):
         try:
-            found.append((saved_config(summary.parent), summary.parent))
+            found.append((RunDir(summary.parent).config(), summary.parent))
         except ConfigError as e:
             log.warning("%s: not used for sharing (%s)", summary.parent, e)
     return found
@@ -129,7 +127,7 @@ def _shared(cfg: RunConfig, finished: list[tuple[RunConfig, Path]]) -> tuple[Pat
                      if config_key(other, "no answers") == config_key(cfg, "no answers")), None)
     for level in ("run", "answers", "round0"):
         for other, path in same:
-            if config_key(other, level) == config_key(cfg, level) and (level == "run" or can_fork(path)):
+            if config_key(other, level) == config_key(cfg, level) and (level == "run" or RunDir(path).can_fork()):
                 return path, level == "run"
     return None
 
@@ -142,10 +140,10 @@ def _reuse(source: Path, cfg: RunConfig, target: Path, fork, copy: bool) -> dict
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(source, target)
-    (target / "config.yaml").write_text(cfg.dump(), encoding="utf-8")
-    summary = json.loads((target / "summary.json").read_text(encoding="utf-8"))
-    summary["copied_from"] = str(source)
-    (target / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    copy = RunDir(target)
+    copy.write_config(cfg)
+    summary = copy.read_summary() | {"copied_from": str(source)}
+    copy.summary(summary)
     log.info("%s: copied from %s (the same results)", target, source)
     return summary
 

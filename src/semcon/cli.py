@@ -193,11 +193,11 @@ def resume(
 ) -> None:
     """Continue a run from its last completed round, in-process or on Flower, with nothing lost or repeated."""
     from semcon.config import ConfigError
-    from semcon.rundir import saved_config
+    from semcon.rundir import RunDir
 
     _setup_logging(verbose)
     try:
-        cfg = saved_config(run_dir, check_files=True)
+        cfg = RunDir(run_dir).config(check_files=True)
     except ConfigError as e:
         fail(str(e))
     _quiet_libraries()

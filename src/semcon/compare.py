@@ -14,7 +14,7 @@ from pathlib import Path
 from semcon.algorithms import method_problem
 from semcon.config import LOCAL_PLUS, METHODS, ConfigError, RunConfig, load_config
 from semcon.report import Runs, cell_title, write_report
-from semcon.rundir import RunDirError, finished_run, kind_of
+from semcon.rundir import RunDir, RunDirError, finished_run, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def run_compare(out: Path, cfgs: dict[str, RunConfig], seeds: dict[str, list[int
     runs: Runs = {}
     for seed, m in sorted(((s, method) for method in cfgs for s in seeds[method]), key=lambda pair: pair[0]):
         where = run_dir(out, m, seed)
-        if resume and (where / "summary.json").is_file():
-            runs.setdefault(m, {})[seed] = json.loads((where / "summary.json").read_text(encoding="utf-8"))
+        if resume and RunDir(where).finished():
+            runs.setdefault(m, {})[seed] = RunDir(where).read_summary()
             continue
         resuming = resume and (where / "run_id").is_file()
         runs.setdefault(m, {})[seed] = run_one(cfgs[m].model_copy(update={"seed": seed}), where, resuming)
@@ -86,7 +86,7 @@ def rebuild_report(directory: Path) -> Path:
             for method, seeds in manifest["seeds"].items():
                 for seed in seeds:
                     where = run_dir(directory, method, seed)
-                    if not (where / "summary.json").is_file():
+                    if not RunDir(where).finished():
                         missing.append(f"{method} seed {seed}")
                         continue
                     cfgs[method], runs.setdefault(method, {})[seed] = finished_run(where)

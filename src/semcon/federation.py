@@ -19,7 +19,7 @@ from typing import Protocol
 from semcon.config import RunConfig
 from semcon.data import Prompt
 from semcon.metrics import Phases, RoundResult, round_line, round_row, summarize
-from semcon.protocol import Limits, Message, RunSetup, decode_all, encode
+from semcon.protocol import Limits, Message, RunSetup, decode_all, encode, ledger_row
 from semcon.rundir import RunDir, RunState
 from semcon.tracking import tracking
 
@@ -172,7 +172,7 @@ class Round:
         distributing its config is deployment, not its traffic)."""
         for name in self.group.setup(self.t):
             if counted:
-                self.ledger += [self.run_dir.ledger(self.t, name, "down", m, data) for m, data in encoded]
+                self.ledger += [self.run_dir.ledger(ledger_row(self.t, name, "down", m, data)) for m, data in encoded]
 
     def upload(self, phase: str, members: list[str]) -> dict[str, bytes]:
         with self.phases(phase, total=len(members), label=f"round {self.t}") as tick:
@@ -197,9 +197,9 @@ class Round:
         messages, undecodable = decode_all(payloads, limits)
         for name, payload in payloads.items():
             if name in messages:
-                self.ledger.append(self.run_dir.ledger(self.t, name, "up", messages[name], payload))
+                self.ledger.append(self.run_dir.ledger(ledger_row(self.t, name, "up", messages[name], payload)))
             else:
-                self.ledger.append(self.run_dir.ledger_row(self.t, name, "up", "invalid", len(payload), len(payload)))
+                self.ledger.append(self.run_dir.ledger(ledger_row(self.t, name, "up", None, payload)))
                 log.warning("round %d: rejected the upload of client %r: %s", self.t, name, undecodable[name])
         return messages, undecodable
 
@@ -207,7 +207,7 @@ class Round:
         """Encode the download once and record it for every client it reaches; keep the pseudo-labels."""
         with self.phases("transfer"):
             download = encode(result.download)
-            self.ledger += [self.run_dir.ledger(self.t, name, "down", result.download, download)
+            self.ledger += [self.run_dir.ledger(ledger_row(self.t, name, "down", result.download, download))
                             for name in self.group.recipients(members)]
         if result.labels:
             self.run_dir.pseudo_labels(self.t, result.labels)

@@ -12,7 +12,7 @@ from pathlib import Path
 from textwrap import indent
 
 from semcon.config import ConfigError
-from semcon.rundir import RunDir, RunDirError, read_rows, saved_config
+from semcon.rundir import RunDir, RunDirError
 
 # What each kind of ledger message carries, in words (protocol.py defines them).
 CARRIES = {
@@ -42,9 +42,9 @@ class Exchange:
 def exchanges(path: Path, client: str | None = None, round: int | None = None) -> list[Exchange]:
     """Every (round, client) exchange of the run in ``path``, optionally of one client or round; RunDirError
     for a directory that is no run or a client or round it does not have."""
-    path = Path(path)
+    path, run = Path(path), RunDir(path)
     try:
-        cfg = saved_config(path)
+        cfg = run.config()
     except (ConfigError, OSError) as e:
         raise RunDirError(f"{path}: not a run directory ({e})") from None
     names = [c.name for c in cfg.clients]
@@ -52,7 +52,6 @@ def exchanges(path: Path, client: str | None = None, round: int | None = None) -
         raise RunDirError(f"{path}: no client {client!r} (clients: {', '.join(names)})")
     if not (path / "ledger.jsonl").is_file():
         raise RunDirError(f"{path}: no ledger.jsonl, so nothing to inspect")
-    run = RunDir(path)
     ledger = [r for r in run.rows("ledger.jsonl") if r.get("client") in names]
     rounds = sorted({r["round"] for r in ledger})
     if round is not None and round not in rounds:
@@ -60,11 +59,10 @@ def exchanges(path: Path, client: str | None = None, round: int | None = None) -
     rows = run.rows("metrics.jsonl")
     metrics = {r["round"]: r for r in rows if r.get("event", "round") == "round"}
     evaluations = [r for r in rows if r.get("event") == "eval"]  # sent after the last round
-    prompts = {r["id"]: r["instruction"] for r in _kept(path / "public.jsonl")}
+    prompts = {p.id: p.instruction for p in run.public_prompts(lambda: [])} if run.has_public() else {}
     out = []
     for t in [round] if round is not None else rounds:
-        uploads = _kept(path / "uploads" / f"round_{t:02d}.jsonl")
-        labels = _kept(path / "pseudo_labels" / f"round_{t:02d}.jsonl")
+        uploads, labels = run.kept_upload_rows(t), run.kept_labels(t)
         for name in [client] if client is not None else names:
             mine = [r for r in ledger if r["round"] == t and r["client"] == name]
             row = metrics.get(t, {})
@@ -77,10 +75,6 @@ def exchanges(path: Path, client: str | None = None, round: int | None = None) -
                                 [r for r in uploads if r.get("client") == name],
                                 labels if any(r["kind"] == "download" for r in mine) else [], report, prompts))
     return out
-
-
-def _kept(path: Path) -> list[dict]:
-    return read_rows(path) if path.is_file() else []
 
 
 def describe(ex: Exchange) -> list[str]:

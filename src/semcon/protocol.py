@@ -97,6 +97,45 @@ def digest(msg: Upload) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
+def ledger_row(round: int, client: str, direction: str, msg: Message | None, encoded: bytes) -> dict:
+    """One row of ``ledger.jsonl``: sizes from the bytes that actually moved, and an upload's content digest
+    (``semcon verify`` checks the kept upload rows against it). ``msg`` None: bytes that did not decode."""
+    if msg is None:
+        return {"round": round, "client": client, "direction": direction, "kind": "invalid",
+                "raw_bytes": len(encoded), "encoded_bytes": len(encoded)}
+    return {"round": round, "client": client, "direction": direction, "kind": msg.kind, "raw_bytes": raw_bytes(msg),
+            "encoded_bytes": len(encoded), **({"digest": digest(msg)} if isinstance(msg, Upload) else {})}
+
+
+def upload_rows(uploads: dict[str, Upload], prompt_ids: list[str], signals: list[str],
+                degenerate: Callable[[str], bool]) -> list[dict]:
+    """The kept form of a round's accepted uploads (``uploads/round_NN.jsonl``): one row per answer, client by
+    client, with its flags and numbers, and whether the server found it ``degenerate``."""
+    rows = []
+    for name, u in uploads.items():
+        for pid in prompt_ids:
+            conf = u.confidence.get(pid)
+            rows.append({"prompt_id": pid, "client": name, "text": u.answers[pid], "finished": bool(u.finished[pid]),
+                         "degenerate": bool(degenerate(u.answers[pid])),
+                         "confidence": float(conf) if conf is not None and math.isfinite(conf) else None,
+                         "competence": {s: float(u.competence[s][pid]) for s in signals}})
+    return rows
+
+
+def uploads_from_rows(round: int, rows: list[dict]) -> dict[str, Upload]:
+    """The uploads that ``upload_rows`` kept, as the server accepted them (client order kept)."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        u = out.setdefault(r["client"], {"answers": {}, "finished": {}, "confidence": {}, "competence": {}})
+        u["answers"][r["prompt_id"]] = r["text"]
+        u["finished"][r["prompt_id"]] = r["finished"]
+        if r.get("confidence") is not None:
+            u["confidence"][r["prompt_id"]] = r["confidence"]
+        for signal, value in (r.get("competence") or {}).items():
+            u["competence"].setdefault(signal, {})[r["prompt_id"]] = value
+    return {name: Upload(round=round, client=name, **fields) for name, fields in out.items()}
+
+
 def encode(msg: Message) -> bytes:
     if isinstance(msg, Upload):
         body = {"v": CODEC_VERSION, "kind": "upload", "round": msg.round, "client": msg.client, "answers": msg.answers,

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from semcon.config import RunConfig
+from semcon.config import MEMBER, RunConfig, reader
 
 
 def config_sections() -> list[tuple[str, type[BaseModel], str]]:
@@ -37,7 +37,11 @@ def config_reference() -> str:
              "Generated from semcon's config models (`src/semcon/config.py`) when the site is built. A run is "
              "fully described by its resolved `config.yaml`; unknown keys are errors, and every value is checked "
              "when the config is loaded. Override any field with `--set KEY=VALUE` (e.g. "
-             "`--set consensus.rule=gated`, `--set clients.0.lora.r=8`).", ""]
+             "`--set consensus.rule=gated`, `--set clients.0.lora.r=8`). A setting marked *server* is read by the "
+             "coordinator alone, on the answers it receives; *member uploads* and *member labels* act only on what "
+             "a member uploads or on the labels it trains on; every other setting is read by the members from round 0 "
+             "on. Runs that differ only in the later ones share their start (`semcon ablate` forks such cells). A "
+             "consensus setting the chosen rule does not read (`gate` under `medoid`) is refused.", ""]
     sections = config_sections()
     where = {model: path for path, model, _ in sections}
     for path, model, about in sections:
@@ -47,7 +51,7 @@ def config_reference() -> str:
         for name, info in model.model_fields.items():
             link = "".join(f" (section [`{where[m]}`](#{_anchor(where[m])}))" for m in _models_in(info.annotation))
             lines.append(f"| `{name}` | {_cell(_type(info.annotation))} | {_cell(_default(info))} | "
-                         f"{_cell((info.description or '') + _constraints(info))}{link} |")
+                         f"{_cell((info.description or '') + _constraints(info) + _reader(model, name))}{link} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -155,6 +159,11 @@ def _default(info) -> str:
     if value is None:
         return "none"
     return f"`{value!r}`" if not isinstance(value, str) else f'`"{value}"`'
+
+
+def _reader(model: type[BaseModel], name: str) -> str:
+    who = reader(model, name)
+    return f" *Read by: {who}.*" if who != MEMBER else ""
 
 
 def _constraints(info) -> str:

@@ -1,6 +1,6 @@
 """``semcon verify`` and ``semcon replay``: a run's consensus recomputed from the uploads it kept, no model needed.
 
-Both read ``uploads/round_NN.jsonl`` and call the server's own ``server.choose``. Verify recomputes every round
+Both read the kept uploads (``RunDir.kept_uploads``) and call the server's own ``server.choose``. Verify recomputes every round
 under the run's config and compares with ``pseudo_labels/``; replay recomputes under other rules (and, for
 robustness, with one client's upload turned into an attacker's) and measures the labels: this is how a user
 picks a rule before paying for training runs. Round 1's uploads do not depend on the rule (they follow round
@@ -9,6 +9,7 @@ picks a rule before paying for training runs. Round 1's uploads do not depend on
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,12 +19,12 @@ import numpy as np
 from semcon.attacks import attack
 from semcon.competence import quantize
 from semcon.consensus import REFERENCE_BOUND, load_rule, rule_inputs
-from semcon.config import AttackConfig, ConfigError, RunConfig, load_config
+from semcon.config import AttackConfig, ConfigError, RunConfig, apply_overrides, load_config
 from semcon.data import Prompt, build_splits, experts_of
 from semcon.embed import Embedder
 from semcon.protocol import Upload, digest
-from semcon.rundir import RunDir, RunDirError, read_rows, saved_config
-from semcon.server import Answers, Choice, choose, pseudo_labels, round_metrics, uploads_from_rows
+from semcon.rundir import RunDir, RunDirError
+from semcon.server import Answers, Choice, choose, pseudo_labels, round_metrics
 
 
 @dataclass
@@ -59,26 +60,23 @@ class Remembering:
 def load_kept(path: Path, need_experts: bool = True) -> Kept:
     """A run directory's kept uploads; RunDirError (one line) when it has none to recompute from. The experts
     are read when ``need_experts`` or the run's own rule needs them (oracle_expert)."""
-    path = Path(path)
+    run = RunDir(path)
     try:
-        cfg = saved_config(path)
+        cfg = run.config()
     except ConfigError as e:
         raise RunDirError(f"{path}: cannot read its config ({e})") from None
     if cfg.method != "semantic_consensus":
         raise RunDirError(f"{path}: a {cfg.method} run exchanges no answers: nothing to recompute")
-    files = sorted((path / "uploads").glob("round_*.jsonl"))
-    if not files:
+    if not (rounds := run.kept_rounds()):
         raise RunDirError(f"{path}: no uploads/round_NN.jsonl (a run from before semcon kept its uploads, or "
                           "no consensus round finished)")
-    if not (path / "public.jsonl").is_file():
+    if not run.has_public():
         raise RunDirError(f"{path}: no public.jsonl")
-    prompts = RunDir(path).public_prompts(lambda: [])
-    uploads = {int(f.stem.removeprefix("round_")): uploads_from_rows(int(f.stem.removeprefix("round_")), read_rows(f))
-               for f in files}
+    prompts = run.public_prompts(lambda: [])
     experts = experts_of(cfg)
     if (need_experts or cfg.consensus.rule == "oracle_expert") and not experts:  # iid / dirichlet: the expert holds the most private rows of a domain
         experts = experts_of(cfg, build_splits(cfg, prompts))
-    return Kept(cfg, prompts, uploads, experts, path)
+    return Kept(cfg, prompts, {t: run.kept_uploads(t) for t in rounds}, experts, run.path)
 
 
 def verify(path: Path) -> tuple[int, str | None]:
@@ -86,7 +84,8 @@ def verify(path: Path) -> tuple[int, str | None]:
     number of rounds checked and the first difference (None: every round matches). Each kept upload is also
     checked against the digest of what arrived (the ledger)."""
     kept = load_kept(path, need_experts=False)
-    digests = {(r["round"], r["client"]): r.get("digest") for r in read_rows(kept.path / "ledger.jsonl")
+    run = RunDir(kept.path)
+    digests = {(r["round"], r["client"]): r.get("digest") for r in run.rows("ledger.jsonl")
                if r.get("direction") == "up" and r.get("kind") == "upload"}
     embedder, reputation = kept.embedder(), None
     for t, uploads in sorted(kept.uploads.items()):
@@ -96,8 +95,7 @@ def verify(path: Path) -> tuple[int, str | None]:
                            "from what arrived (its digest in ledger.jsonl)")
         picked, redone = recompute(kept, t, uploads, kept.cfg, embedder, reputation)
         labels, reputation = {lab.prompt_id: lab for lab in redone}, picked.reputation
-        stored_path = kept.path / "pseudo_labels" / f"round_{t:02d}.jsonl"
-        stored = {r["prompt_id"]: r for r in read_rows(stored_path)} if stored_path.is_file() else {}
+        stored = {r["prompt_id"]: r for r in run.kept_labels(t)}
         for p in kept.asked(t):
             mine, theirs = labels.get(p.id), stored.get(p.id)
             if not same_label(mine and asdict(mine), theirs):
@@ -180,7 +178,8 @@ def replay(path: Path, rules: list[str], sets: list[str] = (), attackers: list[s
         if reads_competence(rule) and not kept.cfg.consensus.signals:
             raise ConfigError(f"--rule {spec!r} reads competence, and this run's uploads carry none (it ran with "
                               "consensus.competence: none): replay it on a run made with consensus.competence: knn")
-        cfg = load_config(tree=tree, overrides=[*sets, *rule_sets], check_files=False)
+        # --set is for every rule, like the run's own settings: a rule that does not read one leaves it out
+        cfg = load_config(tree=apply_overrides(copy.deepcopy(tree), list(sets)), overrides=rule_sets, check_files=False)
         if cfg.consensus.signals != kept.cfg.consensus.signals:
             raise ConfigError(f"--rule {spec!r}: the run's uploads carry competence {kept.cfg.consensus.signals or 'none'}; "
                               "replay reads those (consensus.competence cannot change after the fact)")

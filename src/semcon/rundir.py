@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from semcon.config import LOCAL_PLUS, METHODS, ConfigError, RunConfig, load_config
 from semcon.data import Prompt
-from semcon.protocol import Message, Upload, digest, raw_bytes
+from semcon.protocol import Upload, uploads_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +39,13 @@ class RunDirError(ValueError):
     """A run directory that cannot be used or read, phrased as one line naming it (exit code 2)."""
 
 
-def saved_config(where: Path, overrides: list[str] | None = None, check_files: bool = False) -> RunConfig:
-    """A run folder's resolved ``config.yaml`` (ConfigError naming it). Settings its rule does not read are left
-    out: folders from before semcon refused them still load."""
-    return load_config(Path(where) / "config.yaml", overrides, check_files=check_files, written=True)
-
-
 def finished_run(where: Path) -> tuple[RunConfig, dict[str, Any]]:
     """A finished run's resolved config and summary, or RunDirError naming what is missing."""
-    where = Path(where)
-    if not (where / "summary.json").is_file():
+    run = RunDir(where)
+    if not run.finished():
         raise RunDirError(f"{where}: the run has not finished (no summary.json); `semcon resume {where}` first")
     try:
-        cfg = saved_config(where)
-        return cfg, json.loads((where / "summary.json").read_text(encoding="utf-8"))
+        return run.config(), run.read_summary()
     except (ConfigError, ValueError) as e:
         raise RunDirError(f"{where}: cannot read it ({e})") from None
 
@@ -166,9 +161,60 @@ class RunDir:
         (run.path / "uploads").mkdir()
         for name in ("metrics.jsonl", "ledger.jsonl"):
             (run.path / name).write_text("")
-        (run.path / "config.yaml").write_text(cfg.dump(), encoding="utf-8")
+        run.write_config(cfg)
         (run.path / "run_id").write_text(uuid.uuid4().hex[:12])
         return run
+
+    # What the run is: its resolved config, and its summary once it finished.
+
+    def config(self, overrides: list[str] | None = None, check_files: bool = False) -> RunConfig:
+        """The resolved ``config.yaml`` (ConfigError naming it). Settings its rule does not read are left out:
+        folders from before semcon refused them still load."""
+        return load_config(self.path / "config.yaml", overrides, check_files=check_files, written=True)
+
+    def config_tree(self) -> dict[str, Any]:
+        """``config.yaml`` as written, unvalidated (what a transport forwards and amends)."""
+        return yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8"))
+
+    def write_config(self, cfg: RunConfig | dict[str, Any]) -> None:
+        text = cfg.dump() if isinstance(cfg, RunConfig) else yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+        (self.path / "config.yaml").write_text(text, encoding="utf-8")
+
+    def finished(self) -> bool:
+        return (self.path / "summary.json").is_file()
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads((self.path / "summary.json").read_text(encoding="utf-8"))
+
+    def summary(self, data: dict[str, Any]) -> None:
+        write_atomic(self.path / "summary.json", json.dumps(data, indent=2, ensure_ascii=False))
+
+    def clear_summary(self) -> None:
+        (self.path / "summary.json").unlink(missing_ok=True)
+
+    # What the rounds kept: the public prompts, each round's accepted uploads and pseudo-labels.
+
+    def kept_rounds(self) -> list[int]:
+        """The rounds whose accepted uploads the run kept (``uploads/round_NN.jsonl``)."""
+        return sorted(int(f.stem.removeprefix("round_")) for f in (self.path / "uploads").glob("round_*.jsonl")
+                      if f.stem.removeprefix("round_").isdigit())
+
+    def kept_upload_rows(self, round: int) -> list[dict[str, Any]]:
+        """Round ``round``'s kept upload rows (``protocol.upload_rows``; none: [])."""
+        path = self.path / "uploads" / f"round_{round:02d}.jsonl"
+        return read_rows(path) if path.is_file() else []
+
+    def kept_uploads(self, round: int) -> dict[str, Upload]:
+        """Round ``round``'s accepted uploads, as the server accepted them."""
+        return uploads_from_rows(round, self.kept_upload_rows(round))
+
+    def kept_labels(self, round: int) -> list[dict[str, Any]]:
+        """Round ``round``'s pseudo-label rows (none: [])."""
+        path = self.path / "pseudo_labels" / f"round_{round:02d}.jsonl"
+        return read_rows(path) if path.is_file() else []
+
+    def has_public(self) -> bool:
+        return (self.path / "public.jsonl").is_file()
 
     @property
     def run_id(self) -> str:
@@ -205,16 +251,8 @@ class RunDir:
         if self.mirror is not None:
             self.mirror(row)
 
-    def ledger(self, round: int, client: str, direction: str, msg: Message, encoded: bytes) -> dict[str, Any]:
-        """Record one encoded message; sizes come from the actual payload, and an upload's content digest
-        (``protocol.digest``) lets ``semcon verify`` check the kept upload rows against what arrived."""
-        return self.ledger_row(round, client, direction, msg.kind, raw_bytes(msg), len(encoded),
-                               digest(msg) if isinstance(msg, Upload) else None)
-
-    def ledger_row(self, round: int, client: str, direction: str, kind: str, raw: int, encoded: int,
-                   content_digest: str | None = None) -> dict[str, Any]:
-        row = {"round": round, "client": client, "direction": direction, "kind": kind,
-               "raw_bytes": raw, "encoded_bytes": encoded, **({"digest": content_digest} if content_digest else {})}
+    def ledger(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Append one row of the communication ledger (``protocol.ledger_row`` makes it from the bytes)."""
         self._append("ledger.jsonl", row)
         return row
 
@@ -243,10 +281,13 @@ class RunDir:
 
     @property
     def adapters(self) -> Path:
+        """The final adapters (``semcon export`` reads them)."""
         return self.path / "adapters"
 
-    def summary(self, data: dict[str, Any]) -> None:
-        write_atomic(self.path / "summary.json", json.dumps(data, indent=2, ensure_ascii=False))
+    @property
+    def client_checkpoints(self) -> Path:
+        """Each client's adapter after every round: ``<client>/round_NN.safetensors``."""
+        return self.path / "checkpoints" / "clients"
 
     def rows(self, name: str) -> list[dict[str, Any]]:
         return read_rows(self.path / name)
@@ -265,6 +306,24 @@ class RunDir:
         write_atomic(path, json.dumps(state, ensure_ascii=False))
         if state.get("next_round") == 1:  # the state after round 0, kept for ``simulation.fork``
             write_atomic(path.with_name("state.round_00.json"), json.dumps(state, ensure_ascii=False))
+
+    def can_fork(self) -> bool:
+        """Whether the run kept what ``fork_from`` needs: round 0's state and adapters, and round 1's uploads."""
+        return ((self.state_path.with_name("state.round_00.json")).is_file() and bool(self.kept_upload_rows(1))
+                and any(self.client_checkpoints.glob("*/round_00.safetensors")))
+
+    def fork_from(self, source: RunDir) -> None:
+        """Start this run from ``source``'s round 0: its public prompts, round-0 rows, adapters and state."""
+        shutil.copy2(source.path / "public.jsonl", self.path / "public.jsonl")
+        for name in ("metrics.jsonl", "ledger.jsonl"):
+            rows = [r for r in source.rows(name) if r.get("event", "round") == "round" and r.get("round") == 0]
+            (self.path / name).write_text(jsonl(rows), encoding="utf-8")
+        for adapter in source.client_checkpoints.glob("*/round_00.safetensors"):
+            target = self.client_checkpoints / adapter.parent.name
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(adapter, target / adapter.name)
+        state = source.state_path.with_name("state.round_00.json")
+        self.save_state(json.loads(state.read_text(encoding="utf-8")))
 
     def has_state(self) -> bool:
         return self.state_path.is_file() or self.state_path.with_name("state.prev.json").is_file()

@@ -45,6 +45,7 @@ from semcon.protocol import (
     accept_uploads,
     is_blank,
     text_limits,
+    upload_rows,
     validate_upload,
 )
 
@@ -272,7 +273,7 @@ class SemanticConsensus:
                             finished={lab.prompt_id: lab.finished for lab in labels})
         metrics = round_metrics(prompts, picked, labels, self.experts, self.embedder)
         return RoundResult(download, answers.names, rejected, labels, metrics, seconds={"embed": picked.seconds_embed},
-                           uploads=upload_rows(prompts, answers))
+                           uploads=upload_rows(uploads, [p.id for p in prompts], self.cfg.signals, is_degenerate))
 
 
 def pseudo_labels(prompts: list[Prompt], picked: Choice) -> list[PseudoLabel]:
@@ -285,34 +286,6 @@ def pseudo_labels(prompts: list[Prompt], picked: Choice) -> list[PseudoLabel]:
         labels.append(PseudoLabel(p.id, p.instruction, who, text, round_float(result.agreement[k]),
                                   int(result.valid_count[k]), finished, round_float(conf) if np.isfinite(conf) else None))
     return labels
-
-
-def upload_rows(prompts: list[Prompt], answers: Answers) -> list[dict]:
-    """The rows of ``uploads/round_NN.jsonl``: every valid answer with its flags and numbers, client by client."""
-    degenerate = answers.degenerate
-    rows = []
-    for i, name in enumerate(answers.names):
-        for pi, p in enumerate(prompts):
-            conf = answers.confidence[pi, i]
-            rows.append({"prompt_id": p.id, "client": name, "text": answers.texts[pi][i],
-                         "finished": bool(answers.finished[pi, i]), "degenerate": bool(degenerate[pi, i]),
-                         "confidence": float(conf) if np.isfinite(conf) else None,
-                         "competence": {s: float(c[pi, i]) for s, c in answers.competence.items()}})
-    return rows
-
-
-def uploads_from_rows(round: int, rows: list[dict]) -> dict[str, Upload]:
-    """The uploads that ``upload_rows`` wrote, as the server accepted them (client order kept)."""
-    out: dict[str, dict] = {}
-    for r in rows:
-        u = out.setdefault(r["client"], {"answers": {}, "finished": {}, "confidence": {}, "competence": {}})
-        u["answers"][r["prompt_id"]] = r["text"]
-        u["finished"][r["prompt_id"]] = r["finished"]
-        if r.get("confidence") is not None:
-            u["confidence"][r["prompt_id"]] = r["confidence"]
-        for signal, value in (r.get("competence") or {}).items():
-            u["competence"].setdefault(signal, {})[r["prompt_id"]] = value
-    return {name: Upload(round=round, client=name, **fields) for name, fields in out.items()}
 
 
 def round_metrics(prompts: list[Prompt], picked: Choice, labels: list[PseudoLabel], experts: dict[str, str],

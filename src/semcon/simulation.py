@@ -6,9 +6,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from semcon.data import public_prompts
 from semcon.energy import EnergyMeter
 from semcon.federation import federate
 from semcon.protocol import decode, encode
-from semcon.rundir import RunDir, RunState, jsonl, read_rows, saved_config
+from semcon.rundir import RunDir, RunState
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +123,7 @@ def run(cfg: RunConfig, out: Path, progress=None, overwrite: bool = False) -> di
 def resume(out: Path, progress=None) -> dict:
     """Continue a crashed or killed run from its last completed round, with nothing lost or repeated."""
     run_dir = RunDir(out)
-    cfg = saved_config(run_dir.path, check_files=True)
+    cfg = run_dir.config(check_files=True)
     if run_dir.has_state():
         return _session(cfg, run_dir, progress, resuming=True)
     log.info("%s has no completed round yet: starting it again", out)
@@ -136,41 +134,24 @@ def fork(source: Path, cfg: RunConfig, out: Path, progress=None) -> dict:
     """Run ``cfg`` into ``out`` from ``source``'s round 0, and its round-1 answers where they are the same
     (``config_key``: runs that differ only in what the server does with the answers), instead of computing them
     again. Its round-0 rows, state and adapters are copied; round 1 sends the kept uploads again."""
-    from semcon.server import uploads_from_rows
-
-    source, run_dir = Path(source), RunDir.create(out, cfg)
-    other = saved_config(source)
+    source, run_dir = RunDir(source), RunDir.create(out, cfg)
+    other = source.config()
     if config_key(other, "round0") != config_key(cfg, "round0"):
-        raise ValueError(f"{source} differs from this run in more than what acts on uploads and the consensus")
-    shutil.copy2(source / "public.jsonl", run_dir.path / "public.jsonl")
-    for name in ("metrics.jsonl", "ledger.jsonl"):
-        rows = [r for r in read_rows(source / name) if r.get("event", "round") == "round" and r.get("round") == 0]
-        (run_dir.path / name).write_text(jsonl(rows), encoding="utf-8")
-    for adapter in (source / "checkpoints" / "clients").glob("*/round_00.safetensors"):
-        target = run_dir.path / "checkpoints" / "clients" / adapter.parent.name
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(adapter, target / adapter.name)
-    run_dir.save_state(json.loads((source / "checkpoints" / "state.round_00.json").read_text(encoding="utf-8")))
+        raise ValueError(f"{source.path} differs from this run in more than what acts on uploads and the consensus")
+    run_dir.fork_from(source)
     if config_key(other, "answers") != config_key(cfg, "answers"):
-        log.info("%s: round 0 from %s", out, source)
+        log.info("%s: round 0 from %s", out, source.path)
         return _session(cfg, run_dir, progress, resuming=True)
-    answered = {n: encode(u) for n, u in uploads_from_rows(1, read_rows(source / "uploads" / "round_01.jsonl")).items()}
-    log.info("%s: round 0 and round 1's answers from %s", out, source)
+    answered = {n: encode(u) for n, u in source.kept_uploads(1).items()}
+    log.info("%s: round 0 and round 1's answers from %s", out, source.path)
     return _session(cfg, run_dir, progress, resuming=True, answered={1: answered})
-
-
-def can_fork(source: Path) -> bool:
-    """Whether ``source`` kept what ``fork`` needs: round 0's state and adapters, and round 1's uploads."""
-    source = Path(source)
-    return ((source / "checkpoints" / "state.round_00.json").is_file() and (source / "uploads" / "round_01.jsonl").is_file()
-            and any((source / "checkpoints" / "clients").glob("*/round_00.safetensors")))
 
 
 def _session(cfg: RunConfig, run_dir: RunDir, progress, resuming: bool = False,
              answered: dict[int, dict[str, bytes]] | None = None) -> dict:
     with EnergyMeter(cfg.eval.energy) as meter:
         fed = assemble(cfg, prompts=run_dir.public_prompts(lambda: public_prompts(cfg)))
-        group = LocalGroup(fed, run_dir.path / "checkpoints" / "clients", answered)
+        group = LocalGroup(fed, run_dir.client_checkpoints, answered)
         state = None
         if resuming:
             state = RunState.load(run_dir)  # after setup, which seeds: this restores the RNG

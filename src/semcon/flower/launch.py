@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from semcon.flower import flwr_bin
+from semcon.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,7 @@ def free_port() -> int:
 
 def write_app(run_dir: Path, version: str = "0.1.0") -> Path:
     """The Flower app directory for ``run_dir`` (only a pyproject.toml: the code is the installed semcon)."""
-    import yaml
-
-    tree = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    tree = RunDir(run_dir).config_tree()
     lines = [APP_PYPROJECT.replace("{run_dir}", json.dumps(str(run_dir.resolve()))).replace("{version}", version)]
     for key in RUN_CONFIG_KEYS:
         value = tree
@@ -300,7 +299,7 @@ def flwr_run(run_dir: Path, home: Path, connection: str, certs: Path | None = No
     """
     from semcon.flower.secure import app_version, publish_signed_app
 
-    (run_dir / "summary.json").unlink(missing_ok=True)
+    RunDir(run_dir).clear_summary()
     (run_dir / "stopped.txt").unlink(missing_ok=True)
     if certs is None:
         app = str(write_app(run_dir))
@@ -308,8 +307,8 @@ def flwr_run(run_dir: Path, home: Path, connection: str, certs: Path | None = No
         app = publish_signed_app(write_app(run_dir, app_version()), certs / "signer", hub_dir(certs), flower_env(home))
     cmd = [flwr_bin("flwr"), "run", app, connection, "--stream"]
     subprocess.run(cmd, env=flower_env(home), check=False)
-    if (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    if RunDir(run_dir).finished():
+        return RunDir(run_dir).read_summary()
     if (run_dir / "stopped.txt").is_file():
         raise RuntimeError((run_dir / "stopped.txt").read_text(encoding="utf-8").strip())
     raise RuntimeError(f"the Flower run of {run_dir} ended without a summary; see the logs in {home}")
@@ -330,12 +329,10 @@ def closed_settings(certs: Path) -> dict[str, str]:
 
 def close_run(run_dir: Path, certs: Path) -> None:
     """Apply ``closed_settings`` to the run's config."""
-    import yaml
-
-    path = run_dir / "config.yaml"
-    tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    run = RunDir(run_dir)
+    tree = run.config_tree()
     tree.setdefault("flower", {}).update(closed_settings(certs))
-    path.write_text(yaml.safe_dump(tree, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    run.write_config(tree)
 
 
 def run_local(run_dir: Path, num_nodes: int, node_env: dict[int, dict[str, str]] | None = None,

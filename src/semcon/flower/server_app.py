@@ -28,7 +28,7 @@ from semcon.flower.secure import load_members
 from semcon.flower.signing import Signer
 from semcon.names import check_name
 from semcon.protocol import ProtocolError, check_eval_report, check_train_report, encode, load_report
-from semcon.rundir import RunDir, RunState, saved_config
+from semcon.rundir import RunDir, RunState
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -258,10 +258,10 @@ def serve(grid: Grid, run_dir: RunDir, run_config: dict | None = None) -> dict:
     """
     state = RunState.load(run_dir)
     if state is None:
-        cfg = saved_config(run_dir.path, run_config_overrides(run_config or {}), check_files=True)
-        (run_dir.path / "config.yaml").write_text(cfg.dump(), encoding="utf-8")
+        cfg = run_dir.config(run_config_overrides(run_config or {}), check_files=True)
+        run_dir.write_config(cfg)
     else:
-        cfg = saved_config(run_dir.path, check_files=True)
+        cfg = run_dir.config(check_files=True)
     if cfg.method == "centralized":
         raise FederationError("centralized training pools data in one place: it has no Flower deployment")
     if cfg.method == "semantic_consensus" and cfg.consensus.oracle:
