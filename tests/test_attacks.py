@@ -80,6 +80,21 @@ def test_poison_moves_every_response_to_another_instruction():
     assert sorted(m.response for m in moved) == sorted(e.response for e in private)
 
 
+def test_only_a_poisoning_attacker_trains_on_swapped_rows():
+    from pathlib import Path
+
+    from semcon.assembly import trained_on
+    from semcon.client import client_seed
+    from semcon.config import load_config
+
+    demo = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    private = [Example(f"e{i}", f"q{i}", f"a{i}", "c", "d") for i in range(7)]
+    cfg = load_config(demo, ["adversaries={kind: random, poison_private: true}"])  # the last client, chat
+    assert trained_on(cfg, 2, "chat", private) == poison(private, client_seed(cfg.seed, 0, 2))
+    assert trained_on(cfg, 0, "geography", private) == private
+    assert trained_on(load_config(demo, ["adversaries={kind: random}"]), 2, "chat", private) == private
+
+
 def test_adversaries_make_the_last_clients_attackers(tiny_llama_dir):
     from conftest import tiny_tree
 

@@ -79,6 +79,12 @@ class LocalOnly:
     def asked(self, t):  # no public prompts
         return []
 
+    def upload(self, client, t, on_progress=None):
+        raise RuntimeError(f"{self.name} exchanges nothing: it has no upload")
+
+    def receive(self, client, msg):
+        raise RuntimeError(f"{self.name} exchanges nothing: it receives no download")
+
     def train(self, client, t, on_step=None):
         return client.train(t, [], on_step=on_step)
 

@@ -9,10 +9,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from semcon.algorithms import make_algorithm
-from semcon.client import Client
+from semcon.attacks import poison
+from semcon.audit import privacy_report
+from semcon.client import Client, client_seed
 from semcon.config import RunConfig
 from semcon.data import Example, Prompt, build_splits, experts_of
 from semcon.embed import Embedder
+from semcon.federation import Method
 from semcon.models import BackbonePool, pick_device, pick_dtype
 from semcon.privacy import canaries, plant
 from semcon.protocol import decode
@@ -23,7 +26,7 @@ class Federation:
     """Everything a run holds: clients (adapters on shared backbones), the method, prompts, eval sets."""
 
     clients: list[Client]
-    algorithm: object  # SemanticConsensus | FedAvg | LocalOnly
+    algorithm: Method  # SemanticConsensus | FedAvg | LocalOnly
     prompts: list[Prompt]
     eval_sets: dict[str, list[Example]]
     embedder: Embedder
@@ -53,13 +56,19 @@ def assemble(cfg: RunConfig, prompts: list[Prompt] | None = None, node: str | No
                           cfg.client_settings(None, steps=cfg.train.steps * len(cfg.clients)))]
     else:
         common_init = cfg.seed if cfg.method in ("fedavg", "fedprox") else None
-        clients = [Client(i, c.name, backbones[c.model], splits.private[c.name], cfg.client_settings(c.name),
-                          adapter_seed=common_init, embedder=embedder) for i, c in members]
+        clients = [Client(i, c.name, backbones[c.model], trained_on(cfg, i, c.name, splits.private[c.name]),
+                          cfg.client_settings(c.name), adapter_seed=common_init, embedder=embedder) for i, c in members]
     algorithm = make_algorithm(cfg, splits.public, embedder, experts=None if node else experts_of(cfg, splits))
     return Federation(clients, algorithm, splits.public, splits.eval, embedder)
 
 
-def client_round(client: Client, algo, t: int, download: bytes | None, eval_sets: dict[str, list[Example]],
+def trained_on(cfg: RunConfig, cid: int, name: str, private: list[Example]) -> list[Example]:
+    """Client ``name``'s private rows as it trains on them: an attacker with ``poison_private`` swaps responses."""
+    attack = cfg.attack_of(name)
+    return poison(private, client_seed(cfg.seed, 0, cid)) if attack is not None and attack.poison_private else private
+
+
+def client_round(client: Client, algo: Method, t: int, download: bytes | None, eval_sets: dict[str, list[Example]],
                  on_step=None) -> dict:
     """A client's part of round ``t`` after the upload: take the download, train where the schedule says
     so, and measure its held-out reference scores. A small JSON-able report; the same code runs behind Flower."""
@@ -68,6 +77,6 @@ def client_round(client: Client, algo, t: int, download: bytes | None, eval_sets
     report = asdict(algo.train(client, t, on_step=on_step)) if algo.schedule.trains(t) else {}
     if client.settings.eval.every_round:
         report["reference"] = client.reference(eval_sets)
-    if privacy := client.privacy_report():
+    if privacy := privacy_report(client):
         report["privacy"] = privacy
     return report

@@ -14,7 +14,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_tensors
 
-from semcon.attacks import attack, poison
+from semcon.attacks import attack
 from semcon.competence import gain_competence, knn_competence, quantize
 from semcon.config import ClientSettings
 from semcon.data import Example, Prompt
@@ -22,11 +22,16 @@ from semcon.evaluate import evaluate_client, generation_requests, reference_scor
 from semcon.generate import Generation, generate
 from semcon.models import Backbone
 from semcon.names import child
-from semcon.privacy import NgramIndex, canaries, candidates, exposure, filter_answers, found, withheld_flags
+from semcon.privacy import NgramIndex, filter_answers, withheld_flags
 from semcon.protocol import AdapterUpdate, Download, Upload
 from semcon.train import IGNORE, TokenizedExample, TrainStats, nll_sums, tokenize, train_lora
 
 log = logging.getLogger(__name__)
+
+
+def client_seed(run_seed: int, round: int, cid: int) -> int:
+    """The seed of client ``cid``'s randomness in ``round`` (adapter init, batch order, a poisoning attack)."""
+    return run_seed * 1_000_003 + round * 1_009 + cid
 
 
 def round_to(x: float, digits: int = 5) -> float:
@@ -47,8 +52,6 @@ class Client:
     def __init__(self, cid: int, name: str, backbone: Backbone, private: list[Example], settings: ClientSettings,
                  adapter_seed: int | None = None, embedder=None):
         self.cid, self.name, self.backbone, self.settings = cid, name, backbone, settings
-        if settings.attack is not None and settings.attack.poison_private:
-            private = poison(private, self.seed(0))
         self.private, self.embedder = private, embedder
         self.steps = settings.steps
         self.fmt = backbone.fmt
@@ -58,7 +61,7 @@ class Client:
         self._private_base = None  # the base model's mean log-probability of private responses (gain), once
         self._ngrams = None  # the hashed n-grams of the private data (privacy.filter: ngram), once
         self.filtered = {"withheld": 0, "redacted": 0}  # what the filter did to the last upload
-        self._private_tok, self.dropped_private = self._tokenize([(e.instruction, e.response, 1.0) for e in private])
+        self._private_tok, self.dropped_private = self.tokenize_rows([(e.instruction, e.response, 1.0) for e in private])
         if self.dropped_private:
             log.warning("client %s: dropped %d of %d private examples longer than train.max_length=%d",
                         name, self.dropped_private, len(private), settings.train.max_length)
@@ -66,9 +69,9 @@ class Client:
             backbone.add_adapter(name, settings.lora, seed=self.seed(0) if adapter_seed is None else adapter_seed)
 
     def seed(self, round: int) -> int:
-        return self.settings.seed * 1_000_003 + round * 1_009 + self.cid
+        return client_seed(self.settings.seed, round, self.cid)
 
-    def _tokenize(self, triples: list[tuple[str, str, float]], end: bool = True) -> tuple[list[TokenizedExample], int]:
+    def tokenize_rows(self, triples: list[tuple[str, str, float]], end: bool = True) -> tuple[list[TokenizedExample], int]:
         t = self.settings.train
         return tokenize(self.fmt, triples, t.max_length, truncate=t.truncate, end=end)
 
@@ -116,7 +119,7 @@ class Client:
         for end in (True, False):
             rows = [(by_id[pid], text, lam) for pid, text in self.pseudo.labels.items()
                     if pid in by_id and self.pseudo.finished.get(pid, True) is end and own.get(pid) != text]
-            tokenized, lost = self._tokenize(rows, end=end)
+            tokenized, lost = self.tokenize_rows(rows, end=end)
             examples, dropped = examples + tokenized, dropped + lost
         return examples, dropped
 
@@ -190,35 +193,10 @@ class Client:
         (0 for an example without response tokens)."""
         if not examples:
             return np.zeros(0)
-        sums, counts = self._nll_sums(examples, base)
+        sums, counts = self.response_nll(examples, base)
         return -sums / np.maximum(counts, 1)
 
-    def privacy_report(self) -> dict:
-        """The audit's numbers for this client after its training (``privacy.canaries``): how many canaries its
-        last upload, the pseudo-labels it received and its own greedy completions of each canary's question hold,
-        and each canary's exposure under its model (for parameter averaging: the averaged adapter, once it has
-        it); with the filter, what it withheld and redacted."""
-        cfg = self.settings.privacy
-        planted = canaries(cfg.canaries, self.settings.seed)
-        if not planted:
-            return {**self.filtered} if cfg.filter else {}
-        received = list(self.pseudo.labels.values()) if self.pseudo is not None else []
-        bb = self.backbone
-        with bb.active(self.name) as model:
-            outs = generate(model, self.fmt, [c.question for c in planted], max_new_tokens=32,
-                            batch_size=self.settings.gen_batch_size, device=bb.device, dtype=bb.dtype)
-        exposures = []
-        for c in planted:
-            codes = [c.code, *candidates(c, cfg.candidates, self.settings.seed)]
-            examples, _ = self._tokenize([(c.question, c.sentence(code), 1.0) for code in codes])
-            loglik = -self._nll_sums(examples)[0]
-            exposures.append(round(exposure(loglik[0], loglik[1:]), 3))
-        return {"uploaded": sum(any(found(c, t) for t in self.sent.values()) for c in planted),
-                "received": sum(any(found(c, t) for t in received) for c in planted),
-                "completed": sum(found(c, o.text) for c, o in zip(planted, outs)),
-                "exposure": exposures, **(self.filtered if cfg.filter else {})}
-
-    def _nll_sums(self, examples: list[TokenizedExample], base: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def response_nll(self, examples: list[TokenizedExample], base: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Summed negative log-likelihood of each example's response tokens, and their count, under the base
         model or this client's adapter."""
         with self.backbone.active(None if base else self.name) as model:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from semcon.config import RunConfig
 from semcon.data import Prompt
@@ -22,6 +22,10 @@ from semcon.metrics import Phases, RoundResult, round_line, round_row, summarize
 from semcon.protocol import Limits, Message, RunSetup, decode_all, encode, ledger_row
 from semcon.rundir import RunDir, RunState
 from semcon.tracking import tracking
+
+if TYPE_CHECKING:  # the round loop never touches a model: the client types are for reading only
+    from semcon.client import Client
+    from semcon.train import TrainStats
 
 log = logging.getLogger(__name__)
 Tick = Callable[..., None]
@@ -53,7 +57,7 @@ class Schedule:
 
 
 class Algorithm(Protocol):
-    """The server side of a method (its client side is called by the transports, see ``assembly.py``)."""
+    """The server side of a method (its client side: ``Member``)."""
 
     name: str
     schedule: Schedule
@@ -64,6 +68,20 @@ class Algorithm(Protocol):
     def asked(self, t: int) -> list[Prompt]: ...  # the public prompts of round t
     def aggregate(self, t: int, messages: dict[str, Message]) -> RoundResult: ...
     def restore(self, rounds: list[dict]) -> None: ...  # server state carried across rounds, from resumed rows
+
+
+class Member(Protocol):
+    """The client side of a method, which the transports call on each client (``assembly.client_round``, the
+    in-process group, the Flower ClientApp); ``upload`` and ``receive`` only where the method has an
+    ``upload_phase``."""
+
+    def upload(self, client: Client, t: int, on_progress: Callable | None = None) -> Message: ...
+    def receive(self, client: Client, msg: Message) -> None: ...
+    def train(self, client: Client, t: int, on_step: Callable | None = None) -> TrainStats: ...
+
+
+class Method(Algorithm, Member, Protocol):
+    """A method's two halves: the server's and the member's."""
 
 
 class ClientGroup(Protocol):

@@ -2,7 +2,7 @@
 answers, the pseudo-labels and other clients' completions, and how exposed each secret is (Carlini et al., "The
 Secret Sharer", 2019); and the client-side upload filter that withholds or redacts before anything leaves.
 
-Pure functions and small data only; the client measures (``Client.privacy_report``) and filters its upload.
+Pure functions and small data only; ``audit.py`` measures beside each client, and the client filters its upload.
 """
 
 from __future__ import annotations
