@@ -1,6 +1,6 @@
 """What a Flower ClientApp pays before its first line of semcon work: a fresh interpreter that imports torch,
 transformers, peft and semcon (Flower's default, one process per message) against a fork of semcon's warm
-fork server (``semcon.flower.forkexec``), measured side by side, alternating, ``--repeats`` times each.
+fork server (``semcon.transport.flower.forkexec``), measured side by side, alternating, ``--repeats`` times each.
 
 Prints one JSON line: median wall seconds and CPU seconds per start of each, and ``cpu_ratio`` /
 ``wall_ratio`` (cold over warm). The fork server's own one-off start is reported apart (``server_start_s``):
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from semcon.flower.forkexec import PRELOAD, ForkExecutor
+from semcon.transport.flower.forkexec import PRELOAD, ForkExecutor
 
 IMPORTS = "; ".join(f"import {m}" for m in PRELOAD)
 

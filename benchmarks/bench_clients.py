@@ -32,7 +32,7 @@ def federation(n: int, out: Path) -> dict:
 
     torch.set_num_threads(2)
     from semcon.config import load_config
-    from semcon.simulation import run
+    from semcon.transport.simulation import run
 
     tree = {
         "name": f"clients-{n}", "rounds": 1,

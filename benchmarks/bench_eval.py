@@ -15,8 +15,8 @@ import torch
 
 from semcon.config import load_config
 from semcon.data.splits import build_splits
-from semcon.evaluate import choice_accuracy, reference_scores
-from semcon.models import Backbone
+from semcon.member.evaluate import choice_accuracy, reference_scores
+from semcon.member.models import Backbone
 
 
 def main(reps: int = 2) -> None:

@@ -58,7 +58,7 @@ def linear_gflops(rows: int, k: int = 576, n: int = 1536, reps: int = 50) -> flo
 def backbone(clients: int):
     """SmolLM2-135M with ``clients`` seeded random adapters (names c0..), and the slots that hold them."""
     from semcon.config import LoraConfig
-    from semcon.models import Backbone
+    from semcon.member.models import Backbone
 
     bb = Backbone.load("smollm2-135m", torch.float32, torch.device("cpu"))
     names = [f"c{i}" for i in range(clients)]
@@ -71,7 +71,7 @@ def backbone(clients: int):
 
 def run_engine(engine: str, texts: list[str], clients: int, cap: int, batch: int) -> dict:
     """One engine's answers (token ids per row, client-major) with its time and decode steps."""
-    from semcon.generate import generate
+    from semcon.member.generate import generate
 
     bb, names = backbone(clients)
     fmt, eos = bb.fmt, sorted(bb.fmt.eos_ids())
@@ -159,7 +159,7 @@ def profile_top(texts: list[str], clients: int, cap: int, batch: int, top: int =
     """The continuous engine's top operators by own CPU time on its first 64 rows."""
     from torch.profiler import ProfilerActivity, profile
 
-    from semcon.generate import generate
+    from semcon.member.generate import generate
 
     bb, names = backbone(clients)
     slots = bb.hold(names)

@@ -38,7 +38,7 @@ def matmul_params(spec: str) -> int:
 
 def count_generated_tokens() -> list[int]:
     """Tokens each upload generated (its end-of-turn token included), recorded as the clients build them."""
-    from semcon.client import Client
+    from semcon.member.client import Client
 
     counts, upload_of = [], Client.upload_of
 
@@ -61,8 +61,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     from semcon.config import load_config
-    from semcon.models import pick_device, pick_dtype
-    from semcon.simulation import run
+    from semcon.member.models import pick_device, pick_dtype
+    from semcon.transport.simulation import run
 
     domains = [{"source": "wiki", "categories": ["Geography"]}, {"source": "gsm8k"}, {"source": "chatterbot"},
                {"source": "mmlu", "categories": ["clinical knowledge", "nutrition"], "name": "mmlu:medicine"}]

@@ -34,8 +34,8 @@ def worker(side: str, steps: int, batch: int, max_length: int) -> dict:
 
     torch.set_num_threads(2)
     from semcon.config import LoraConfig
-    from semcon.models import Backbone, ChatFormat, load_tokenizer, pick_dtype
-    from semcon.train import collate, length_grouped_batches, tokenize
+    from semcon.member.models import Backbone, ChatFormat, load_tokenizer, pick_dtype
+    from semcon.member.train import collate, length_grouped_batches, tokenize
 
     device = torch.device("cpu")
     tok = load_tokenizer("smollm2-135m")
@@ -43,7 +43,7 @@ def worker(side: str, steps: int, batch: int, max_length: int) -> dict:
     if side == "semcon":
         import random
 
-        from semcon.train import train_lora
+        from semcon.member.train import train_lora
 
         dtype = pick_dtype("auto", device)
         bb = Backbone.load("smollm2-135m", dtype, device)
@@ -60,7 +60,7 @@ def worker(side: str, steps: int, batch: int, max_length: int) -> dict:
     else:
         from peft import LoraConfig as PeftLora, get_peft_model
 
-        from semcon.models import load_causal_lm
+        from semcon.member.models import load_causal_lm
 
         model = load_causal_lm("smollm2-135m", torch.float32, device)
         lora = LoraConfig()  # the same adapter as semcon's default: r=16, all linear layers

@@ -27,7 +27,7 @@ import yaml
 
 from semcon.config import DataSelection
 from semcon.data import load_selection
-from semcon.evaluate import final_number, gsm8k_exact_match, lm_eval_prompt, rouge_l
+from semcon.member.evaluate import final_number, gsm8k_exact_match, lm_eval_prompt, rouge_l
 
 MMLU_SUBJECTS = ("astronomy", "high school biology", "us foreign policy", "abstract algebra")
 

@@ -14,9 +14,9 @@ import torch
 
 from semcon.config import load_config
 from semcon.data.splits import build_splits
-from semcon.generate import generate
-from semcon.models import Backbone
-from semcon.server import is_degenerate
+from semcon.member.generate import generate
+from semcon.member.models import Backbone
+from semcon.coordinator.server import is_degenerate
 
 
 def main(config: str, cap: str | None = None) -> None:

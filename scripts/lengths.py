@@ -15,7 +15,7 @@ import numpy as np
 
 from semcon.config import DataConfig, DataSelection
 from semcon.data import load_selection
-from semcon.models import ChatFormat, load_tokenizer
+from semcon.member.models import ChatFormat, load_tokenizer
 
 SOURCES = ("wiki", "gsm8k", "mmlu", "chatterbot", "humaneval")
 

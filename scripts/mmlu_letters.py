@@ -11,8 +11,8 @@ import torch
 
 from semcon.config import load_config
 from semcon.data.splits import build_splits
-from semcon.evaluate import LETTERS, answer_letter, choice_ids, last_logits
-from semcon.models import Backbone
+from semcon.member.evaluate import LETTERS, answer_letter, choice_ids, last_logits
+from semcon.member.models import Backbone
 
 
 def main(config: str = "configs/study.yaml") -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from semcon.provenance import describe, provenance
-from semcon.report import privacy_numbers, seed_scores
+from semcon.studies.report import privacy_numbers, seed_scores
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/privacy")
 COUNTS = {"in_uploads": "canaries in its uploads", "in_labels": "in pseudo-labels",

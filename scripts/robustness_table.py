@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from semcon.provenance import describe, provenance
-from semcon.report import honest_mean, label_quality
+from semcon.studies.report import honest_mean, label_quality
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/robustness")
 SWEEPS = [  # folder, what it varies

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from semcon.provenance import describe, provenance
-from semcon.report import (difference_cell, label_quality, mean_expert_share, over_seeds, own_other,
+from semcon.studies.report import (difference_cell, label_quality, mean_expert_share, over_seeds, own_other,
                            paired_differences, seed_scores)
-from semcon.rundir import read_rows
-from semcon.stats import MIN_SEEDS
+from semcon.rounds.rundir import read_rows
+from semcon.studies.stats import MIN_SEEDS
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results")
 ROWS = [  # label, folder of seed-N directories

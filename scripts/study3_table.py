@@ -15,9 +15,9 @@ import numpy as np
 
 from semcon.comm import human_bytes
 from semcon.provenance import describe, provenance
-from semcon.report import (budget_cell, difference_cell, mean_expert_share, over_seeds, own_other, paired_differences,
+from semcon.studies.report import (budget_cell, difference_cell, mean_expert_share, over_seeds, own_other, paired_differences,
                            seed_scores)
-from semcon.stats import MIN_SEEDS, t_interval
+from semcon.studies.stats import MIN_SEEDS, t_interval
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/study3")
 FIGURE = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "budget_curve.png"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from semcon.rundir import read_rows
+from semcon.rounds.rundir import read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,7 +37,7 @@ def tiny_llama_dir(tmp_path_factory, worker_id):
     (built once for all workers, as are the other tiny models)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from semcon.models import load_tokenizer
+    from semcon.member.models import load_tokenizer
 
     def build(path):
         tok = load_tokenizer("smollm2-135m")
@@ -94,7 +94,7 @@ def tiny_gemma3_dir(tmp_path_factory, worker_id):
     """A 2-layer random Gemma3 with Gemma-3-270M's real tokenizer (262k vocabulary, no chat template)."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from semcon.models import load_tokenizer
+    from semcon.member.models import load_tokenizer
 
     def build(path):
         tok = load_tokenizer("gemma3-270m")
@@ -181,7 +181,7 @@ def flower_tree(tiny_llama_dir):
 @pytest.fixture(scope="session")
 def flower_reference(flower_tree, tmp_path_factory):
     """The in-process run of ``flower_tree``: what every Flower deployment of it must reproduce."""
-    from semcon import simulation
+    from semcon.transport import simulation
     from semcon.config import load_config
 
     out = tmp_path_factory.mktemp("in-process")
@@ -222,7 +222,7 @@ def flower_processes(home) -> list:
 def tracked_run(tiny_llama_dir, tmp_path_factory, worker_id) -> Path:
     """A finished tiny run (semantic consensus, 2 clients, 1 round) that also logged to TensorBoard and W&B
     (offline): for the tracking, export and report tests."""
-    from semcon import simulation
+    from semcon.transport import simulation
     from semcon.config import load_config
 
     tree = tiny_tree(str(tiny_llama_dir), log=["tensorboard", "wandb"],
@@ -251,7 +251,7 @@ def kept_run(tiny_llama_dir, tmp_path_factory, worker_id) -> Path:
     """A finished tiny semantic-consensus run that kept its uploads with both competence signals (4 levels),
     one attacking client (math: inflate_competence with a constant text) and skip_own: for verify, replay and
     the competence tests."""
-    from semcon import simulation
+    from semcon.transport import simulation
     from semcon.config import load_config
 
     tree = tiny_tree(str(tiny_llama_dir), consensus={"truncated": "keep", "competence": ["knn", "gain"],

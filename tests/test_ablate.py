@@ -2,7 +2,7 @@
 
 import pytest
 
-from semcon.ablate import cells_of, parse_grid, value_name
+from semcon.studies.ablate import cells_of, parse_grid, value_name
 from semcon.config import ConfigError
 
 

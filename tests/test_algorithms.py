@@ -7,12 +7,12 @@ import torch
 from conftest import built_once, rows, tiny_tree
 from safetensors.torch import save as save_tensors
 
-from semcon import simulation
-from semcon.algorithms import FedAvg, average_states, make_algorithm, method_problem
-from semcon.assembly import assemble
+from semcon.transport import simulation
+from semcon.coordinator.algorithms import FedAvg, average_states, make_algorithm, method_problem
+from semcon.transport.assembly import assemble
 from semcon.config import METHODS, ConfigError, load_config
 from semcon.protocol import AdapterUpdate
-from semcon.rundir import RunDir, RunState
+from semcon.rounds.rundir import RunDir, RunState
 
 
 @pytest.fixture(scope="session")
@@ -107,8 +107,8 @@ def test_average_weights_follow_example_counts():
 
 def test_fedprox_mu_zero_is_fedavg_and_mu_pulls_toward_the_global(tiny_llama_dir):
     from semcon.config import LoraConfig
-    from semcon.models import Backbone
-    from semcon.train import tokenize, train_lora
+    from semcon.member.models import Backbone
+    from semcon.member.train import tokenize, train_lora
 
     bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
     data, _ = tokenize(bb.fmt, [("What is 2+2?", "4", 1.0), ("Capital of France?", "Paris", 1.0)], 64)

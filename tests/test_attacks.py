@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from semcon.attacks import attack, plausible_wrong, poison
+from semcon.member.attacks import attack, plausible_wrong, poison
 from semcon.config import OFF_TOPIC, AttackConfig, ConfigError, load_config
 from semcon.data import Example, Prompt
 from semcon.protocol import Upload
@@ -83,8 +83,8 @@ def test_poison_moves_every_response_to_another_instruction():
 def test_only_a_poisoning_attacker_trains_on_swapped_rows():
     from pathlib import Path
 
-    from semcon.assembly import trained_on
-    from semcon.client import client_seed
+    from semcon.transport.assembly import trained_on
+    from semcon.member.client import client_seed
     from semcon.config import load_config
 
     demo = Path(__file__).parents[1] / "configs" / "demo.yaml"
@@ -124,7 +124,7 @@ def test_ablate_over_the_number_of_attackers_reports_their_share_and_honest_qual
     import yaml
     from conftest import cli, rows, tiny_tree
 
-    from semcon.report import seed_scores
+    from semcon.studies.report import seed_scores
 
     tree = tiny_tree(str(tiny_llama_dir), rounds=2, adversaries={"kind": "plausible_wrong", "poison_private": True})
     tree["consensus"]["reputation"] = 10.0

@@ -128,7 +128,7 @@ def test_version_verbose_and_log_say_what_they_are():
 
 def test_a_run_that_stopped_before_its_first_round_leaves_a_folder_the_same_command_reuses(tmp_path):
     from semcon.config import load_config
-    from semcon.rundir import RunDir, RunDirError, claim
+    from semcon.rounds.rundir import RunDir, RunDirError, claim
 
     out = tmp_path / "run"
     RunDir.create(out, load_config(ROOT / "configs/demo.yaml"))  # as a run that failed on its data would leave it

@@ -13,8 +13,8 @@ from matplotlib.ticker import MaxNLocator
 from typer.testing import CliRunner
 
 from semcon import cli
-from semcon.compare import seed_plan
-from semcon.report import (
+from semcon.studies.compare import seed_plan
+from semcon.studies.report import (
     bytes_figure,
     client_spread,
     label_quality_figure,
@@ -29,7 +29,7 @@ from semcon.report import (
     write_report,
 )
 from semcon.config import RunConfig
-from semcon.rundir import RunDir, RunDirError, claim
+from semcon.rounds.rundir import RunDir, RunDirError, claim
 
 
 
@@ -185,7 +185,7 @@ def test_intervals_over_seeds_and_paired_differences(runs):
 
 
 def test_a_difference_claims_an_interval_only_from_five_seeds():
-    from semcon.report import difference_cell
+    from semcon.studies.report import difference_cell
 
     three = {s: {"a": -0.1 * s, "b": 0.1} for s in range(3)}
     assert difference_cell(three) == "+0.000 (seeds: +0.050, +0.000, -0.050; no interval claimed with 3 < 5 seeds)"
@@ -358,7 +358,7 @@ def test_resume_keeps_finished_runs_and_continues_the_interrupted_one(monkeypatc
 
 def test_a_single_runs_plots_show_every_series_and_say_one_seed(tracked_run):
     from semcon.config import load_config
-    from semcon.report import adapter_bytes
+    from semcon.studies.report import adapter_bytes
 
     summary = json.loads((tracked_run / "summary.json").read_text())
     runs = {"semantic_consensus": {0: summary}}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from semcon.competence import ecdf, gain_competence, knn_competence, knn_similarity, quantize
+from semcon.member.competence import ecdf, gain_competence, knn_competence, knn_similarity, quantize
 from semcon.consensus import normalize
 from semcon.protocol import Upload, validate_upload
 

@@ -104,7 +104,7 @@ OLD_MEDOID = ROOT / "docs/results/study2/dirichlet/data.partition=dirichlet+cons
 
 
 def test_a_setting_the_rule_does_not_read_is_refused_unless_semcon_wrote_it():
-    from semcon.rundir import RunDir
+    from semcon.rounds.rundir import RunDir
 
     one_line = "consensus.gate: rule 'medoid' does not read it"
     with pytest.raises(ConfigError, match=one_line):

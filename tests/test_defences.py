@@ -4,7 +4,7 @@ server using them on real embedded answers with attacks from ``attacks.py``."""
 import numpy as np
 import pytest
 
-from semcon.attacks import attack
+from semcon.member.attacks import attack
 from semcon.config import AttackConfig, ConsensusConfig
 from semcon.consensus import (
     Round,
@@ -17,7 +17,7 @@ from semcon.consensus import (
 )
 from semcon.data import Prompt
 from semcon.protocol import Upload
-from semcon.server import SemanticConsensus
+from semcon.coordinator.server import SemanticConsensus
 
 
 def sybil_arrays(p=12, honest=3, sybils=2, seed=0):

@@ -1,4 +1,4 @@
-"""Tests of semcon.evaluate: answer extraction, generation caps, multiple choice prompts and scores, bits
+"""Tests of semcon.member.evaluate: answer extraction, generation caps, multiple choice prompts and scores, bits
 per byte, and metrics chosen by each row's task."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import tiny_tree
 
-from semcon import evaluate
+from semcon.member import evaluate
 from semcon.config import EvalConfig
 from semcon.data import Example, choice_row
-from semcon.evaluate import (
+from semcon.member.evaluate import (
     answer_letter,
     choice_accuracy,
     choice_ids,
@@ -26,12 +26,12 @@ from semcon.evaluate import (
     reference_scores,
     rouge_l,
 )
-from semcon.generate import Generation
+from semcon.member.generate import Generation
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_llama_dir):
-    from semcon.models import Backbone
+    from semcon.member.models import Backbone
 
     return Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
 
@@ -257,8 +257,8 @@ def test_plain_bits_per_byte_leave_out_gsm8k_calculator_annotations(tiny):
 def test_clients_evaluated_together_score_as_they_would_alone(tiny_llama_dir):
     """Three clients on one base (two with distinct adapters, one still the base model) answer the generation
     rows in shared batches: every metric equals the client's own evaluation."""
-    from semcon.assembly import assemble
-    from semcon.client import evaluate_together
+    from semcon.transport.assembly import assemble
+    from semcon.member.client import evaluate_together
     from semcon.config import load_config
 
     tree = tiny_tree(str(tiny_llama_dir), eval={"max_new_tokens": 6, "generate": True})

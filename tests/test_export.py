@@ -1,4 +1,4 @@
-"""Tests of semcon.export: a finished run's adapters load in PEFT and transformers with the same logits as inside
+"""Tests of semcon.studies.export: a finished run's adapters load in PEFT and transformers with the same logits as inside
 semcon, with a model card; bad requests are one line."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from semcon import cli
 from semcon.config import load_config
-from semcon.export import ExportError, export
-from semcon.models import Backbone
+from semcon.studies.export import ExportError, export
+from semcon.member.models import Backbone
 
 PROMPT = "Tell me about the rivers of Europe."
 
@@ -77,7 +77,7 @@ def test_the_model_card_says_where_the_weights_came_from(tracked_run, tmp_path):
     assert f"| gsm8k | {bpb:.4f} |" in card
     assert "peft=DIR" in card
 
-    from semcon.export import model_card
+    from semcon.studies.export import model_card
 
     embedded = model_card(load_config(tracked_run / "config.yaml", check_files=False), summary, "geo", "smollm2-135m", False)
     assert "\nbase_model:" not in embedded and str(Path.home()) not in embedded and ".cache" not in embedded
@@ -101,7 +101,7 @@ def test_what_cannot_be_exported_is_one_line(tracked_run, tmp_path):
 
 
 def test_an_exported_adapter_is_scored_on_your_own_jsonl_beside_its_base(tracked_run, tmp_path):
-    from semcon.export import evaluate_export, exported_base
+    from semcon.studies.export import evaluate_export, exported_base
 
     (path,) = export(tracked_run, tmp_path / "geo", client="geo")
     assert exported_base(path) == base_dir(tracked_run)

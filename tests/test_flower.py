@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import flower_processes, rows, same_results
 
-from semcon.rundir import RunDir, RunState
+from semcon.rounds.rundir import RunDir, RunState
 
 pytestmark = pytest.mark.flower
 
@@ -34,7 +34,7 @@ def test_flower_run_config_maps_onto_the_config(tree, tmp_path):
     from flwr.common.config import flatten_dict
 
     from semcon.config import load_config as load
-    from semcon.flower.launch import run_config_overrides, write_app
+    from semcon.transport.flower.launch import run_config_overrides, write_app
 
     RunDir.create(tmp_path, load(tree=tree))
     app = write_app(tmp_path)
@@ -80,7 +80,7 @@ def test_warm_clientapps_get_the_command_line_flower_would_give_them(tls, monkey
     from flwr.supercore.superexec.executor import subprocess_executor
     from flwr.supercore.superexec.executor.types import ExecutionSpec
 
-    from semcon.flower.forkexec import clientapp_args
+    from semcon.transport.flower.forkexec import clientapp_args
 
     spec = ExecutionSpec(task_type=TaskType.CLIENT_APP, runtime_api_address="127.0.0.1:9094", token="t0k",
                          runtime_dependency_install=False, parent_pid=4242, suppress_output=False, task_id=7, **tls)

@@ -122,7 +122,7 @@ def reply(record, container: str):
 
 def server_reads_reply(case) -> str:
     """Any reply of any phase, through the server's per-client guard: a value or a reason, never an exception."""
-    from semcon.flower.server_app import parse_eval, parse_hello, parse_train, parse_upload, read_reply
+    from semcon.transport.flower.server_app import parse_eval, parse_hello, parse_train, parse_upload, read_reply
 
     kind, record, container = case
     message = reply(record, container)
@@ -153,7 +153,7 @@ def server_decodes_upload(data: bytes) -> str:
 
 def node_reads_order(case) -> str:
     """What a closed deployment's node receives: only a record the coordinator signed, else Refused."""
-    from semcon.flower.signing import check_order
+    from semcon.transport.flower.signing import check_order
 
     record, node = case
     try:
@@ -165,7 +165,7 @@ def node_reads_order(case) -> str:
 
 def node_keeps_setup(rec) -> str:
     """The run's setup on a node: kept, or refused with a ValueError (ProtocolError, Refused)."""
-    from semcon.flower.client_app import save_setup
+    from semcon.transport.flower.client_app import save_setup
 
     state = Path(tempfile.mkdtemp(prefix="fuzz-setup-"))
     try:

@@ -26,8 +26,8 @@ from flwr.proto.message_pb2 import (ConfirmMessageReceivedRequest, Message, Obje
 from flwr.proto.node_pb2 import Node
 from flwr.supercore.primitives.asymmetric import generate_key_pairs, public_key_to_bytes, sign_message
 
-from semcon.flower.gateway import FLEET_ENDPOINTS, HEADER_SECONDS, RefusalLog, gateway_app
-from semcon.flower.secure import make_certs
+from semcon.transport.flower.gateway import FLEET_ENDPOINTS, HEADER_SECONDS, RefusalLog, gateway_app
+from semcon.transport.flower.secure import make_certs
 
 TREE = ObjectTree(object_id="a" * 64, children=[ObjectTree(object_id="b" * 64)])  # a message node 7 pulls
 
@@ -218,7 +218,7 @@ def test_no_outsider_can_hold_the_gateway_and_every_refusal_is_one_line(deployme
     within a few seconds and the gateway's memory stays bounded."""
     import psutil
 
-    from semcon.flower.launch import Processes, free_port
+    from semcon.transport.flower.launch import Processes, free_port
 
     certs, db, (member, other), upstream = deployment
     procs = Processes(tmp_path / "state", tmp_path / "state" / "logs", certs=certs)

@@ -1,7 +1,7 @@
 import torch
 
-from semcon.generate import generate, greedy_batch
-from semcon.models import PLAIN_STOP, Backbone
+from semcon.member.generate import generate, greedy_batch
+from semcon.member.models import PLAIN_STOP, Backbone
 
 PROMPTS = ["Hi", "What is the tallest mountain on Earth and how tall is it?", "Count to three.",
            "Describe the water cycle in two sentences, mentioning evaporation.", "2+2?"]
@@ -26,7 +26,7 @@ def test_batched_greedy_equals_per_prompt_generate(tiny_llama_dir):
 def test_the_cache_grows_in_place_with_the_same_tokens(tiny_llama_dir, monkeypatch):
     """Room for 3 positions at a time: the KV cache is reallocated every few tokens, rows leave it, and the
     tokens stay those of HF's own generate."""
-    from semcon import generate as gen
+    from semcon.member import generate as gen
 
     monkeypatch.setattr(gen._GrowingLayer, "ROOM", 3)
     bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
@@ -163,7 +163,7 @@ def test_a_queue_longer_than_the_batch_gives_each_row_its_one_row_answer(tiny_ll
     """Mixed adapters, mixed prompt lengths and caps, a row that ends at its first token, rows that hit their cap,
     12 rows through 3 slots: every row's ids equal the one-row reference, and the cache holds 3 rows only."""
     from semcon.config import LoraConfig
-    from semcon.generate import SlotCache, continuous_batch
+    from semcon.member.generate import SlotCache, continuous_batch
 
     bb = Backbone.load(str(tiny_llama_dir), torch.float32, torch.device("cpu"))
     fmt = bb.fmt
@@ -208,7 +208,7 @@ def test_rows_are_admitted_in_queue_order_into_the_slots_others_free(tiny_llama_
     step computes more rows than slots; the grouped key/value heads are never expanded (``repeat_kv``)."""
     import transformers.models.llama.modeling_llama as llama
 
-    from semcon.generate import continuous_batch
+    from semcon.member.generate import continuous_batch
 
     def no_expansion(*args, **kwargs):
         raise AssertionError("repeat_kv: an expanded copy of the grouped key/value heads")

@@ -2,7 +2,7 @@
 
 from conftest import cli, one_line_error, rows
 
-from semcon.inspection import exchanges
+from semcon.studies.inspection import exchanges
 
 
 def test_inspect_shows_every_byte_a_member_sent_and_received(kept_run):

@@ -3,7 +3,7 @@
 import pytest
 
 from semcon.config import NetworkConfig
-from semcon.metrics import Phases, RoundResult, modelled_transfer_s, round_row
+from semcon.rounds.metrics import Phases, RoundResult, modelled_transfer_s, round_row
 
 
 def test_modelled_transfer_time_by_hand():

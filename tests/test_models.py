@@ -5,7 +5,7 @@ import torch
 
 from semcon.assets import join_parts
 from semcon.config import LoraConfig
-from semcon.models import PLAIN_TEMPLATE, Backbone, ChatFormat, load_tokenizer
+from semcon.member.models import PLAIN_TEMPLATE, Backbone, ChatFormat, load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from semcon.data import Example
-from semcon.privacy import (
+from semcon.member.privacy import (
     NgramIndex,
     canaries,
     candidates,

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from conftest import cli, one_line_error, rows, tiny_tree
 
-from semcon.rundir import jsonl
+from semcon.rounds.rundir import jsonl
 from semcon.consensus import Ballot
-from semcon.replay import same_label
+from semcon.studies.replay import same_label
 
 
 def edited(run, tmp_path, name, index, field="text"):
@@ -95,7 +95,7 @@ def test_replay_refuses_what_it_cannot_recompute(kept_run):
 
 
 def test_skip_own_leaves_out_labels_that_are_the_clients_own_answers(tiny_llama_dir):
-    from semcon.assembly import assemble
+    from semcon.transport.assembly import assemble
     from semcon.config import load_config
     from semcon.protocol import Download
 

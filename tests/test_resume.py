@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import cli, rows, tiny_tree
 
-from semcon import simulation
+from semcon.transport import simulation
 from semcon.config import load_config
 
 

@@ -4,7 +4,7 @@ from conftest import tiny_tree
 
 from semcon.config import load_config
 from semcon.data import Prompt
-from semcon.rundir import RunDir, kind_of
+from semcon.rounds.rundir import RunDir, kind_of
 
 
 def test_a_new_run_over_a_flower_run_leaves_no_flower_marker(tmp_path):

@@ -19,7 +19,7 @@ import zstandard
 from conftest import cli, one_line_error, rows, tiny_tree
 
 from semcon.protocol import SETUP_LIMITS, ProtocolError, Upload, decode, encode, text_limits
-from semcon.rundir import RunDir
+from semcon.rounds.rundir import RunDir
 
 LIMITS = text_limits(32, 4000)  # a round of 32 prompts at the default answer cap: about 0.5 MB decompressed
 
@@ -157,8 +157,8 @@ def flower_group(tmp_path, grid, **flower):
     """A server-side group over ``grid`` with the run's setup ready to send to each node after its hello."""
     from semcon.config import load_config
     from semcon.data import Prompt
-    from semcon.federation import setup_messages
-    from semcon.flower.server_app import FlowerGroup
+    from semcon.rounds.federation import setup_messages
+    from semcon.transport.flower.server_app import FlowerGroup
 
     tree = tiny_tree("smollm2-135m", min_clients=1, flower={"phase_timeout_s": 0.5, "hello_timeout_s": 0.5},
                      eval={"before": True})  # each node's first phase is then the base model's evaluation
@@ -207,9 +207,9 @@ def test_a_malformed_reply_is_that_clients_failure(kind, reply, needle, tmp_path
 
 def test_a_reply_that_raises_anything_in_a_decoder_fails_only_its_client_and_the_run_finishes(
         tmp_path, flower_identity, embedder, monkeypatch):
-    from semcon.algorithms import make_algorithm
-    from semcon.federation import federate
-    from semcon.flower import server_app
+    from semcon.coordinator.algorithms import make_algorithm
+    from semcon.rounds.federation import federate
+    from semcon.transport.flower import server_app
 
     decode_eval = server_app.parse_eval
 
@@ -232,8 +232,8 @@ def test_a_reply_that_raises_anything_in_a_decoder_fails_only_its_client_and_the
 def test_errors_and_silence_are_failures_and_a_round_goes_on(tmp_path, flower_identity, embedder):
     from flwr.app import Error
 
-    from semcon.algorithms import make_algorithm
-    from semcon.federation import federate
+    from semcon.coordinator.algorithms import make_algorithm
+    from semcon.rounds.federation import federate
 
     nodes = {11: honest("geo"), 12: honest("math", train=Error(code=5, reason="gone")),
              13: lambda msg: None if msg.metadata.message_type == "query.upload" else honest("chat")(msg)}
@@ -297,7 +297,7 @@ def test_keys_are_their_owners_only_and_the_certificate_names_each_address_once(
 
 
 def test_process_logs_rotate_so_no_one_can_fill_the_disk(tmp_path):
-    from semcon.flower.launch import pump
+    from semcon.transport.flower.launch import pump
 
     log = tmp_path / "gateway.log"
     pump(io.BytesIO(b"".join(b"refused %04d\n" % i for i in range(1000))), log, max_bytes=1000, keep=2)
@@ -339,7 +339,7 @@ def test_an_earlier_run_is_replaced_only_with_overwrite(tmp_path, monkeypatch):
     from conftest import ROOT
 
     from semcon.config import load_config
-    from semcon.rundir import RunDirError, claim
+    from semcon.rounds.rundir import RunDirError, claim
 
     monkeypatch.chdir(ROOT)
     earlier = tmp_path / "earlier"
@@ -414,8 +414,8 @@ def ssh_key(path, comment: str):
 
 
 def flwr_cli(home, *args, timeout=120):
-    from semcon.flower import flwr_bin
-    from semcon.flower.launch import flower_env
+    from semcon.transport.flower import flwr_bin
+    from semcon.transport.flower.launch import flower_env
 
     done = subprocess.run([flwr_bin("flwr"), *map(str, args)], env=flower_env(home), capture_output=True, text=True,
                           timeout=timeout)
@@ -432,7 +432,7 @@ def test_a_closed_deployment_keeps_outsiders_out_and_members_to_their_identities
     from conftest import flower_processes, rows
 
     from semcon.config import load_config
-    from semcon.flower.launch import Processes, free_port, wait_for_port, write_app, write_connection
+    from semcon.transport.flower.launch import Processes, free_port, wait_for_port, write_app, write_connection
 
     certs, state = tmp_path / "certs", tmp_path / "superlink"
     assert cli("flower", "certs", certs, "--host", "127.0.0.1", "--nodes", "2").exit_code == 0

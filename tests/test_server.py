@@ -4,7 +4,7 @@ import pytest
 from semcon.config import ConsensusConfig
 from semcon.data import Prompt
 from semcon.protocol import Download, Upload
-from semcon.server import SemanticConsensus, is_degenerate
+from semcon.coordinator.server import SemanticConsensus, is_degenerate
 
 PROMPTS = [Prompt("p0000", "What is the capital of France?", "x"), Prompt("p0001", "Name a fruit.", "x")]
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from semcon.flower.secure import make_certs
-from semcon.flower.signing import Refused, Signer, check_order, trusted_key
+from semcon.transport.flower.secure import make_certs
+from semcon.transport.flower.signing import Refused, Signer, check_order, trusted_key
 from semcon.protocol import RunSetup, encode
 
 
@@ -47,7 +47,7 @@ def ask(node_id: int, record: dict, state_dir, certs, kind: str = "query.hello")
     """Deliver ``record`` to the real ClientApp of node ``node_id`` (partition 1) as Flower would."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-    from semcon.flower.client_app import app
+    from semcon.transport.flower.client_app import app
 
     msg = Message(RecordDict({"semcon": ConfigRecord(record)}), dst_node_id=node_id, message_type=kind)
     node_config = {"partition-id": 1, "state-dir": str(state_dir),

@@ -5,9 +5,9 @@ import json
 import pytest
 from conftest import built_once, rows, tiny_tree
 
-from semcon import simulation
-from semcon.assembly import assemble
-from semcon.client import Client
+from semcon.transport import simulation
+from semcon.transport.assembly import assemble
+from semcon.member.client import Client
 from semcon.config import config_key, load_config
 from semcon.protocol import Upload
 
@@ -129,7 +129,7 @@ def test_a_finished_run_leaves_no_model_alive(tiny_llama_dir, tmp_path, monkeypa
     import gc
     import weakref
 
-    from semcon import models
+    from semcon.member import models
 
     load, loaded = models.load_causal_lm, []
 

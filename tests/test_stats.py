@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from semcon.stats import seed_level, t_interval, two_level_bootstrap
+from semcon.studies.stats import seed_level, t_interval, two_level_bootstrap
 
 
 def test_t_interval_of_one_two_three():

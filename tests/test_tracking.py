@@ -1,4 +1,4 @@
-"""Tests of semcon.tracking: metrics rows as scalars, mirrored to TensorBoard and W&B (offline) by a real run."""
+"""Tests of semcon.rounds.tracking: metrics rows as scalars, mirrored to TensorBoard and W&B (offline) by a real run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from conftest import rows
 
 from semcon.config import ConfigError, load_config
-from semcon.tracking import WandB, scalars
+from semcon.rounds.tracking import WandB, scalars
 
 
 def test_scalars_of_a_round_row_and_an_eval_row():

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from semcon.config import LoraConfig
-from semcon.models import Backbone
-from semcon.train import collate, micro_batches, nll_sums, response_nll, tokenize, train_lora
+from semcon.member.models import Backbone
+from semcon.member.train import collate, micro_batches, nll_sums, response_nll, tokenize, train_lora
 
 PAIRS = [("What is the capital of France?", "Paris is the capital of France.", 1.0),
          ("Add 2 and 3.", "2 + 3 = 5. The answer is 5.", 1.0),
@@ -107,7 +107,7 @@ def test_long_examples_are_dropped_and_counted_never_cut_silently(bb):
 
 
 def test_length_grouped_batches_cover_every_example_once():
-    from semcon.train import TokenizedExample, length_grouped_batches
+    from semcon.member.train import TokenizedExample, length_grouped_batches
 
     data = [TokenizedExample(list(range(n)), list(range(n))) for n in random.Random(0).choices(range(5, 50), k=37)]
     batches = length_grouped_batches(data, 8, random.Random(1))

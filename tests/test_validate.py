@@ -25,7 +25,7 @@ def test_validate_refuses_what_a_run_would_refuse_in_one_line(tiny_llama_dir, tm
 
 def test_the_cost_counts_label_steps_and_nothing_to_answer_for_the_references_bound(tiny_llama_dir):
     from semcon.config import load_config
-    from semcon.validate import plan
+    from semcon.studies.validate import plan
 
     tree = tiny_tree(str(tiny_llama_dir))
     mixed = plan(load_config(tree=tree))

@@ -90,8 +90,8 @@ def run(
     _setup_logging(verbose)
     cfg = _load_run_config(config, with_log(set_, log))
     _quiet_libraries()
-    from semcon.report import print_summary
-    from semcon.simulation import default_out
+    from semcon.studies.report import print_summary
+    from semcon.transport.simulation import default_out
 
     out = out or default_out(cfg)
     summary = _run_one(cfg, out, overwrite=overwrite)
@@ -111,7 +111,7 @@ def validate(
     cfg = _load_run_config(config, set_)
     _quiet_libraries()
     from semcon.data import DataError
-    from semcon.validate import describe, matmul_rate, plan
+    from semcon.studies.validate import describe, matmul_rate, plan
 
     try:
         found = plan(cfg)
@@ -123,8 +123,8 @@ def validate(
 
 def _outcome(out: Path, summary: dict) -> None:
     """The end of a run: its outcome in a few lines, its report written, and where both are."""
-    from semcon.compare import rebuild_report
-    from semcon.report import outcome_lines
+    from semcon.studies.compare import rebuild_report
+    from semcon.studies.report import outcome_lines
 
     console.print("\n".join(outcome_lines(out, summary)), markup=False, highlight=False, soft_wrap=True)
     console.print(f"report: [bold]{rebuild_report(out)}[/]\nrun directory: [bold]{out}[/]")
@@ -132,7 +132,7 @@ def _outcome(out: Path, summary: dict) -> None:
 
 def _load_run_config(config: Path, set_: list[str] | None):
     """The config, checked that its method can run on its clients; else one line and exit code 2."""
-    from semcon.algorithms import method_problem
+    from semcon.coordinator.algorithms import method_problem
     from semcon.config import ConfigError, load_config
 
     try:
@@ -151,7 +151,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def _claim(out: Path, overwrite: bool) -> None:
     """Check --out before any work: one line and exit code 2 if it cannot be used."""
-    from semcon.rundir import RunDirError, claim
+    from semcon.rounds.rundir import RunDirError, claim
 
     try:
         claim(out, overwrite)
@@ -169,10 +169,10 @@ def _run_one(cfg, out: Path, resume: bool = False, overwrite: bool = False) -> d
     that cannot go on (too few clients) with exit code 1 and its state kept for `semcon resume`."""
     from semcon.config import ConfigError
     from semcon.data import DataError
-    from semcon.federation import FederationError
-    from semcon.rundir import RunDirError
-    from semcon.simulation import resume as resume_federation
-    from semcon.simulation import run as run_federation
+    from semcon.rounds.federation import FederationError
+    from semcon.rounds.rundir import RunDirError
+    from semcon.transport.simulation import resume as resume_federation
+    from semcon.transport.simulation import run as run_federation
 
     try:
         with _progress() as progress:
@@ -193,7 +193,7 @@ def resume(
 ) -> None:
     """Continue a run from its last completed round, in-process or on Flower, with nothing lost or repeated."""
     from semcon.config import ConfigError
-    from semcon.rundir import RunDir
+    from semcon.rounds.rundir import RunDir
 
     _setup_logging(verbose)
     try:
@@ -201,12 +201,12 @@ def resume(
     except ConfigError as e:
         fail(str(e))
     _quiet_libraries()
-    from semcon.report import print_summary
+    from semcon.studies.report import print_summary
 
     _check_resumable(run_dir)
     marker = run_dir / "flower.json"
     if marker.is_file():
-        from semcon.flower.launch import flwr_run, run_local, write_connection
+        from semcon.transport.flower.launch import flwr_run, run_local, write_connection
 
         where = json.loads(marker.read_text(encoding="utf-8"))
         certs = Path(where["certs"]) if where.get("certs") else None
@@ -225,7 +225,7 @@ def resume(
 def _check_resumable(run_dir: Path) -> None:
     """Read the checkpoint and the rows resume keeps before any work (on Flower, the ServerApp's process
     reads them), so that damage is one line naming the file."""
-    from semcon.rundir import RunDir, RunDirError
+    from semcon.rounds.rundir import RunDir, RunDirError
 
     try:
         run = RunDir(run_dir)
@@ -252,9 +252,9 @@ def compare(
 ) -> None:
     """Run several methods on one setting (same data, models, rounds, budget), each over its seeds, and
     write a report with intervals over seeds."""
-    from semcon.compare import method_config, parse_methods, plan, run_compare, seed_plan, write_manifest
+    from semcon.studies.compare import method_config, parse_methods, plan, run_compare, seed_plan, write_manifest
     from semcon.config import ConfigError
-    from semcon.report import write_report
+    from semcon.studies.report import write_report
 
     _setup_logging(verbose)
     try:
@@ -300,9 +300,9 @@ def ablate(
 ) -> None:
     """Run a compare in every cell of a grid (finished cells are kept when run again; a failed cell is reported
     and the others go on) and write DIR/ablation.md with a plot per axis."""
-    from semcon.ablate import ablate as ablate_grid
-    from semcon.ablate import parse_grid
-    from semcon.compare import parse_methods
+    from semcon.studies.ablate import ablate as ablate_grid
+    from semcon.studies.ablate import parse_grid
+    from semcon.studies.compare import parse_methods
     from semcon.config import ConfigError, load_config
 
     _setup_logging(verbose)
@@ -312,7 +312,7 @@ def ablate(
     except (ConfigError, ValueError) as e:
         fail(str(e))
     _quiet_libraries()
-    from semcon import simulation
+    from semcon.transport import simulation
 
     with _progress() as progress:
         def run_one(cfg, where: Path, resuming: bool) -> dict:
@@ -379,8 +379,8 @@ def report(
     directory: Annotated[Path, typer.Argument(help="a finished run directory, or a compare's --out")],
 ) -> None:
     """Write report.md and its plots again from a finished run's or compare's files, without recomputing."""
-    from semcon.compare import rebuild_report
-    from semcon.rundir import RunDirError
+    from semcon.studies.compare import rebuild_report
+    from semcon.rounds.rundir import RunDirError
 
     try:
         path = rebuild_report(directory)
@@ -396,8 +396,8 @@ def verify(
     """Recompute every round's pseudo-labels from the kept uploads with the run's config and embedder: exit 0
     when all match, 1 naming the first round and prompt (or upload) that differs."""
     _quiet_libraries()
-    from semcon.replay import verify as verify_run
-    from semcon.rundir import RunDirError
+    from semcon.studies.replay import verify as verify_run
+    from semcon.rounds.rundir import RunDirError
 
     try:
         rounds, problem = verify_run(run_dir)
@@ -426,9 +426,9 @@ def replay(
     _quiet_libraries()
     from semcon.config import ConfigError
     from semcon.provenance import provenance
-    from semcon.replay import replay as replay_run
-    from semcon.report import replay_lines
-    from semcon.rundir import RunDirError
+    from semcon.studies.replay import replay as replay_run
+    from semcon.studies.report import replay_lines
+    from semcon.rounds.rundir import RunDirError
 
     try:
         rows = replay_run(run_dir, rule, set_ or [], attack or [])
@@ -451,8 +451,8 @@ def inspect(
 ) -> None:
     """What each member sent and received, round by round: every message with its bytes from the ledger, every
     answer uploaded with its flags, every pseudo-label received, and the numbers it reported."""
-    from semcon.inspection import describe, exchanges
-    from semcon.rundir import RunDirError
+    from semcon.studies.inspection import describe, exchanges
+    from semcon.rounds.rundir import RunDirError
 
     try:
         found = exchanges(run_dir, client, round_)
@@ -476,7 +476,7 @@ def evaluate(
     and the generation metrics of greedy answers, as semcon's own evaluation scores them."""
     _quiet_libraries()
     from semcon.data import DataError
-    from semcon.export import ExportError, evaluate_export
+    from semcon.studies.export import ExportError, evaluate_export
 
     try:
         found = evaluate_export(directory, data, model, items)
@@ -501,8 +501,8 @@ def export(
     """Write a run's adapters as PEFT adapter directories (or merged models) with a model card, for
     PeftModel.from_pretrained, lm-evaluation-harness and any PEFT-aware server."""
     _quiet_libraries()
-    from semcon.export import ExportError
-    from semcon.export import export as export_run
+    from semcon.studies.export import ExportError
+    from semcon.studies.export import export as export_run
 
     try:
         written = export_run(run_dir, out, client, merge)
@@ -536,7 +536,7 @@ def _flower_config(config: Path, set_: list[str] | None):
 
 
 def _create_run_dir(out: Path, cfg, overwrite: bool) -> None:
-    from semcon.rundir import RunDir, RunDirError
+    from semcon.rounds.rundir import RunDir, RunDirError
 
     try:
         RunDir.create(out, cfg, overwrite)
@@ -558,9 +558,9 @@ def flower_local(
     """Start a SuperLink and one SuperNode per client on 127.0.0.1, run the config, stop them all."""
     _setup_logging(verbose)
     cfg = _flower_config(config, with_log(set_, log))
-    from semcon.flower.launch import run_local
-    from semcon.report import print_summary
-    from semcon.simulation import default_out
+    from semcon.transport.flower.launch import run_local
+    from semcon.studies.report import print_summary
+    from semcon.transport.simulation import default_out
 
     out = out or default_out(cfg)
     _create_run_dir(out, cfg, overwrite)
@@ -584,9 +584,9 @@ def flower_run(
     ServerApp writes the run directory). With --certs: TLS, the app signed by the coordinator's key, and
     each client pinned to its registered node (certs/members.yaml)."""
     _setup_logging(False)
-    from semcon.flower.launch import closed_settings, flwr_run, mark, write_connection
-    from semcon.report import print_summary
-    from semcon.simulation import default_out
+    from semcon.transport.flower.launch import closed_settings, flwr_run, mark, write_connection
+    from semcon.studies.report import print_summary
+    from semcon.transport.simulation import default_out
 
     if certs is not None:
         _check_certs(certs, "ca.crt", "signer", "members.yaml")
@@ -612,7 +612,7 @@ def _check_certs(certs: Path, *names: str) -> None:
 def _check_members(cfg) -> None:
     """The members file names a registered node for partitions of this run (one line if not)."""
     if cfg.flower.members is not None:
-        from semcon.flower.secure import load_members
+        from semcon.transport.flower.secure import load_members
 
         try:
             load_members(cfg.flower.members, [c.name for c in cfg.clients])
@@ -628,7 +628,7 @@ def flower_certs(
 ) -> None:
     """Make every key a closed deployment needs: CA, SuperLink certificate, app-signing key, node keys, and
     per node a folder nodeN/ with only what that organisation gets."""
-    from semcon.flower.secure import make_certs
+    from semcon.transport.flower.secure import make_certs
 
     if out.exists() and any(out.iterdir()):
         fail(f"{out} is not empty: keys are never overwritten; choose a new folder")
@@ -648,7 +648,7 @@ def flower_superlink(
 ) -> None:
     """Run a closed SuperLink until Ctrl-C: its API (runs, registration) on 127.0.0.1 only, TLS and node
     authentication, and a gateway on HOST:PORT that lets SuperNodes in and nothing else."""
-    from semcon.flower.launch import Processes
+    from semcon.transport.flower.launch import Processes
 
     _check_certs(certs, "ca.crt", "server.crt", "server.key", "signer")
     procs = Processes(home=state.resolve(), logs=state.resolve() / "logs", certs=certs.resolve())
@@ -679,8 +679,8 @@ def flower_register(
     superlink: Annotated[str, typer.Option("--superlink", help="the SuperLink's own API")] = "127.0.0.1:9093",
 ) -> None:
     """Register every node key of CERTS with the SuperLink and pin each partition to its node (members.yaml)."""
-    from semcon.flower.launch import flower_env, write_connection
-    from semcon.flower.secure import register_nodes
+    from semcon.transport.flower.launch import flower_env, write_connection
+    from semcon.transport.flower.secure import register_nodes
 
     _check_certs(certs, "ca.crt")
     home = certs / "flwr-home"

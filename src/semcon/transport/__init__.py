@@ -1,0 +1,1 @@
+"""How a federation runs: built from a config (assembly), in one process (simulation), or on Flower."""
