@@ -41,7 +41,7 @@ def main() -> None:
     print("| filter | method | " + " | ".join(COUNTS.values()) +
           " | exposure, planting client | exposure, others | bits/byte, planting client ↓ | bits/byte, others ↓ |")
     print("|---|---|" + "---|" * (len(COUNTS) + 4))
-    for path in sorted(ROOT.glob("*/*/seed-0/summary.json")):
+    for path in sorted((ROOT / "runs").glob("*/*/seed-0/summary.json")):
         summary = json.loads(path.read_text(encoding="utf-8"))
         numbers = privacy_numbers(summary) or {}
         owner = summary.get("canary_client")

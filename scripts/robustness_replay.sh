@@ -1,11 +1,11 @@
 #!/bin/bash
 # The offline half of the robustness study (docs/results/robustness/replay/): the first study's seed-0 uploads
-# (docs/results/replay/run) replayed with 1 and 2 attackers of each kind under each rule and defence. No training:
+# (docs/results/replay/runs/run) replayed with 1 and 2 attackers of each kind under each rule and defence. No training:
 # attacker share and label quality only (the honest clients' bits per byte need configs/robustness.yaml).
 # Usage: scripts/robustness_replay.sh [OUT]   (about 2-3 min per attack on 2 cores)
 set -euo pipefail
 out=${1:-docs/results/robustness/replay}
-run=docs/results/replay/run
+run=docs/results/replay/runs/run
 gated="gated:signal=knn,gate=0.75"
 rules=(--rule medoid --rule medoid:reputation=10 --rule medoid:sybil_merge=0.995
        --rule medoid:reputation=10,sybil_merge=0.995 --rule "$gated" --rule "$gated,support=0.5"

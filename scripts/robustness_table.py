@@ -98,7 +98,7 @@ def main() -> None:
           "summary.json files (the README names the commit they ran at). One seed each; an attacker share of 25% "
           "is one attacker's fair share of 4 clients, 50% two attackers'.", "", sep="\n")
     for folder, what in SWEEPS:
-        if found := cells(ROOT / folder):
+        if found := cells(ROOT / "runs" / folder):
             print(f"## `{folder}`: {what}", "", sep="\n")
             table(found)
 

@@ -20,14 +20,14 @@ from semcon.studies.stats import MIN_SEEDS
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results")
 ROWS = [  # label, folder of seed-N directories
-    ("local (first study)", "study/local"),
-    ("medoid (first study)", "study/semantic_consensus"),
-    ("gated on knn, gate 0.75 (the chosen rule)", "study2/consensus.rule=gated/semantic_consensus"),
-    ("oracle_expert (a bound)", "study2/consensus.rule=oracle_expert/semantic_consensus"),
-    ("oracle_reference (a bound)", "study2/consensus.rule=oracle_reference/semantic_consensus"),
-    ("FedAvg (first study)", "study/fedavg"),
+    ("local (first study)", "study/runs/local"),
+    ("medoid (first study)", "study/runs/semantic_consensus"),
+    ("gated on knn, gate 0.75 (the chosen rule)", "study2/runs/consensus.rule=gated/semantic_consensus"),
+    ("oracle_expert (a bound)", "study2/runs/consensus.rule=oracle_expert/semantic_consensus"),
+    ("oracle_reference (a bound)", "study2/runs/consensus.rule=oracle_reference/semantic_consensus"),
+    ("FedAvg (first study)", "study/runs/fedavg"),
 ]
-MIXED = "study2/dirichlet/data.partition=dirichlet+consensus.rule="
+MIXED = "study2/runs/dirichlet/data.partition=dirichlet+consensus.rule="
 MIXED_ROWS = [
     ("local", MIXED + "medoid/local"),
     ("medoid", MIXED + "medoid/semantic_consensus"),

@@ -100,7 +100,7 @@ def test_bad_templates_and_cohorts_are_one_line(tree, needle):
         load_config(tree={"data": {"partition": "iid"}, **tree})
 
 
-OLD_MEDOID = ROOT / "docs/results/study2/dirichlet/data.partition=dirichlet+consensus.rule=medoid/semantic_consensus/seed-0"
+OLD_MEDOID = ROOT / "docs/results/study2/runs/dirichlet/data.partition=dirichlet+consensus.rule=medoid/semantic_consensus/seed-0"
 
 
 def test_a_setting_the_rule_does_not_read_is_refused_unless_semcon_wrote_it():

@@ -87,6 +87,6 @@ def test_the_site_builds_strict_browses_from_disk_and_every_link_resolves(tmp_pa
                 broken.append(f"{page.relative_to(site)} -> {href}")
     assert not broken, broken[:10]
     # a report's links to run folders (files, not pages) go to the folders in the repository
-    assert any("/tree/main/docs/results/study/local/seed-0/" in p.read_text(encoding="utf-8") for p in site.rglob("*.html"))
+    assert any("/tree/main/docs/results/study/runs/local/seed-0/" in p.read_text(encoding="utf-8") for p in site.rglob("*.html"))
     front = (site / "index.html").read_text(encoding="utf-8")
     assert "Which rule?" in front and "LoRA-FedAvg" in front and "<!-- which-rule -->" not in front
