@@ -171,6 +171,13 @@ def merge_copies(rnd: Round, ballot: Ballot, merge: float) -> Ballot:
     return replace(ballot, weights=ballot.weights / np.maximum(same.sum(axis=2), 1), together=same)
 
 
+def defend(rnd: Round, ballot: Ballot, reputation: np.ndarray | None = None, merge: float | None = None) -> Ballot:
+    """The defences a run asks for, applied to a rule's ballot: each client's vote scaled by its ``reputation``
+    [N], and copies at cosine >= ``merge`` counted as one voter."""
+    ballot = ballot if reputation is None else reputation_votes(ballot, reputation)
+    return ballot if merge is None else merge_copies(rnd, ballot, merge)
+
+
 def select(rnd: Round, ballot: Ballot, tie_seed: tuple[int, ...] = (0,), threshold: float | None = None,
            fallback: Ballot | None = None) -> Consensus:
     """The eligible answer with the highest weighted vote per prompt. Ties (within float32 rounding) between
@@ -199,13 +206,8 @@ def decide(emb: np.ndarray, valid: np.ndarray | None = None, rule: Callable[...,
     arrays = {k: v for k, v in arrays_and_settings.items() if k in ROUND_ARRAYS}
     settings = {k: v for k, v in arrays_and_settings.items() if k not in ROUND_ARRAYS}
     rnd = Round.of(emb, valid, **arrays)
-
-    def defended(b: Ballot) -> Ballot:
-        b = b if reputation is None else reputation_votes(b, reputation)
-        return b if merge is None else merge_copies(rnd, b, merge)
-
-    plain = defended(medoid(rnd.valid)) if fallback else None
-    return select(rnd, defended(ballot(rule, rnd, settings)), tie_seed, threshold, plain)
+    plain = defend(rnd, medoid(rnd.valid), reputation, merge) if fallback else None
+    return select(rnd, defend(rnd, ballot(rule, rnd, settings), reputation, merge), tie_seed, threshold, plain)
 
 
 def semantic_medoid(emb: np.ndarray, valid: np.ndarray | None = None, threshold: float | None = None,

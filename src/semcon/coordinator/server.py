@@ -23,11 +23,10 @@ from semcon.consensus import (
     Round,
     agreement_with_others,
     ballot,
+    defend,
     load_rule,
     medoid,
-    merge_copies,
     rank_normalize,
-    reputation_votes,
     select,
     supported,
     update_reputation,
@@ -173,18 +172,13 @@ def choose(cfg: ConsensusConfig, prompts: list[Prompt], answers: Answers, embedd
         before = np.array([(reputation or {}).get(n, 1.0) for n in names])
         votes = update_reputation(before, agreement_with_others(rnd, before), cfg.reputation)
         carried = {n: round_float(v) for n, v in zip(names, votes)}
-
-    def defended(b: Ballot) -> Ballot:
-        b = b if votes is None else reputation_votes(b, votes)
-        return b if cfg.sybil_merge is None else merge_copies(rnd, b, cfg.sybil_merge)
-
-    plain = defended(medoid(rnd.valid)) if cfg.fallback == "medoid" else None
+    plain = defend(rnd, medoid(rnd.valid), votes, cfg.sybil_merge) if cfg.fallback == "medoid" else None
     if cfg.rule == REFERENCE_BOUND:
         refs = [p.reference if p.reference and not is_blank(p.reference) and
                 not (cfg.degenerate == "drop" and is_degenerate(p.reference)) else None for p in prompts]
         result = reference_bound(rnd, refs, embedder, tie_seed, cfg.threshold, plain)
         return Choice(answers, rnd.valid, result, vectors, text_ids, seconds, carried, refs)
-    rule = defended(ballot(load_rule(cfg.rule), rnd, cfg.model_dump()))
+    rule = defend(rnd, ballot(load_rule(cfg.rule), rnd, cfg.model_dump()), votes, cfg.sybil_merge)
     result = select(rnd, rule, tie_seed, cfg.threshold, plain)
     return Choice(answers, rnd.valid, result, vectors, text_ids, seconds, carried)
 
