@@ -80,6 +80,28 @@ def test_poison_moves_every_response_to_another_instruction():
     assert sorted(m.response for m in moved) == sorted(e.response for e in private)
 
 
+def test_adaptive_attacks_act_on_their_targets_only():
+    """Each adaptive attack changes the targeted prompts of the attacker's own upload and nothing else."""
+    geo = {"p1", "p2"}
+    inflated = attacked("inflate_competence", target="geography")
+    assert {k for k, v in inflated.competence["knn"].items() if v == 1.0} == geo and inflated.answers == HONEST
+    assert inflated.confidence == honest().confidence  # its own confidence unless told to claim the maximum
+    assert {k for k, v in attacked("inflate_competence", target="geography", confidence="max").confidence.items()
+            if v == 0.0} == geo
+    assert sum(v == 1.0 for v in attacked("inflate_competence", share=0.34).competence["knn"].values()) == 1
+    liar = attack(honest(), AttackConfig(kind="expert_liar"), PROMPTS, PRIVATE, seed=3, own_domain="geography")
+    assert {k for k in HONEST if liar.answers[k] != HONEST[k]} == geo  # plausible but wrong on its own domain
+    assert liar.competence == honest().competence and liar.finished == {"p0": False, "p1": True, "p2": True}
+    halves = [attacked("sybil", target="geography", part=f"{i}/2") for i in (1, 2)]
+    claimed = [{k for k, v in h.competence["knn"].items() if v == 1.0} for h in halves]
+    assert claimed[0] | claimed[1] == geo and not claimed[0] & claimed[1]  # two members split the domain
+    assert all(h.answers[k] == OFF_TOPIC for h, c in zip(halves, claimed) for k in c)
+    done = attacked("claim_finished")
+    assert done.answers == HONEST and all(done.finished.values()) and done.confidence == honest().confidence
+    with pytest.raises(ValueError, match="part"):
+        AttackConfig(kind="random", part="1/2")
+
+
 def test_only_a_poisoning_attacker_trains_on_swapped_rows():
     from pathlib import Path
 

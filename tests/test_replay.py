@@ -88,6 +88,22 @@ def test_replay_takes_a_users_rule_and_tells_it_from_settings(kept_run, tmp_path
     one_line_error(cli("replay", kept_run, "--rule", "test_replay:nothing"), "has no 'nothing'")
 
 
+@pytest.mark.parametrize("spec, described", [
+    ("geo:kind=inflate_competence,target=own,confidence=max", "inflate_competence (target own, max confidence)"),
+    ("geo:kind=expert_liar", "expert_liar"),
+    ("geo:kind=sybil,target=own,part=1/2", "sybil (target own, part 1/2)"),
+    ("geo:kind=claim_finished", "claim_finished"),
+])
+def test_replay_takes_each_adaptive_attack_and_each_defence(kept_run, tmp_path, spec, described):
+    rules = ["gated", "gated:tie_break=random", "gated:max_share=0.5", "gated:corroborate=0.5"]
+    result = cli("replay", kept_run, *(a for r in rules for a in ("--rule", r)), "--attack", spec, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    table = json.loads((tmp_path / "replay.json").read_text())
+    assert [r["rule"] for r in table] == rules and all(r["attacks"] == {"geo": described} for r in table)
+    capped = next(r for r in table if r["rule"] == "gated:max_share=0.5")
+    assert max(capped["label_share"].values()) <= 0.5 + 1e-9
+
+
 def test_replay_refuses_what_it_cannot_recompute(kept_run):
     one_line_error(cli("replay", kept_run, "--rule", "medoid", "--set", "train.steps=3"), "only consensus.* keys")
     one_line_error(cli("replay", kept_run, "--rule", "gated:competence=knn"), "cannot change after the fact")

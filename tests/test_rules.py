@@ -201,3 +201,52 @@ def test_a_rule_is_checked_when_the_config_loads(rule, problem):
 
 def bad_setting(valid, *, colour):
     return Ballot(valid, valid.astype(float))
+
+
+def attacker_on_domain_0(p=64):
+    """The four experts of ``domains_with_experts`` and an attacker (client 4) that claims the top competence on
+    domain 0 alone, which its rank budget allows, and the highest confidence."""
+    emb, comp, domain = domains_with_experts(p)
+    comp[:, 4] = (domain == 0).astype(float)
+    conf = np.full(comp.shape, -1.0)
+    conf[:, 4] = 0.0
+    return emb, rank_normalize(comp), conf, domain
+
+
+@pytest.mark.parametrize("defence", [{}, {"max_share": 0.3}, {"corroborate": 0.5}, {"trust_confidence": False}])
+def test_with_no_attacker_every_expert_still_wins_its_domain_under_each_defence(defence):
+    emb, comp, domain = domains_with_experts()
+    honest = np.ones((64, 5), dtype=bool)
+    honest[:, 4] = False  # no attacker: client 4 sends nothing
+    res = decide(emb, honest, gated, competence=rank_normalize(comp), gate=0.75, **defence)
+    assert (res.choice == domain).all()
+
+
+@pytest.mark.parametrize("defence", [{"max_share": 0.3}, {"corroborate": 0.5}, {"trust_confidence": False}])
+def test_defences_are_order_invariant(defence):
+    emb, comp, conf, _ = attacker_on_domain_0()
+    perm = np.array([3, 0, 4, 1, 2])
+    base = decide(emb, ones(64, 5), gated, competence=comp, gate=0.75, confidence=conf, **defence)
+    permuted = decide(emb[:, perm], ones(64, 5), gated, competence=comp[:, perm], gate=0.75, confidence=conf[:, perm],
+                      **defence)
+    assert (np.where(permuted.choice >= 0, perm[permuted.choice], -1) == base.choice).all()
+
+
+def test_a_targeted_claim_takes_its_domain_until_a_defence_stands_in_the_way():
+    """Claiming one domain stays inside the rank bound, so the attacker passes the gate there beside the expert;
+    the tie between the two goes to the higher reported confidence, which the attacker sets to the maximum."""
+    emb, comp, conf, domain = attacker_on_domain_0()
+    plain = decide(emb, ones(64, 5), gated, competence=comp, gate=0.75, confidence=conf)
+    assert (plain.choice[domain == 0] == 4).all() and (plain.choice[domain > 0] == domain[domain > 0]).all()
+    # a random tie-break: the attacker wins about half of the ties, and nothing else
+    coin = decide(emb, ones(64, 5), gated, competence=comp, gate=0.75, confidence=conf, trust_confidence=False)
+    assert 0.2 < (coin.choice[domain == 0] == 4).mean() < 0.8 and (coin.choice[domain > 0] == domain[domain > 0]).all()
+    # a witness for contested claims: neither the lone expert nor the lone attacker has one: no label there
+    witness = decide(emb, ones(64, 5), gated, competence=comp, gate=0.75, confidence=conf, corroborate=0.5)
+    assert (witness.choice[domain == 0] == -1).all() and (witness.choice[domain > 0] == domain[domain > 0]).all()
+    # a cap on any client's share bounds the attacker, at a price: below a domain's share it costs the experts too
+    for cap in (0.1, 0.2, 0.3):
+        res = decide(emb, ones(64, 5), gated, competence=comp, gate=0.75, confidence=conf, max_share=cap)
+        kept = np.bincount(res.choice[res.choice >= 0], minlength=5)
+        assert kept.max() <= int(cap * 64) and kept[4] <= int(cap * 64)
+        assert all(kept[d] == min(16, int(cap * 64)) for d in (1, 2, 3))  # the others keep their domains up to the cap

@@ -116,7 +116,8 @@ class LoraConfig(Strict):
 OFF_TOPIC = "The mitochondria is the powerhouse of the cell, and bananas are berries."
 
 
-AttackKind = Literal["random", "echo", "constant", "off_topic", "plausible_wrong", "sybil", "inflate_competence"]
+AttackKind = Literal["random", "echo", "constant", "off_topic", "plausible_wrong", "sybil", "inflate_competence",
+                     "expert_liar", "claim_finished"]
 
 
 class AttackConfig(Strict):
@@ -126,8 +127,11 @@ class AttackConfig(Strict):
     kind: AttackKind = Field(description="random: random words of its own answer's length; echo: the prompt; "
                              "constant: `text` for every prompt; off_topic: a fluent text of another question (one of "
                              "its own private responses, at random); plausible_wrong: its own answer with numbers "
-                             "and names changed; sybil: the members of a group all upload their group's `text`; "
-                             "inflate_competence: the highest competence on every prompt")
+                             "and names changed; sybil: the members of a group all upload their group's `text` (with "
+                             "`target`, there only, claiming the highest competence); inflate_competence: the highest "
+                             "competence on its targeted prompts; expert_liar: plausible_wrong on its own domain's "
+                             "prompts, where its honest competence is high; claim_finished: its own answers, every one "
+                             "claimed finished (a cut answer becomes a candidate)")
     answers: Literal["honest", "constant"] = Field(
         "honest", description="inflate_competence: its own answers, or `text` for every prompt")
     text: str = Field(OFF_TOPIC, min_length=1, description="the fixed text of constant (and of answers: constant)")
@@ -135,11 +139,25 @@ class AttackConfig(Strict):
                        "`text`, so two groups of sybils are two `text`s")
     poison_private: bool = Field(False, description="also train on wrong private data (each response swapped "
                                  "with another example's)")
+    target: str | None = Field(None, description="the prompts it attacks: a public prompt's domain, or `own` (the "
+                               "domain of most of its private rows); elsewhere it uploads honestly. Default: every "
+                               "prompt (expert_liar: `own`). On Flower a member sees no prompt's domain: use `share`")
+    share: float | None = Field(None, gt=0, le=1, description="of the targeted prompts, the fraction it attacks, "
+                                "drawn each round by the attacker (a rank budget: claiming top competence on at most "
+                                "1 - gate of the prompts passes a rank-normalized gate there)")
+    part: str | None = Field(None, pattern=r"^[1-9][0-9]*/[1-9][0-9]*$", description="sybil: `i/k`, this member "
+                             "takes part i of k of the targeted prompts, so that k members split them and each stays "
+                             "inside its rank budget")
+    confidence: Literal["max", "honest"] | None = Field(None, description="the confidence it reports where it "
+                                                        "attacks: max (0, certain) or its own; default: max where "
+                                                        "it rewrites the answer, its own otherwise")
 
     @model_validator(mode="after")
     def _answers_apply(self) -> AttackConfig:
         if self.answers != "honest" and self.kind != "inflate_competence":
             raise ValueError(f"answers: {self.answers} applies to kind inflate_competence only, not {self.kind}")
+        if self.part is not None and (self.kind != "sybil" or int(self.part.split("/")[0]) > int(self.part.split("/")[1])):
+            raise ValueError(f"part: {self.part} is i/k with i <= k, for kind sybil only")
         return self
 
 
@@ -353,6 +371,16 @@ class ConsensusConfig(Strict):
                                      "across rounds (and checkpoints): each round a client's vote decays by "
                                      "exp(-β·d), d its distance to the consensus of the others beyond the closest "
                                      "client's (copies of its own answer left out); off by default", **read_by(SERVER))
+    tie_break: Literal["confidence", "random"] = Field(
+        "confidence", description="ties between different texts go to the more confident one (a number its client "
+        "reports, so an attacker claims the most), or to a seeded random text (defence: trusts no reported number)",
+        **read_by(SERVER))
+    max_share: float | None = Field(None, gt=0, le=1, description="defence: no client supplies more than this share "
+                                    "of a round's labels; beyond it, its least-ahead prompts go to the next eligible "
+                                    "answer or get no label", **read_by(SERVER))
+    corroborate: float | None = Field(None, ge=-1, le=1, description="defence: where more than one answer is "
+                                      "eligible, an eligible answer needs another client's candidate at cosine >= "
+                                      "this (a lone expert still wins where it alone is eligible)", **read_by(SERVER))
     sybil_merge: float | None = Field(None, ge=0, le=1, description="defence: answers of different clients at "
                                       "cosine >= this count as one voter (0.995: copies); honest clients on one base "
                                       "model that answer identically are merged too", **read_by(SERVER))

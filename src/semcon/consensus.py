@@ -171,35 +171,76 @@ def merge_copies(rnd: Round, ballot: Ballot, merge: float) -> Ballot:
     return replace(ballot, weights=ballot.weights / np.maximum(same.sum(axis=2), 1), together=same)
 
 
-def defend(rnd: Round, ballot: Ballot, reputation: np.ndarray | None = None, merge: float | None = None) -> Ballot:
+def corroborated(rnd: Round, ballot: Ballot, tau: float) -> Ballot:
+    """On the prompts where more than one answer is eligible, only those that another client's candidate agrees
+    with at cosine >= ``tau`` stay eligible: two competing claims need a witness, a lone expert does not."""
+    n = rnd.valid.shape[1]
+    witnessed = ((rnd.sims >= tau) & rnd.valid[:, None, :] & ~np.eye(n, dtype=bool)[None]).any(axis=2)
+    contested = ballot.eligible.sum(axis=1, keepdims=True) > 1
+    return replace(ballot, eligible=ballot.eligible & (~contested | witnessed))
+
+
+def defend(rnd: Round, ballot: Ballot, reputation: np.ndarray | None = None, merge: float | None = None,
+           corroborate: float | None = None) -> Ballot:
     """The defences a run asks for, applied to a rule's ballot: each client's vote scaled by its ``reputation``
-    [N], and copies at cosine >= ``merge`` counted as one voter."""
+    [N], copies at cosine >= ``merge`` counted as one voter, and contested eligibility needing a witness."""
     ballot = ballot if reputation is None else reputation_votes(ballot, reputation)
-    return ballot if merge is None else merge_copies(rnd, ballot, merge)
+    ballot = ballot if merge is None else merge_copies(rnd, ballot, merge)
+    return ballot if corroborate is None else corroborated(rnd, ballot, corroborate)
 
 
 def select(rnd: Round, ballot: Ballot, tie_seed: tuple[int, ...] = (0,), threshold: float | None = None,
-           fallback: Ballot | None = None) -> Consensus:
+           fallback: Ballot | None = None, trust_confidence: bool = True, max_share: float | None = None
+           ) -> Consensus:
     """The eligible answer with the highest weighted vote per prompt. Ties (within float32 rounding) between
-    identical texts go to the lowest client index; between different texts to the highest ``confidence``, else
-    to a random text drawn with ``tie_seed`` + the prompt index: never to a fixed client. A prompt with no
-    eligible answer takes the ``fallback`` ballot's choice, if one is given. With ``threshold`` τ, a choice whose
-    mean cosine to the other candidates is below τ is withdrawn."""
+    identical texts go to the lowest client index; between different texts to the highest ``confidence`` (unless
+    not ``trust_confidence``), else to a random text drawn with ``tie_seed`` + the prompt index: never to a fixed
+    client. A prompt with no eligible answer takes the ``fallback`` ballot's choice, if one is given. With
+    ``max_share``, no client keeps more than that share of the labels (``capped``). With ``threshold`` τ, a choice
+    whose mean cosine to the other candidates is below τ is withdrawn."""
     p, n = rnd.valid.shape
     if n == 0:  # every upload was rejected
         return Consensus(np.full(p, -1), np.full(p, np.nan), np.zeros(p, dtype=int))
     apart = ~np.eye(n, dtype=bool)[None] if ballot.together is None else ~ballot.together & ~np.eye(n, dtype=bool)
     votes = rnd.sims if ballot.own_vote else np.where(apart, rnd.sims, 0)
     scores = np.einsum("pij,pj->pi", votes, ballot.weights)
-    choice = pick(scores, ballot.eligible, rnd.emb, rnd.text_ids, rnd.confidence, tie_seed)
+    confidence = rnd.confidence if trust_confidence else None
+    choice = pick(scores, ballot.eligible, rnd.emb, rnd.text_ids, confidence, tie_seed)
     if fallback is not None:
-        choice = np.where(ballot.eligible.any(axis=1), choice, select(rnd, fallback, tie_seed).choice)
+        plain = select(rnd, fallback, tie_seed, trust_confidence=trust_confidence).choice
+        choice = np.where(ballot.eligible.any(axis=1), choice, plain)
+    if max_share is not None:
+        choice = capped(scores, ballot.eligible, choice, max_share,
+                        lambda s, e: pick(s, e, rnd.emb, rnd.text_ids, confidence, tie_seed))
     return finish(rnd.emb, rnd.valid, choice, threshold)
+
+
+def capped(scores: np.ndarray, eligible: np.ndarray, choice: np.ndarray, max_share: float, repick) -> np.ndarray:
+    """``choice`` with no client holding more than ``max_share`` of the labelled prompts (at least one): a client
+    over it keeps the prompts where its score leads the next eligible answer's the most; its other prompts go to
+    the next eligible answer (``repick``), or get no label where there is none. Repeated until no client is over."""
+    n = eligible.shape[1]
+    cap = max(1, int(np.floor(max_share * (choice >= 0).sum())))
+    eligible, choice = eligible.copy(), choice.copy()
+    for _ in range(n):
+        over = np.flatnonzero(np.bincount(choice[choice >= 0], minlength=n) > cap)
+        if not len(over):
+            break
+        moved = []
+        for c in over:
+            mine = np.flatnonzero(choice == c)
+            rival = np.where(eligible[mine] & (np.arange(n) != c), scores[mine], -np.inf).max(axis=1)
+            dropped = mine[np.argsort(-(scores[mine, c] - rival), kind="stable")[cap:]]
+            eligible[dropped, c] = False
+            moved += list(dropped)
+        choice[moved] = repick(scores, eligible)[moved]
+    return choice
 
 
 def decide(emb: np.ndarray, valid: np.ndarray | None = None, rule: Callable[..., Ballot] = medoid, *,
            tie_seed: tuple[int, ...] = (0,), threshold: float | None = None, fallback: bool = False,
-           reputation: np.ndarray | None = None, merge: float | None = None, **arrays_and_settings) -> Consensus:
+           reputation: np.ndarray | None = None, merge: float | None = None, corroborate: float | None = None,
+           trust_confidence: bool = True, max_share: float | None = None, **arrays_and_settings) -> Consensus:
     """The whole consensus over arrays in one call: ``rule``'s ballot, the defences, ``select`` (with the
     medoid, under the same defences, where no answer is eligible and ``fallback``). Keywords that are
     ``ROUND_ARRAYS`` go to the round, the others are the rule's settings."""
@@ -207,7 +248,8 @@ def decide(emb: np.ndarray, valid: np.ndarray | None = None, rule: Callable[...,
     settings = {k: v for k, v in arrays_and_settings.items() if k not in ROUND_ARRAYS}
     rnd = Round.of(emb, valid, **arrays)
     plain = defend(rnd, medoid(rnd.valid), reputation, merge) if fallback else None
-    return select(rnd, defend(rnd, ballot(rule, rnd, settings), reputation, merge), tie_seed, threshold, plain)
+    chosen = defend(rnd, ballot(rule, rnd, settings), reputation, merge, corroborate)
+    return select(rnd, chosen, tie_seed, threshold, plain, trust_confidence, max_share)
 
 
 def semantic_medoid(emb: np.ndarray, valid: np.ndarray | None = None, threshold: float | None = None,

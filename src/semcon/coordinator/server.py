@@ -176,10 +176,10 @@ def choose(cfg: ConsensusConfig, prompts: list[Prompt], answers: Answers, embedd
     if cfg.rule == REFERENCE_BOUND:
         refs = [p.reference if p.reference and not is_blank(p.reference) and
                 not (cfg.degenerate == "drop" and is_degenerate(p.reference)) else None for p in prompts]
-        result = reference_bound(rnd, refs, embedder, tie_seed, cfg.threshold, plain)
+        result = reference_bound(rnd, refs, embedder, tie_seed, cfg.threshold, plain)  # no defence reaches the references
         return Choice(answers, rnd.valid, result, vectors, text_ids, seconds, carried, refs)
-    rule = defend(rnd, ballot(load_rule(cfg.rule), rnd, cfg.model_dump()), votes, cfg.sybil_merge)
-    result = select(rnd, rule, tie_seed, cfg.threshold, plain)
+    rule = defend(rnd, ballot(load_rule(cfg.rule), rnd, cfg.model_dump()), votes, cfg.sybil_merge, cfg.corroborate)
+    result = select(rnd, rule, tie_seed, cfg.threshold, plain, cfg.tie_break == "confidence", cfg.max_share)
     return Choice(answers, rnd.valid, result, vectors, text_ids, seconds, carried)
 
 

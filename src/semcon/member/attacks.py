@@ -22,18 +22,25 @@ _NAME = re.compile(r"(?<=[a-z,;:] )[A-Z][a-z]+")  # a capitalised word inside a 
 
 
 def attack(upload: Upload, cfg: AttackConfig | None, prompts: list[Prompt], own_texts: list[str] = (),
-           seed: int = 0) -> Upload:
+           seed: int = 0, own_domain: str | None = None) -> Upload:
     """The upload an attacking client sends instead of ``upload`` (``upload`` itself without an attack).
     ``prompts``: the public prompts answered (in order); ``own_texts``: fluent texts of the attacker's own (its
-    private responses), for off_topic; ``seed``: the run seed."""
+    private responses), for off_topic; ``seed``: the run seed; ``own_domain``: the domain of most of its private
+    rows (``target: own``, expert_liar). Only the targeted prompts (``targeted``) are attacked."""
     if cfg is None:
         return upload
     rng = random.Random(f"{seed}:{upload.round}:{upload.client}:{cfg.kind}")
+    aimed = targeted(cfg, prompts, upload, seed, own_domain)
     honest = upload.answers
-    if cfg.kind == "inflate_competence":
-        competence = {signal: dict.fromkeys(values, 1.0) for signal, values in upload.competence.items()}
-        upload = replace(upload, competence=competence)
-        return claimed(upload, dict.fromkeys(honest, cfg.text)) if cfg.answers == "constant" else upload
+    if cfg.kind in ("inflate_competence", "claim_finished"):
+        if cfg.kind == "inflate_competence":
+            upload = replace(upload, competence={s: {pid: 1.0 if pid in aimed else v for pid, v in values.items()}
+                                                 for s, values in upload.competence.items()})
+        else:
+            upload = replace(upload, finished={pid: True if pid in aimed else f for pid, f in upload.finished.items()})
+        if cfg.answers == "constant":
+            return claimed(upload, {pid: cfg.text if pid in aimed else t for pid, t in honest.items()}, aimed, cfg)
+        return sure(upload, aimed) if cfg.confidence == "max" else upload
     if cfg.kind in ("constant", "sybil"):  # sybils: every member of the group sends the group's one text
         texts = dict.fromkeys(honest, cfg.text)
     elif cfg.kind == "echo":
@@ -45,14 +52,50 @@ def attack(upload: Upload, cfg: AttackConfig | None, prompts: list[Prompt], own_
     elif cfg.kind == "off_topic":  # a fluent answer to some other question (its own private responses)
         pool = list(own_texts) or [honest[p.id] for p in prompts]
         texts = {p.id: rng.choice(pool) for p in prompts}
-    else:  # plausible_wrong
+    else:  # plausible_wrong, expert_liar (on its own domain, where its honest competence is high)
         texts = {p.id: plausible_wrong(p, prompts, honest, rng) for p in prompts}
-    return claimed(upload, texts)
+    if cfg.kind == "sybil" and (cfg.target or cfg.share or cfg.part):  # a targeted group claims its prompts
+        upload = replace(upload, competence={s: {pid: 1.0 if pid in aimed else v for pid, v in values.items()}
+                                             for s, values in upload.competence.items()})
+    return claimed(upload, {pid: texts[pid] if pid in aimed else t for pid, t in honest.items()}, aimed, cfg)
 
 
-def claimed(upload: Upload, texts: dict[str, str]) -> Upload:
-    """``upload`` with ``texts`` as its answers, each claimed finished and certain (the best-looking flags)."""
-    return replace(upload, answers=texts, finished=dict.fromkeys(texts, True), confidence=dict.fromkeys(texts, 0.0))
+def described(cfg: AttackConfig) -> str:
+    """The attack in a table cell: its kind, and what it was set to beyond the defaults."""
+    parts = [f"{cfg.answers} answers" if cfg.answers != "honest" else "",
+             *(f"{k} {getattr(cfg, k)}" for k in ("target", "share", "part") if getattr(cfg, k) is not None),
+             f"{cfg.confidence} confidence" if cfg.confidence else ""]
+    return cfg.kind + (f" ({', '.join(p for p in parts if p)})" if any(parts) else "")
+
+
+def targeted(cfg: AttackConfig, prompts: list[Prompt], upload: Upload, seed: int, own_domain: str | None) -> set[str]:
+    """The ids of the prompts the attack acts on: those of ``cfg.target``'s domain (``own``: ``own_domain``; none:
+    every prompt), then this member's ``part`` of them (a group's members share one seeded order), then a
+    ``share`` of them drawn by the attacker for this round."""
+    domain = own_domain if cfg.target == "own" or (cfg.target is None and cfg.kind == "expert_liar") else cfg.target
+    ids = [p.id for p in prompts if domain is None or p.domain == domain]
+    if cfg.part is not None:
+        i, k = (int(x) for x in cfg.part.split("/"))
+        random.Random(f"{seed}:{upload.round}:{cfg.group}:part").shuffle(ids)
+        ids = ids[i - 1::k]
+    if cfg.share is not None:
+        ids = random.Random(f"{seed}:{upload.round}:{upload.client}:share").sample(ids, round(cfg.share * len(ids)))
+    return set(ids)
+
+
+def claimed(upload: Upload, texts: dict[str, str], aimed: set[str] | None = None, cfg: AttackConfig | None = None
+            ) -> Upload:
+    """``upload`` with ``texts`` as its answers, each attacked one (``aimed``; default all) claimed finished and,
+    unless ``cfg.confidence`` is honest, certain: the best-looking flags."""
+    aimed = set(texts) if aimed is None else aimed
+    upload = replace(upload, answers=texts, finished={pid: True if pid in aimed else upload.finished[pid] for pid in texts})
+    return upload if cfg is not None and cfg.confidence == "honest" else sure(upload, aimed)
+
+
+def sure(upload: Upload, aimed: set[str]) -> Upload:
+    """``upload`` claiming the highest confidence (mean token log-probability 0) on the ``aimed`` prompts."""
+    return replace(upload, confidence={pid: 0.0 if pid in aimed else upload.confidence[pid]
+                                       for pid in upload.answers if pid in aimed or pid in upload.confidence})
 
 
 def plausible_wrong(prompt: Prompt, prompts: list[Prompt], honest: dict[str, str], rng: random.Random) -> str:

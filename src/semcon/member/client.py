@@ -6,6 +6,7 @@ import hashlib
 import logging
 import math
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,7 +152,8 @@ class Client:
         honest = Upload(round=round, client=self.name, answers=answers, finished=finished,
                         confidence={p.id: round_to(o.confidence) for p, o in zip(prompts, outs)},
                         competence=self.competence(prompts, outs))
-        upload = attack(honest, self.settings.attack, prompts, [e.response for e in self.private], self.settings.seed)
+        upload = attack(honest, self.settings.attack, prompts, [e.response for e in self.private], self.settings.seed,
+                        own_domain=Counter(e.domain for e in self.private).most_common(1)[0][0] if self.private else None)
         self.sent = dict(upload.answers)
         return upload
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semcon.member.attacks import attack
+from semcon.member.attacks import attack, described
 from semcon.member.competence import quantize
 from semcon.consensus import REFERENCE_BOUND, load_rule, rule_inputs
 from semcon.config import AttackConfig, ConfigError, RunConfig, apply_overrides, load_config
@@ -183,17 +183,17 @@ def replay(path: Path, rules: list[str], sets: list[str] = (), attackers: list[s
         if cfg.consensus.signals != kept.cfg.consensus.signals:
             raise ConfigError(f"--rule {spec!r}: the run's uploads carry competence {kept.cfg.consensus.signals or 'none'}; "
                               "replay reads those (consensus.competence cannot change after the fact)")
+        own = {client: domain for domain, client in kept.experts.items()}  # an attacker's own domain, where it is the expert
         for t, uploads in sorted(kept.uploads.items()):
             uploads = {n: attack(_levels(u, cfg.consensus.competence_levels), attacks.get(n), kept.asked(t),
-                                 seed=cfg.seed) for n, u in uploads.items()}
+                                 seed=cfg.seed, own_domain=own.get(n)) for n, u in uploads.items()}
             picked, labels = recompute(kept, t, uploads, cfg, embedder, reputation)
             reputation = picked.reputation
             m = round_metrics(kept.asked(t), picked, labels, kept.experts, embedder)
             out.append({"rule": label, "round": t, "labelled": m["pseudo_labels"] / max(m["prompts"], 1),
                         "quality": m["answer_quality"], "expert_share": m["expert_share"],
                         "label_share": m["label_share"], "attackers": sorted(attacks),
-                        "attacks": {n: a.kind + (f" ({a.answers} answers)" if a.answers != "honest" else "")
-                                    for n, a in sorted(attacks.items())},
+                        "attacks": {n: described(a) for n, a in sorted(attacks.items())},
                         "bound": cfg.consensus.oracle})
     return out
 
