@@ -100,6 +100,7 @@ def test_replay_takes_each_adaptive_attack_and_each_defence(kept_run, tmp_path, 
     assert result.exit_code == 0, result.output
     table = json.loads((tmp_path / "replay.json").read_text())
     assert [r["rule"] for r in table] == rules and all(r["attacks"] == {"geo": described} for r in table)
+    assert all(0 <= v <= 1 for r in table for v in r["expert_labelled"].values())
     capped = next(r for r in table if r["rule"] == "gated:max_share=0.5")
     assert max(capped["label_share"].values()) <= 0.5 + 1e-9
 

@@ -318,6 +318,17 @@ def expert_share(prompts: list[Prompt], labels: list[PseudoLabel], experts: dict
     return out
 
 
+def expert_labelled(prompts: list[Prompt], labels: list[PseudoLabel], experts: dict[str, str]) -> dict[str, float]:
+    """Per domain with an expert, the share of all its prompts labelled with the expert's own answer: how much
+    expertise travelled (a defence that withholds labels lowers it, where ``expert_share`` would not show it)."""
+    by_prompt = {lab.prompt_id: lab.client for lab in labels}
+    out = {}
+    for d in sorted({p.domain for p in prompts if p.domain in experts}):
+        mine = [p.id for p in prompts if p.domain == d]
+        out[d] = round_float(sum(by_prompt.get(pid) == experts[d] for pid in mine) / len(mine))
+    return out
+
+
 def share_by_domain(prompts: list[Prompt], names: list[str], flags: np.ndarray) -> dict[str, dict[str, float]]:
     """Per client and prompt domain, the share of answers with ``flags`` [prompts, clients] set."""
     domains = sorted({p.domain for p in prompts})

@@ -24,7 +24,7 @@ from semcon.data import Prompt, build_splits, experts_of
 from semcon.embed import Embedder
 from semcon.protocol import Upload, digest
 from semcon.rounds.rundir import RunDir, RunDirError
-from semcon.coordinator.server import Answers, Choice, choose, pseudo_labels, round_metrics
+from semcon.coordinator.server import Answers, Choice, choose, expert_labelled, pseudo_labels, round_metrics
 
 
 @dataclass
@@ -159,10 +159,12 @@ def parse_attack(spec: str) -> tuple[str, AttackConfig]:
         raise ConfigError(f"--attack {spec!r}: {str(e).splitlines()[0]}") from None
 
 
-def replay(path: Path, rules: list[str], sets: list[str] = (), attackers: list[str] = ()) -> list[dict]:
+def replay(path: Path, rules: list[str], sets: list[str] = (), attackers: list[str] = (),
+           embedder: Remembering | None = None) -> list[dict]:
     """One row per rule and round: the labels' quality against the held-back references, the share of
     prompts labelled, each domain's expert share and each client's share of the labels. ``sets``: consensus
-    overrides for every rule; ``attackers``: ``CLIENT[:kind=K,...]``, clients whose kept uploads are replayed as an attacker's."""
+    overrides for every rule; ``attackers``: ``CLIENT[:kind=K,...]``, clients whose kept uploads are replayed as an
+    attacker's; ``embedder``: one to share between calls (each text embedded once)."""
     kept = load_kept(path)
     tree = kept.cfg.model_dump(mode="json")
     bad = [s for s in sets if not s.startswith("consensus.")]
@@ -171,7 +173,7 @@ def replay(path: Path, rules: list[str], sets: list[str] = (), attackers: list[s
     attacks = dict(parse_attack(a) for a in attackers)
     if unknown := sorted(set(attacks) - {c.name for c in kept.cfg.clients}):
         raise ConfigError(f"--attack: no client {unknown[0]!r} in this run")
-    embedder, out = kept.embedder(), []
+    embedder, out = embedder or kept.embedder(), []
     for spec in rules:
         reputation = None
         label, rule, rule_sets = parse_rule(spec)
@@ -192,6 +194,7 @@ def replay(path: Path, rules: list[str], sets: list[str] = (), attackers: list[s
             m = round_metrics(kept.asked(t), picked, labels, kept.experts, embedder)
             out.append({"rule": label, "round": t, "labelled": m["pseudo_labels"] / max(m["prompts"], 1),
                         "quality": m["answer_quality"], "expert_share": m["expert_share"],
+                        "expert_labelled": expert_labelled(kept.asked(t), labels, kept.experts),
                         "label_share": m["label_share"], "attackers": sorted(attacks),
                         "attacks": {n: described(a) for n, a in sorted(attacks.items())},
                         "bound": cfg.consensus.oracle})
