@@ -13,10 +13,10 @@ from collections import defaultdict
 import torch
 
 from semcon.config import load_config
+from semcon.coordinator.server import is_degenerate
 from semcon.data.splits import build_splits
 from semcon.member.generate import generate
 from semcon.member.models import Backbone
-from semcon.coordinator.server import is_degenerate
 
 
 def main(config: str, cap: str | None = None) -> None:

@@ -181,8 +181,8 @@ def flower_tree(tiny_llama_dir):
 @pytest.fixture(scope="session")
 def flower_reference(flower_tree, tmp_path_factory):
     """The in-process run of ``flower_tree``: what every Flower deployment of it must reproduce."""
-    from semcon.transport import simulation
     from semcon.config import load_config
+    from semcon.transport import simulation
 
     out = tmp_path_factory.mktemp("in-process")
     simulation.run(load_config(tree=flower_tree), out)
@@ -222,8 +222,8 @@ def flower_processes(home) -> list:
 def tracked_run(tiny_llama_dir, tmp_path_factory, worker_id) -> Path:
     """A finished tiny run (semantic consensus, 2 clients, 1 round) that also logged to TensorBoard and W&B
     (offline): for the tracking, export and report tests."""
-    from semcon.transport import simulation
     from semcon.config import load_config
+    from semcon.transport import simulation
 
     tree = tiny_tree(str(tiny_llama_dir), log=["tensorboard", "wandb"],
                      eval={"generate": True, "before": True, "every_round": True, "generate_items": 2})
@@ -251,8 +251,8 @@ def kept_run(tiny_llama_dir, tmp_path_factory, worker_id) -> Path:
     """A finished tiny semantic-consensus run that kept its uploads with both competence signals (4 levels),
     one attacking client (math: inflate_competence with a constant text) and skip_own: for verify, replay and
     the competence tests."""
-    from semcon.transport import simulation
     from semcon.config import load_config
+    from semcon.transport import simulation
 
     tree = tiny_tree(str(tiny_llama_dir), consensus={"truncated": "keep", "competence": ["knn", "gain"],
                                                      "competence_levels": 4, "rule": "gated", "fallback": "medoid",

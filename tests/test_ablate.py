@@ -2,8 +2,8 @@
 
 import pytest
 
-from semcon.studies.ablate import cells_of, parse_grid, value_name
 from semcon.config import ConfigError
+from semcon.studies.ablate import cells_of, parse_grid, value_name
 
 
 @pytest.mark.parametrize(("value", "name"), [("[]", "none"), ("[ngram]", "ngram"), ("[knn, gain]", "knn,gain"),

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from semcon.member.attacks import attack, plausible_wrong, poison
 from semcon.config import OFF_TOPIC, AttackConfig, ConfigError, load_config
 from semcon.data import Example, Prompt
+from semcon.member.attacks import attack, plausible_wrong, poison
 from semcon.protocol import Upload
 
 PROMPTS = [Prompt("p0", "How many legs does a spider have?", "biology"),
@@ -105,9 +105,9 @@ def test_adaptive_attacks_act_on_their_targets_only():
 def test_only_a_poisoning_attacker_trains_on_swapped_rows():
     from pathlib import Path
 
-    from semcon.transport.assembly import trained_on
-    from semcon.member.client import client_seed
     from semcon.config import load_config
+    from semcon.member.client import client_seed
+    from semcon.transport.assembly import trained_on
 
     demo = Path(__file__).parents[1] / "configs" / "demo.yaml"
     private = [Example(f"e{i}", f"q{i}", f"a{i}", "c", "d") for i in range(7)]

@@ -13,8 +13,8 @@ from conftest import tiny_tree
 @pytest.fixture(scope="module")
 def federation(tiny_llama_dir):
     """One tiny federation whose first client each test retrains from its fresh adapter."""
-    from semcon.transport.assembly import assemble
     from semcon.config import load_config
+    from semcon.transport.assembly import assemble
 
     fed = assemble(load_config(tree=tiny_tree(str(tiny_llama_dir))))
     client = fed.clients[0]
@@ -72,9 +72,9 @@ def test_extra_steps_add_private_steps_after_the_round(federation):
 def test_local_plus_is_local_with_the_label_steps_as_extra_private_steps(tiny_llama_dir, tmp_path):
     import yaml
 
+    from semcon.config import ConfigError
     from semcon.coordinator.algorithms import make_algorithm
     from semcon.studies.compare import method_config, parse_methods
-    from semcon.config import ConfigError
 
     path = tmp_path / "c.yaml"
     tree = tiny_tree(str(tiny_llama_dir))

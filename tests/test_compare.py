@@ -13,6 +13,8 @@ from matplotlib.ticker import MaxNLocator
 from typer.testing import CliRunner
 
 from semcon import cli
+from semcon.config import RunConfig
+from semcon.rounds.rundir import RunDir, RunDirError, claim
 from semcon.studies.compare import seed_plan
 from semcon.studies.report import (
     bytes_figure,
@@ -28,8 +30,6 @@ from semcon.studies.report import (
     seed_scores,
     write_report,
 )
-from semcon.config import RunConfig
-from semcon.rounds.rundir import RunDir, RunDirError, claim
 
 
 

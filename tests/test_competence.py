@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from semcon.member.competence import ecdf, gain_competence, knn_competence, knn_similarity, quantize
 from semcon.consensus import normalize
+from semcon.member.competence import ecdf, gain_competence, knn_competence, knn_similarity, quantize
 from semcon.protocol import Upload, validate_upload
 
 

@@ -4,7 +4,6 @@ server using them on real embedded answers with attacks from ``attacks.py``."""
 import numpy as np
 import pytest
 
-from semcon.member.attacks import attack
 from semcon.config import AttackConfig, ConsensusConfig
 from semcon.consensus import (
     Round,
@@ -15,9 +14,10 @@ from semcon.consensus import (
     semantic_medoid,
     update_reputation,
 )
-from semcon.data import Prompt
-from semcon.protocol import Upload
 from semcon.coordinator.server import SemanticConsensus
+from semcon.data import Prompt
+from semcon.member.attacks import attack
+from semcon.protocol import Upload
 
 
 def sybil_arrays(p=12, honest=3, sybils=2, seed=0):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import tiny_tree
 
-from semcon.member import evaluate
 from semcon.config import EvalConfig
 from semcon.data import Example, choice_row
+from semcon.member import evaluate
 from semcon.member.evaluate import (
     answer_letter,
     choice_accuracy,
@@ -257,9 +257,9 @@ def test_plain_bits_per_byte_leave_out_gsm8k_calculator_annotations(tiny):
 def test_clients_evaluated_together_score_as_they_would_alone(tiny_llama_dir):
     """Three clients on one base (two with distinct adapters, one still the base model) answer the generation
     rows in shared batches: every metric equals the client's own evaluation."""
-    from semcon.transport.assembly import assemble
-    from semcon.member.client import evaluate_together
     from semcon.config import load_config
+    from semcon.member.client import evaluate_together
+    from semcon.transport.assembly import assemble
 
     tree = tiny_tree(str(tiny_llama_dir), eval={"max_new_tokens": 6, "generate": True})
     tree["clients"] = tree["clients"] + [{"name": "chat", "model": str(tiny_llama_dir), "data": {"source": "chatterbot"}}]

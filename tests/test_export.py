@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from semcon import cli
 from semcon.config import load_config
-from semcon.studies.export import ExportError, export
 from semcon.member.models import Backbone
+from semcon.studies.export import ExportError, export
 
 PROMPT = "Tell me about the rivers of Europe."
 

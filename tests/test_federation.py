@@ -5,9 +5,9 @@ import json
 import pytest
 from conftest import built_once, rows, tiny_tree
 
-from semcon.transport import simulation
 from semcon.config import load_config
 from semcon.rounds.federation import cohort
+from semcon.transport import simulation
 
 NAMES = [f"c{i}" for i in range(10)]
 

@@ -5,9 +5,9 @@ import json
 import pytest
 from conftest import THREADS, built_once, rows
 
-from semcon.transport import simulation
 from semcon.config import load_config
 from semcon.member.models import Backbone, load_tokenizer
+from semcon.transport import simulation
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from conftest import cli, one_line_error, rows, tiny_tree
 
-from semcon.rounds.rundir import jsonl
 from semcon.consensus import Ballot
+from semcon.rounds.rundir import jsonl
 from semcon.studies.replay import same_label
 
 
@@ -112,9 +112,9 @@ def test_replay_refuses_what_it_cannot_recompute(kept_run):
 
 
 def test_skip_own_leaves_out_labels_that_are_the_clients_own_answers(tiny_llama_dir):
-    from semcon.transport.assembly import assemble
     from semcon.config import load_config
     from semcon.protocol import Download
+    from semcon.transport.assembly import assemble
 
     tokens = {}
     for skip in (False, True):

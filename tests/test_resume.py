@@ -11,8 +11,8 @@ import pytest
 import yaml
 from conftest import cli, rows, tiny_tree
 
-from semcon.transport import simulation
 from semcon.config import load_config
+from semcon.transport import simulation
 
 
 def semcon(*args, env=None):

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from semcon.config import ConsensusConfig
+from semcon.coordinator.server import SemanticConsensus, is_degenerate
 from semcon.data import Prompt
 from semcon.protocol import Download, Upload
-from semcon.coordinator.server import SemanticConsensus, is_degenerate
 
 PROMPTS = [Prompt("p0000", "What is the capital of France?", "x"), Prompt("p0001", "Name a fruit.", "x")]
 

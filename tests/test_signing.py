@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from semcon.protocol import RunSetup, encode
 from semcon.transport.flower.secure import make_certs
 from semcon.transport.flower.signing import Refused, Signer, check_order, trusted_key
-from semcon.protocol import RunSetup, encode
 
 
 @pytest.fixture(scope="module")

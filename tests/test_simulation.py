@@ -5,11 +5,11 @@ import json
 import pytest
 from conftest import built_once, rows, tiny_tree
 
+from semcon.config import config_key, load_config
+from semcon.member.client import Client
+from semcon.protocol import Upload
 from semcon.transport import simulation
 from semcon.transport.assembly import assemble
-from semcon.member.client import Client
-from semcon.config import config_key, load_config
-from semcon.protocol import Upload
 
 
 @pytest.fixture(scope="session")

@@ -132,8 +132,8 @@ def _outcome(out: Path, summary: dict) -> None:
 
 def _load_run_config(config: Path, set_: list[str] | None):
     """The config, checked that its method can run on its clients; else one line and exit code 2."""
-    from semcon.coordinator.algorithms import method_problem
     from semcon.config import ConfigError, load_config
+    from semcon.coordinator.algorithms import method_problem
 
     try:
         cfg = load_config(config, set_ or [])
@@ -252,8 +252,8 @@ def compare(
 ) -> None:
     """Run several methods on one setting (same data, models, rounds, budget), each over its seeds, and
     write a report with intervals over seeds."""
-    from semcon.studies.compare import method_config, parse_methods, plan, run_compare, seed_plan, write_manifest
     from semcon.config import ConfigError
+    from semcon.studies.compare import method_config, parse_methods, plan, run_compare, seed_plan, write_manifest
     from semcon.studies.report import write_report
 
     _setup_logging(verbose)
@@ -300,10 +300,10 @@ def ablate(
 ) -> None:
     """Run a compare in every cell of a grid (finished cells are kept when run again; a failed cell is reported
     and the others go on) and write DIR/ablation.md with a plot per axis."""
+    from semcon.config import ConfigError, load_config
     from semcon.studies.ablate import ablate as ablate_grid
     from semcon.studies.ablate import parse_grid
     from semcon.studies.compare import parse_methods
-    from semcon.config import ConfigError, load_config
 
     _setup_logging(verbose)
     try:
@@ -379,8 +379,8 @@ def report(
     directory: Annotated[Path, typer.Argument(help="a finished run directory, or a compare's --out")],
 ) -> None:
     """Write report.md and its plots again from a finished run's or compare's files, without recomputing."""
-    from semcon.studies.compare import rebuild_report
     from semcon.rounds.rundir import RunDirError
+    from semcon.studies.compare import rebuild_report
 
     try:
         path = rebuild_report(directory)
@@ -396,8 +396,8 @@ def verify(
     """Recompute every round's pseudo-labels from the kept uploads with the run's config and embedder: exit 0
     when all match, 1 naming the first round and prompt (or upload) that differs."""
     _quiet_libraries()
-    from semcon.studies.replay import verify as verify_run
     from semcon.rounds.rundir import RunDirError
+    from semcon.studies.replay import verify as verify_run
 
     try:
         rounds, problem = verify_run(run_dir)
@@ -426,9 +426,9 @@ def replay(
     _quiet_libraries()
     from semcon.config import ConfigError
     from semcon.provenance import provenance
+    from semcon.rounds.rundir import RunDirError
     from semcon.studies.replay import replay as replay_run
     from semcon.studies.report import replay_lines
-    from semcon.rounds.rundir import RunDirError
 
     try:
         rows = replay_run(run_dir, rule, set_ or [], attack or [])
@@ -451,8 +451,8 @@ def inspect(
 ) -> None:
     """What each member sent and received, round by round: every message with its bytes from the ledger, every
     answer uploaded with its flags, every pseudo-label received, and the numbers it reported."""
-    from semcon.studies.inspection import describe, exchanges
     from semcon.rounds.rundir import RunDirError
+    from semcon.studies.inspection import describe, exchanges
 
     try:
         found = exchanges(run_dir, client, round_)
@@ -558,8 +558,8 @@ def flower_local(
     """Start a SuperLink and one SuperNode per client on 127.0.0.1, run the config, stop them all."""
     _setup_logging(verbose)
     cfg = _flower_config(config, with_log(set_, log))
-    from semcon.transport.flower.launch import run_local
     from semcon.studies.report import print_summary
+    from semcon.transport.flower.launch import run_local
     from semcon.transport.simulation import default_out
 
     out = out or default_out(cfg)
@@ -584,8 +584,8 @@ def flower_run(
     ServerApp writes the run directory). With --certs: TLS, the app signed by the coordinator's key, and
     each client pinned to its registered node (certs/members.yaml)."""
     _setup_logging(False)
-    from semcon.transport.flower.launch import closed_settings, flwr_run, mark, write_connection
     from semcon.studies.report import print_summary
+    from semcon.transport.flower.launch import closed_settings, flwr_run, mark, write_connection
     from semcon.transport.simulation import default_out
 
     if certs is not None:

@@ -13,12 +13,12 @@ import torch
 from safetensors.torch import save as save_tensors
 
 from semcon.config import LOCAL_PLUS, ConfigError, RunConfig
+from semcon.coordinator.server import SemanticConsensus
 from semcon.data import Prompt
 from semcon.embed import Embedder
+from semcon.protocol import AdapterUpdate, accept_uploads, adapter_limits, check_adapter
 from semcon.rounds.federation import Schedule
 from semcon.rounds.metrics import RoundResult
-from semcon.protocol import AdapterUpdate, accept_uploads, adapter_limits, check_adapter
-from semcon.coordinator.server import SemanticConsensus
 
 
 class FedAvg:

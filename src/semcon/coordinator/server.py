@@ -34,8 +34,6 @@ from semcon.consensus import (
 from semcon.data import Prompt
 from semcon.embed import Embedder
 from semcon.member.evaluate import rouge_l
-from semcon.rounds.federation import Schedule
-from semcon.rounds.metrics import RoundResult
 from semcon.protocol import (
     Download,
     Message,
@@ -47,6 +45,8 @@ from semcon.protocol import (
     upload_rows,
     validate_upload,
 )
+from semcon.rounds.federation import Schedule
+from semcon.rounds.metrics import RoundResult
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 

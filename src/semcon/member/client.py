@@ -15,17 +15,17 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_tensors
 
-from semcon.member.attacks import attack
-from semcon.member.competence import gain_competence, knn_competence, quantize
 from semcon.config import ClientSettings
 from semcon.data import Example, Prompt
+from semcon.member.attacks import attack
+from semcon.member.competence import gain_competence, knn_competence, quantize
 from semcon.member.evaluate import evaluate_client, generation_requests, reference_scores, request_rows, split_answers
 from semcon.member.generate import Generation, generate
 from semcon.member.models import Backbone
-from semcon.names import child
 from semcon.member.privacy import NgramIndex, filter_answers, withheld_flags
-from semcon.protocol import AdapterUpdate, Download, Upload
 from semcon.member.train import IGNORE, TokenizedExample, TrainStats, nll_sums, tokenize, train_lora
+from semcon.names import child
+from semcon.protocol import AdapterUpdate, Download, Upload
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from semcon.config import RunConfig
 from semcon.data import Prompt
-from semcon.rounds.metrics import Phases, RoundResult, round_line, round_row, summarize
 from semcon.protocol import Limits, Message, RunSetup, decode_all, encode, ledger_row
+from semcon.rounds.metrics import Phases, RoundResult, round_line, round_row, summarize
 from semcon.rounds.rundir import RunDir, RunState
 from semcon.rounds.tracking import tracking
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from semcon.comm import adapter_bytes
 from semcon.config import NetworkConfig, RunConfig
-from semcon.provenance import provenance
 from semcon.protocol import Message
+from semcon.provenance import provenance
 
 if TYPE_CHECKING:
     from semcon.rounds.rundir import RunState

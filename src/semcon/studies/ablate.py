@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from semcon.studies.compare import method_config, plan, run_compare, seed_plan, write_manifest
 from semcon.config import ConfigError, RunConfig, config_key
-from semcon.studies.report import Runs, ablation_report, cell_title, write_report
 from semcon.rounds.rundir import RunDir
+from semcon.studies.compare import method_config, plan, run_compare, seed_plan, write_manifest
+from semcon.studies.report import Runs, ablation_report, cell_title, write_report
 
 log = logging.getLogger(__name__)
 RunOne = Callable[[RunConfig, Path, bool], dict]  # run (or resume) one federation into a run directory

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from semcon.member.attacks import attack, described
-from semcon.member.competence import quantize
-from semcon.consensus import REFERENCE_BOUND, load_rule, rule_inputs
 from semcon.config import AttackConfig, ConfigError, RunConfig, apply_overrides, load_config
+from semcon.consensus import REFERENCE_BOUND, load_rule, rule_inputs
+from semcon.coordinator.server import Answers, Choice, choose, expert_labelled, pseudo_labels, round_metrics
 from semcon.data import Prompt, build_splits, experts_of
 from semcon.embed import Embedder
+from semcon.member.attacks import attack, described
+from semcon.member.competence import quantize
 from semcon.protocol import Upload, digest
 from semcon.rounds.rundir import RunDir, RunDirError
-from semcon.coordinator.server import Answers, Choice, choose, expert_labelled, pseudo_labels, round_metrics
 
 
 @dataclass

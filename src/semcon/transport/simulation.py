@@ -10,14 +10,14 @@ import logging
 import time
 from pathlib import Path
 
-from semcon.transport.assembly import Federation, assemble, client_round
-from semcon.member.client import answer_together, evaluate_together
 from semcon.config import RunConfig, config_key
 from semcon.data import public_prompts
+from semcon.member.client import answer_together, evaluate_together
+from semcon.protocol import decode, encode
 from semcon.rounds.energy import EnergyMeter
 from semcon.rounds.federation import federate
-from semcon.protocol import decode, encode
 from semcon.rounds.rundir import RunDir, RunState
+from semcon.transport.assembly import Federation, assemble, client_round
 
 log = logging.getLogger(__name__)
 

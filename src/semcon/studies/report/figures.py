@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from semcon.studies.report.numbers import PHASES, Runs, dig, per_round_mean, phase_seconds, round_bpb, seed_mean
 from semcon.rounds.rundir import PLOT_NAMES
+from semcon.studies.report.numbers import PHASES, Runs, dig, per_round_mean, phase_seconds, round_bpb, seed_mean
 from semcon.studies.stats import MIN_SEEDS, t_interval
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from semcon.comm import human_bytes
 from semcon.config import RunConfig
 from semcon.provenance import describe
+from semcon.rounds.rundir import kind_of
 from semcon.studies.report.cells import budget_cell, client_spread, difference_cell, md_table, over_seeds, seeds_text
 from semcon.studies.report.figures import make_plots
 from semcon.studies.report.numbers import (
@@ -32,7 +33,6 @@ from semcon.studies.report.numbers import (
     transfer_s,
 )
 from semcon.studies.report.terminal import outcome_lines
-from semcon.rounds.rundir import kind_of
 from semcon.studies.stats import MIN_SEEDS
 
 

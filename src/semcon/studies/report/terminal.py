@@ -8,9 +8,9 @@ from rich.console import Console
 from rich.table import Table
 
 from semcon.comm import human_bytes
+from semcon.rounds.rundir import read_rows
 from semcon.studies.report.cells import arrow, clip
 from semcon.studies.report.numbers import split_own, training_budget
-from semcon.rounds.rundir import read_rows
 
 
 ROUND_PHASES = ("train", "generate", "upload", "embed", "aggregate", "transfer", "evaluate")

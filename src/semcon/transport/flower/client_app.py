@@ -28,10 +28,10 @@ from flwr.clientapp import ClientApp
 
 from semcon.config import RunConfig, load_config, member_tree
 from semcon.data import Prompt
-from semcon.transport.flower.signing import Refused, check_order, trusted_key
 from semcon.names import check_name, child
 from semcon.protocol import SETUP_LIMITS, RunSetup, decode, encode
 from semcon.rounds.rundir import write_atomic
+from semcon.transport.flower.signing import Refused, check_order, trusted_key
 
 app = ClientApp()
 log = logging.getLogger("semcon.node")

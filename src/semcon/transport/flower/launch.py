@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from semcon.transport.flower import flwr_bin
 from semcon.rounds.rundir import RunDir
+from semcon.transport.flower import flwr_bin
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import yaml
 
+from semcon.protocol import is_int
 from semcon.transport.flower import flwr_bin
 from semcon.transport.flower.signing import TRUSTED_KEY_ID
-from semcon.protocol import is_int
 
 APP_ID = "@semcon/semcon-flower"
 

@@ -18,17 +18,17 @@ from typing import TypeVar
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from semcon.coordinator.algorithms import make_algorithm
 from semcon.config import FILE_SOURCES, RunConfig
+from semcon.coordinator.algorithms import make_algorithm
 from semcon.data import experts_of, public_prompts
 from semcon.embed import Embedder
+from semcon.names import check_name
+from semcon.protocol import ProtocolError, check_eval_report, check_train_report, encode, load_report
 from semcon.rounds.federation import FederationError, Tick, federate, setup_messages
+from semcon.rounds.rundir import RunDir, RunState
 from semcon.transport.flower.launch import run_config_overrides
 from semcon.transport.flower.secure import load_members
 from semcon.transport.flower.signing import Signer
-from semcon.names import check_name
-from semcon.protocol import ProtocolError, check_eval_report, check_train_report, encode, load_report
-from semcon.rounds.rundir import RunDir, RunState
 
 log = logging.getLogger(__name__)
 app = ServerApp()
