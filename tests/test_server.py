@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from semcon.config import ConsensusConfig
-from semcon.coordinator.server import SemanticConsensus, is_degenerate
+from semcon.coordinator.server import Answers, SemanticConsensus, choose, is_degenerate
 from semcon.data import Prompt
 from semcon.protocol import Download, Upload
 
@@ -80,6 +80,9 @@ def test_cut_and_degenerate_answers_are_no_candidates(server, embedder):
     assert res.metrics["cut_share_by_domain"]["c"] == {"x": 0.5}
     assert res.metrics["degenerate_share"] == {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.5}
     assert res.download.finished == {"p0000": True, "p0001": True}
+    asked = server.asked(1)
+    picked = choose(server.cfg, asked, Answers.of(asked, ups, []), embedder, None, (0, 1))
+    assert (picked.text_ids >= 0).all()  # no candidates, but embedded: every client's answers are measured alike
     keep = consensus(embedder, cfg=ConsensusConfig(truncated="keep", degenerate="keep"))
     only_cut = {"c": ups["c"], "d": Upload(1, "d", {"p0000": "", "p0001": "Pear."}, ups["d"].finished)}
     kept = keep.aggregate(1, only_cut)

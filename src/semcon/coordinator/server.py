@@ -143,15 +143,16 @@ def choose(cfg: ConsensusConfig, prompts: list[Prompt], answers: Answers, embedd
     """One consensus step over a round's valid answers under ``cfg.rule``: candidates, one batched embedding of
     the distinct texts, the defences' votes, then the rule and ``select`` (``consensus.py``). ``reputation``: each
     client's weight after the rounds before (absent: 1). The server, replay and verify all call this."""
-    candidate = ~answers.blank
+    blank = answers.blank
+    candidate = ~blank
     if cfg.truncated == "drop":
         candidate &= answers.finished
     if cfg.degenerate == "drop":
         candidate &= ~answers.degenerate
 
     start = time.perf_counter()
-    texts = answers.texts
-    unique = sorted({t for row, ok in zip(texts, candidate) for t, v in zip(row, ok) if v})
+    texts = answers.texts  # every non-blank answer is embedded once: the candidates, and the others for answer_quality
+    unique = sorted({t for row, ok in zip(texts, ~blank) for t, v in zip(row, ok) if v})
     vectors = embedder(unique)
     index = {t: i for i, t in enumerate(unique)}
     text_ids = np.array([[index.get(t, -1) for t in row] for row in texts], dtype=int).reshape(candidate.shape)
