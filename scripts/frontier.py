@@ -44,7 +44,8 @@ ATTACKS = {  # label -> --attack specs; chat is the first attacker, medicine the
     "sybil ×2": ["medicine:kind=sybil", "chat:kind=sybil"],
     "inflate_competence on all (naive) ×1": ["chat:kind=inflate_competence,answers=constant"],
     "inflate_competence on gsm8k ×1": ["chat:kind=inflate_competence,answers=constant,target=gsm8k,confidence=max"],
-    "inflate_competence on gsm8k, honest confidence ×1": ["chat:kind=inflate_competence,answers=constant,target=gsm8k"],
+    "inflate_competence on gsm8k, honest confidence ×1": [
+        "chat:kind=inflate_competence,answers=constant,target=gsm8k,confidence=honest"],
     "sybils splitting gsm8k ×2": ["medicine:kind=sybil,target=gsm8k,part=1/2", "chat:kind=sybil,target=gsm8k,part=2/2"],
     "expert_liar ×1": ["chat:kind=expert_liar"],
     "expert_liar ×2": ["medicine:kind=expert_liar", "chat:kind=expert_liar"],
