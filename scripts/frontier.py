@@ -80,10 +80,12 @@ def figures(rows: list[dict]) -> None:
     for attack in ATTACKS:
         mine = [r for r in rows if r["attack"] == attack]
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        at: dict[tuple[float, float], list[str]] = {}  # defences that land on one point share one label
         for r in mine:
-            ax.scatter(r["attacker_share"], r["expert_labelled"], s=30)
-            ax.annotate(r["defence"], (r["attacker_share"], r["expert_labelled"]), fontsize=7,
-                        xytext=(4, 2), textcoords="offset points")
+            at.setdefault((r["attacker_share"], r["expert_labelled"]), []).append(r["defence"])
+        for (x, y), names in at.items():
+            ax.scatter(x, y, s=30)
+            ax.annotate("\n".join(names), (x, y), fontsize=6.5, xytext=(4, 2), textcoords="offset points")
         ax.set_xlim(-0.03, 1.03)
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("attackers' share of the round's labels (lower is better)")
