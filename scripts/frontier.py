@@ -38,6 +38,7 @@ DEFENCES = {  # label -> the rule's settings beside GATED's
     "tie_break random + corroborate 0.5 + sybil_merge": "tie_break=random,corroborate=0.5,sybil_merge=0.995",
 }
 ATTACKS = {  # label -> --attack specs; chat is the first attacker, medicine the second
+    "no attacker": [],
     "random ×1": ["chat:kind=random"],
     "random ×2": ["medicine:kind=random", "chat:kind=random"],
     "plausible_wrong ×2": ["medicine:kind=plausible_wrong", "chat:kind=plausible_wrong"],
@@ -64,7 +65,7 @@ def main() -> None:
         for r in replay(RUN, list(rules.values()), attackers=specs, embedder=embedder):
             if r["round"] != 1:
                 continue
-            honest = {d: v for d, v in r["expert_labelled"].items() if kept.experts[d] not in attackers}
+            honest = {d: v for d, v in r["expert_labelled"].items() if kept.experts[d] not in attackers}  # all: none
             rows.append({"attack": attack, "defence": next(k for k, v in rules.items() if v == r["rule"]),
                          "attacker_share": round(sum(r["label_share"].get(a, 0.0) for a in attackers), 4),
                          "expert_labelled": round(sum(honest.values()) / len(honest), 4), "labelled": r["labelled"],
