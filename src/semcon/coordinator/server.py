@@ -12,6 +12,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -102,11 +103,16 @@ class Answers:
                    table(lambda u, pid: u.finished[pid], bool), table(lambda u, pid: u.confidence.get(pid, np.nan), float),
                    {s: table(lambda u, pid, s=s: u.competence[s][pid], float) for s in signals})
 
-    @property
+    @cached_property  # read by the candidates, the round's metrics and the kept rows: one pass over the texts
     def degenerate(self) -> np.ndarray:
         return np.array([[is_degenerate(t) for t in row] for row in self.texts], dtype=bool).reshape(self.finished.shape)
 
-    @property
+    @cached_property
+    def looped(self) -> set[str]:
+        """The degenerate texts among these answers (``degenerate``, not computed again)."""
+        return {t for row, flags in zip(self.texts, self.degenerate) for t, f in zip(row, flags) if f}
+
+    @cached_property
     def blank(self) -> np.ndarray:
         return np.array([[is_blank(t) for t in row] for row in self.texts], dtype=bool).reshape(self.finished.shape)
 
@@ -268,7 +274,7 @@ class SemanticConsensus:
                             finished={lab.prompt_id: lab.finished for lab in labels})
         metrics = round_metrics(prompts, picked, labels, self.experts, self.embedder)
         return RoundResult(download, answers.names, rejected, labels, metrics, seconds={"embed": picked.seconds_embed},
-                           uploads=upload_rows(uploads, [p.id for p in prompts], self.cfg.signals, is_degenerate))
+                           uploads=upload_rows(uploads, [p.id for p in prompts], self.cfg.signals, answers.looped.__contains__))
 
 
 def pseudo_labels(prompts: list[Prompt], picked: Choice) -> list[PseudoLabel]:
