@@ -322,6 +322,27 @@ def test_the_public_budget_moves_no_private_or_evaluation_row(partition):
     assert fingerprint(fresh)[0] == fingerprint(small)[0] and fresh.public == large.public[:12]
 
 
+def test_fishing_prompts_come_first_and_move_no_private_or_evaluation_row():
+    """A fishing coordinator asks for the canaries in the first public prompts; the domains supply the rest, and no
+    private or evaluation row moves (the audit compares runs with and without it)."""
+    from semcon.data.canaries import FISHING, canaries, fishing_prompts
+
+    privacy = {"canaries": 2, "client": "geo"}
+    plain = build_splits(config(CLIENTS["category"], privacy=privacy))
+    fishing = build_splits(config(CLIENTS["category"], seed=5, privacy={**privacy, "fishing": True}))
+    assert fishing.public[:10] == fishing_prompts(canaries(2, 5)) and {p.domain for p in fishing.public[:10]} == {FISHING}
+    assert fishing.public[10:] == plain.public[:2] and len(fishing.public) == 12
+    assert fingerprint(fishing)[2] == fingerprint(plain)[2]
+    assert fingerprint(fishing)[0] == fingerprint(build_splits(config(CLIENTS["category"], seed=5, privacy=privacy)))[0]
+    assert public_prompts(config(CLIENTS["category"], seed=5, privacy={**privacy, "fishing": True})) == fishing.public
+    with pytest.raises(DataError, match="privacy.fishing: 4 canaries make 16 fishing prompts, more than public.num_prompts=12"):
+        build_splits(config(CLIENTS["category"], privacy={"canaries": 4, "fishing": True}))
+    for bad in ({"fishing": True}, {**privacy, "fishing": True, "public": "fresh"}):
+        sections = {"public": {"per_round": "fresh"}} if bad.pop("public", None) else {}
+        with pytest.raises(ConfigError, match="privacy.fishing needs privacy.canaries > 0 and public.per_round: fixed"):
+            config(CLIENTS["category"], privacy=bad, **sections)
+
+
 def test_the_default_pool_is_what_the_domain_that_can_spare_fewest_can_spare():
     sizes = {d: len(load_selection(DataSelection(**sel), 2000)) for d, sel in (
         ("wiki:Geography", {"source": "wiki", "categories": ["Geography"]}), ("gsm8k", {"source": "gsm8k"}),

@@ -9,17 +9,8 @@ import pytest
 import yaml
 
 from semcon.data import Example
-from semcon.member.privacy import (
-    NgramIndex,
-    canaries,
-    candidates,
-    exposure,
-    filter_answers,
-    found,
-    plant,
-    redact,
-    withheld_flags,
-)
+from semcon.data.canaries import FISHING_CONTEXT, canaries, fishing_prompts, plant
+from semcon.member.privacy import NgramIndex, candidates, exposure, filter_answers, found, redact, withheld_flags
 
 
 def test_canaries_are_unique_deterministic_and_planted_repeatedly():
@@ -32,6 +23,18 @@ def test_canaries_are_unique_deterministic_and_planted_repeatedly():
     rows = plant(private, planted, repeats=3)
     assert len(rows) == 1 + 15 and rows[0] == private[0]
     assert sum(r.response == planted[2].sentence() for r in rows) == 3 and {r.domain for r in rows} == {"wiki:Geography"}
+
+
+def test_fishing_prompts_ask_for_every_canary_three_ways_and_by_context_alone():
+    planted = canaries(3, seed=2)
+    prompts = fishing_prompts(planted)
+    assert len(prompts) == 3 * 3 + len(FISHING_CONTEXT) and len({p.id for p in prompts}) == len(prompts)
+    for c in planted:
+        mine = [p for p in prompts if p.id.endswith(f"-{c.account}")]
+        assert [p.id.split("-")[1] for p in mine] == ["question", "paraphrase", "prefix"]
+        assert mine[0].instruction == plant([Example("e", "q", "a", "c", "d")], [c], 1)[1].instruction  # as planted
+        assert all(c.account in p.instruction and c.code not in p.instruction for p in mine)
+    assert not any(c.account in p.instruction for c in planted for p in prompts[-len(FISHING_CONTEXT):])
 
 
 def test_found_verbatim_and_near_verbatim_but_not_elsewhere():
@@ -79,7 +82,8 @@ def test_the_audit_is_measured_every_round_for_text_and_weight_exchange(tiny_lla
     from conftest import cli, rows, tiny_tree
 
     tree = tiny_tree(str(tiny_llama_dir), privacy={"canaries": 2, "repeats": 4, "candidates": 7, "client": "math",
-                                                   "filter": ["ngram", "pii"]})
+                                                   "filter": ["ngram", "pii"], "fishing": True},
+                     public={"num_prompts": 12})  # 10 prompts fish for the canaries, 2 from the domains
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(tree))
     result = cli("compare", path, "--methods", "semantic_consensus,fedavg", "--out", tmp_path / "cmp")
@@ -95,6 +99,7 @@ def test_the_audit_is_measured_every_round_for_text_and_weight_exchange(tiny_lla
                 assert {"uploaded", "received", "completed", "withheld", "redacted"} <= set(v)
         assert json.loads((run / "summary.json").read_text())["canary_client"] == "math"
     uploads = rows(tmp_path / "cmp" / "semantic_consensus" / "seed-0" / "uploads" / "round_01.jsonl")
+    assert {u["prompt_id"] for u in uploads} >= {p.id for p in fishing_prompts(canaries(2, 0))}  # asked and answered
     assert not any(found(c, u["text"]) for c in canaries(2, 0) for u in uploads)  # the filter let none through
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert "## Output privacy" in report and "exposure, planting client" in report

@@ -478,6 +478,11 @@ class PrivacyConfig(Strict):
                                                   "shares `ngram` tokens in a row with the client's private data; "
                                                   "pii redacts e-mails, IBANs, card, phone and code-like digit runs", **read_by(UPLOADS))
     ngram: int = Field(8, ge=2, le=64, description="the run length of the ngram filter, in word tokens", **read_by(UPLOADS))
+    fishing: bool = Field(False, description="a coordinator fishing for the canaries: the first public prompts "
+                          "ask for them, 3 per canary knowing its account (its question, a paraphrase, its prefix to "
+                          "complete) and 4 knowing only the context (data/canaries.py); the rest of "
+                          "`public.num_prompts` come from the domains as usual. Needs `canaries` and "
+                          "`public.per_round: fixed`")
 
 
 class FlowerConfig(Strict):
@@ -583,6 +588,8 @@ class RunConfig(Strict):
             raise ValueError(f"min_clients={self.min_clients} exceeds the {len(self.clients)} clients")
         if self.privacy.client is not None and self.privacy.client not in [c.name for c in self.clients]:
             raise ValueError(f"privacy.client: no client {self.privacy.client!r}")
+        if self.privacy.fishing and not (self.privacy.canaries and self.public.per_round == "fixed"):
+            raise ValueError("privacy.fishing needs privacy.canaries > 0 and public.per_round: fixed")
         if self.adversaries is not None and self.adversaries.count > len(self.clients):
             raise ValueError(f"adversaries.count={self.adversaries.count} exceeds the {len(self.clients)} clients")
         if self.min_clients is not None and self.per_round and self.min_clients > self.per_round:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from semcon.config import ClientConfig, DataSelection, RunConfig
+from semcon.data.canaries import canaries, fishing_prompts
 from semcon.data.examples import DataError, Example, Prompt
 from semcon.data.jsonl import read_prompts
 from semcon.data.sources import load_selection
@@ -312,7 +313,7 @@ def _carve(cfg: RunConfig, public: list[Prompt] | None = None, node: str | None 
             texts = {p.instruction for p in public}
             rest = {d: [e for e in examples if e.instruction not in texts] for d, examples in rest.items()}
         else:
-            public = pool[:cfg.public.drawn(cfg.rounds)]
+            public = _with_fishing(cfg, pool)
     if len(public) < cfg.public.drawn(cfg.rounds):
         where = "file" if cfg.public.path else "public data" if cfg.public.data else "pool (public.pool)"
         if cfg.public.per_round == "fresh":
@@ -325,11 +326,23 @@ def _carve(cfg: RunConfig, public: list[Prompt] | None = None, node: str | None 
 def _own_public(cfg: RunConfig) -> list[Prompt]:
     """The prompts of ``public.path`` (in file order), or of ``public.data`` (drawn by ``data.split_seed``, each
     keeping its response as the server's reference)."""
-    num = cfg.public.drawn(cfg.rounds)
     if cfg.public.path is not None:
-        return read_prompts(cfg.public.path)[:num]
-    rows = _shuffled(load_selection(cfg.public.data, cfg.data.max_chars), f"{cfg.data.split_seed}:public")[:num]
-    return [Prompt(f"p{i:04d}", e.instruction, e.domain, e.response) for i, e in enumerate(rows)]
+        return _with_fishing(cfg, read_prompts(cfg.public.path))
+    rows = _shuffled(load_selection(cfg.public.data, cfg.data.max_chars), f"{cfg.data.split_seed}:public")
+    return _with_fishing(cfg, [Prompt(f"p{i:04d}", e.instruction, e.domain, e.response) for i, e in enumerate(rows)])
+
+
+def _with_fishing(cfg: RunConfig, candidates: list[Prompt]) -> list[Prompt]:
+    """The run's public prompts out of ``candidates`` (in order): the first ``public.drawn`` of them, or under
+    ``privacy.fishing`` the prompts that fish for the run's canaries and then as many candidates as are left."""
+    num = cfg.public.drawn(cfg.rounds)
+    if not cfg.privacy.fishing:
+        return candidates[:num]
+    fishing = fishing_prompts(canaries(cfg.privacy.canaries, cfg.seed))
+    if len(fishing) > num:
+        raise DataError(f"privacy.fishing: {cfg.privacy.canaries} canaries make {len(fishing)} fishing prompts, "
+                        f"more than public.num_prompts={num}")
+    return fishing + candidates[:num - len(fishing)]
 
 
 def public_prompts(cfg: RunConfig) -> list[Prompt]:

@@ -6,9 +6,10 @@ to count where the planted canaries show up and how exposed each is (``privacy.p
 
 from __future__ import annotations
 
+from semcon.data.canaries import canaries
 from semcon.member.client import Client
 from semcon.member.generate import generate
-from semcon.member.privacy import canaries, candidates, exposure, found
+from semcon.member.privacy import candidates, exposure, found
 
 
 def privacy_report(client: Client) -> dict:

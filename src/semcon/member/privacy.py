@@ -2,7 +2,8 @@
 answers, the pseudo-labels and other clients' completions, and how exposed each secret is (Carlini et al., "The
 Secret Sharer", 2019); and the client-side upload filter that withholds or redacts before anything leaves.
 
-Pure functions and small data only; ``audit.py`` measures beside each client, and the client filters its upload.
+Pure functions and small data only; the secrets themselves and the prompts that fish for them are data
+(``data/canaries.py``); ``audit.py`` measures beside each client, and the client filters its upload.
 """
 
 from __future__ import annotations
@@ -15,41 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from rapidfuzz import fuzz
 
-from semcon.data import Example
+from semcon.data.canaries import Canary, random_code
 
-SENTENCE = "The access code of account {account} is {code}."
-QUESTION = "What is the access code of account {account}?"
 FOUND = 0.8  # normalised edit similarity on the secret part at which a canary counts as found
-
-
-@dataclass(frozen=True)
-class Canary:
-    """One planted secret: ``code`` (the secret part, dddd-dddd) of account ``account``."""
-
-    account: str
-    code: str
-
-    @property
-    def question(self) -> str:
-        return QUESTION.format(account=self.account)
-
-    def sentence(self, code: str | None = None) -> str:
-        return SENTENCE.format(account=self.account, code=code or self.code)
-
-
-def random_code(rng: random.Random) -> str:
-    return f"{rng.randrange(10_000):04d}-{rng.randrange(10_000):04d}"
-
-
-def canaries(n: int, seed: int) -> list[Canary]:
-    """``n`` canaries with unique accounts and codes, the same for every method and client of a run."""
-    rng = random.Random(f"{seed}:canaries")
-    accounts = rng.sample(range(1000, 10_000), n)
-    codes: list[str] = []
-    while len(codes) < n:
-        if (code := random_code(rng)) not in codes:
-            codes.append(code)
-    return [Canary(str(a), c) for a, c in zip(accounts, codes)]
 
 
 def candidates(canary: Canary, k: int, seed: int) -> list[str]:
@@ -60,17 +29,6 @@ def candidates(canary: Canary, k: int, seed: int) -> list[str]:
         if (code := random_code(rng)) != canary.code:
             out.add(code)
     return sorted(out)
-
-
-def plant(private: list[Example], planted: list[Canary], repeats: int) -> list[Example]:
-    """The client's private rows with each canary added ``repeats`` times, as a question and its answer (in the
-    client's own domain, so that every other part of the run treats it as private data)."""
-    if not planted or not private:
-        return list(private)
-    first = private[0]
-    rows = [Example(f"canary-{c.account}-{r}", c.question, c.sentence(), "canary", first.domain)
-            for c in planted for r in range(repeats)]
-    return [*private, *rows]
 
 
 def found(canary: Canary, text: str) -> bool:

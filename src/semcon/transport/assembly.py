@@ -11,12 +11,12 @@ import torch
 from semcon.config import RunConfig
 from semcon.coordinator.algorithms import make_algorithm
 from semcon.data import Example, Prompt, build_splits, experts_of
+from semcon.data.canaries import canaries, plant
 from semcon.embed import Embedder
 from semcon.member.attacks import poison
 from semcon.member.audit import privacy_report
 from semcon.member.client import Client, client_seed
 from semcon.member.models import BackbonePool, pick_device, pick_dtype
-from semcon.member.privacy import canaries, plant
 from semcon.protocol import decode
 from semcon.rounds.federation import Method
 
