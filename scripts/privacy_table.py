@@ -12,24 +12,11 @@ from pathlib import Path
 import yaml
 
 from semcon.provenance import describe, provenance
-from semcon.studies.report import privacy_numbers, seed_scores
+from semcon.studies.report import exposure_change, privacy_numbers, seed_scores
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/privacy")
 COUNTS = {"in_uploads": "canaries in its uploads", "in_labels": "in pseudo-labels",
           "in_others_completions": "in others' completions", "withheld": "answers withheld"}
-
-
-def exposures(summary: dict) -> tuple[str, str]:
-    """Mean exposure after round 0 (before any exchange: the others have never seen a canary, so theirs is the
-    base model's prior over codes, not chance) → after the last round, for the planting client and the others."""
-    owner = summary.get("canary_client")
-    rows = [r["privacy"] for r in summary["per_round"] if r.get("privacy")]
-
-    def mean(row: dict, mine: bool) -> float:
-        values = [x for c, v in row.items() if (c == owner) == mine for x in v.get("exposure", [])]
-        return sum(values) / len(values) if values else float("nan")
-
-    return tuple(f"{mean(rows[0], mine):.2f} → {mean(rows[-1], mine):.2f}" for mine in (True, False))
 
 
 def main() -> None:
@@ -51,7 +38,7 @@ def main() -> None:
         counts = [str(numbers.get(k, "–")) for k in COUNTS]
         run_filter = yaml.safe_load((path.parent / "config.yaml").read_text(encoding="utf-8"))["privacy"]["filter"]
         setting = ", ".join(run_filter) or "none"
-        print(f"| {setting} | {summary['method']} | " + " | ".join([*counts, *exposures(summary)]) +
+        print(f"| {setting} | {summary['method']} | " + " | ".join([*counts, *exposure_change(summary)]) +
               f" | {owner_bpb} | {sum(others) / len(others):.3f} |")
 
 

@@ -96,6 +96,12 @@ def test_adaptive_attacks_act_on_their_targets_only():
     claimed = [{k for k, v in h.competence["knn"].items() if v == 1.0} for h in halves]
     assert claimed[0] | claimed[1] == geo and not claimed[0] & claimed[1]  # two members split the domain
     assert all(h.answers[k] == OFF_TOPIC for h, c in zip(halves, claimed) for k in c)
+    bio = attack(honest(), AttackConfig(kind="inflate_competence", target="next"), PROMPTS, PRIVATE, seed=3,
+                 own_domain="biology")  # the domain after its own, in sorted order
+    assert {k for k, v in bio.competence["knn"].items() if v == 1.0} == geo
+    geo_next = attack(honest(), AttackConfig(kind="inflate_competence", target="next"), PROMPTS, PRIVATE, seed=3,
+                      own_domain="geography")  # wrapping round
+    assert {k for k, v in geo_next.competence["knn"].items() if v == 1.0} == {"p0"}
     done = attacked("claim_finished")
     assert done.answers == HONEST and all(done.finished.values()) and done.confidence == honest().confidence
     with pytest.raises(ValueError, match="part"):
@@ -130,6 +136,9 @@ def test_adversaries_make_the_last_clients_attackers(tiny_llama_dir):
     tree["clients"][0]["attack"] = {"kind": "echo"}  # a client's own attack wins
     assert load_config(tree=tree).client_settings(cfg.clients[0].name).attack.kind == "echo"
     assert load_config(tree=tree, overrides=["adversaries.count=0", "clients.0.attack=null"]).attackers == []
+    rotated = [load_config(tree=tree, overrides=["clients.0.attack=null", "adversaries.rotate=true", f"seed={s}"])
+               for s in range(4)]  # every client attacks at some seed, the last two at seed 0
+    assert [c.attackers for c in rotated] == [["math", "third"], ["geo", "math"], ["geo", "third"], ["math", "third"]]
     with pytest.raises(ConfigError, match="adversaries.count=4 exceeds"):
         load_config(tree=tree, overrides=["adversaries.count=4"])
     with pytest.raises(ConfigError, match="applies to kind inflate_competence only"):
@@ -167,5 +176,8 @@ def test_ablate_over_the_number_of_attackers_reports_their_share_and_honest_qual
     clean = json.loads((out / "adversaries.count=0" / "semantic_consensus" / "seed-0" / "summary.json").read_text())
     assert record["adversaries.count=0"]["honest_bpb"] == [seed_scores(clean, "bpb")["geo"]]  # math attacks next door
     assert 0 <= record["adversaries.count=1"]["attacker_share"][0] <= 1
+    geo = seed_scores(summary, "bpb")["geo"] - seed_scores(clean, "bpb")["geo"]  # paired with the clean run, same seed
+    assert record["adversaries.count=1"]["honest_delta"] == {"0": {"geo": pytest.approx(geo)}}
+    assert record["adversaries.count=0"]["honest_delta"] == {"0": {"geo": 0.0, "math": 0.0}}
     assert "attacker share" in (out / "ablation.md").read_text() and (out / "ablation_adversaries.count.png").is_file()
     assert cli("verify", attacked).exit_code == 0

@@ -139,9 +139,10 @@ class AttackConfig(Strict):
                        "`text`, so two groups of sybils are two `text`s")
     poison_private: bool = Field(False, description="also train on wrong private data (each response swapped "
                                  "with another example's)")
-    target: str | None = Field(None, description="the prompts it attacks: a public prompt's domain, or `own` (the "
-                               "domain of most of its private rows); elsewhere it uploads honestly. Default: every "
-                               "prompt (expert_liar: `own`). On Flower a member sees no prompt's domain: use `share`")
+    target: str | None = Field(None, description="the prompts it attacks: a public prompt's domain, `own` (the "
+                               "domain of most of its private rows) or `next` (the domain after its own among the "
+                               "round's, in sorted order: another member's); elsewhere it uploads honestly. Default: "
+                               "every prompt (expert_liar: `own`). On Flower a member sees no prompt's domain: use `share`")
     share: float | None = Field(None, gt=0, le=1, description="of the targeted prompts, the fraction it attacks, "
                                 "drawn each round by the attacker (a rank budget: claiming top competence on at most "
                                 "1 - gate of the prompts passes a rank-normalized gate there)")
@@ -166,6 +167,9 @@ class Adversaries(AttackConfig):
     number of attackers with ``semcon ablate --grid adversaries.count=0,1,2``."""
 
     count: int = Field(1, ge=0, description="how many clients attack: the last ones in config order")
+    rotate: bool = Field(False, description="move the attackers back one client per seed (wrapping): seed s attacks "
+                         "with the `count` clients ending s before the last, so that over seeds every domain's member "
+                         "attacks and 'with attackers' does not always mean 'without that domain's expert'")
 
 
 class ClientConfig(Strict):
@@ -597,14 +601,18 @@ class RunConfig(Strict):
         return self
 
     def attack_of(self, name: str) -> AttackConfig | None:
-        """Client ``name``'s attack: its own, else the run's ``adversaries`` where it is one of the last ``count``."""
+        """Client ``name``'s attack: its own, else the run's ``adversaries`` where it is one of the last ``count``
+        (with ``rotate``, the ``count`` ending ``seed`` clients before the last)."""
         own = next((c for c in self.clients if c.name == name), None)
         if own is not None and own.attack is not None:
             return own.attack
-        adv = self.adversaries
-        if own is None or adv is None or adv.count == 0 or name not in [c.name for c in self.clients[-adv.count:]]:
+        adv, n = self.adversaries, len(self.clients)
+        if own is None or adv is None or adv.count == 0:
             return None
-        return AttackConfig(**adv.model_dump(exclude={"count"}))
+        back = self.seed % n if adv.rotate else 0
+        if (self.clients.index(own) + back) % n < n - adv.count:
+            return None
+        return AttackConfig(**adv.model_dump(exclude={"count", "rotate"}))
 
     @property
     def canary_client(self) -> str | None:

@@ -9,6 +9,8 @@ from semcon.studies.report.markdown import write_report
 from semcon.studies.report.numbers import (
     Runs,
     adapter_bytes,
+    exposure_change,
+    honest_delta,
     honest_mean,
     label_quality,
     mean_expert_share,
@@ -24,7 +26,7 @@ from semcon.studies.report.tables import ablation_report, replay_lines
 from semcon.studies.report.terminal import outcome_lines, print_summary
 
 __all__ = ["Runs", "ablation_report", "adapter_bytes", "budget_cell", "bytes_figure", "cell_title", "client_spread",
-           "difference_cell", "honest_mean", "label_quality", "label_quality_figure", "make_plots", "mean_expert_share",
+           "difference_cell", "exposure_change", "honest_delta", "honest_mean", "label_quality", "label_quality_figure", "make_plots", "mean_expert_share",
            "outcome_lines", "over_seeds", "own_other", "paired_differences", "per_round_mean", "phase_seconds",
            "print_summary", "privacy_numbers", "quality_figure", "replay_lines", "round_bpb", "seed_scores",
            "write_report"]

@@ -149,6 +149,19 @@ def privacy_numbers(summary: dict) -> dict | None:
             "redacted": sum(v.get("redacted", 0) for r in rows for v in r.values())}
 
 
+def exposure_change(summary: dict) -> tuple[str, str]:
+    """Mean exposure after round 0 (before any exchange: the others have never seen a canary, so theirs is the
+    base model's prior over codes, not chance) → after the last round, for the planting client and the others."""
+    owner = summary.get("canary_client")
+    rows = [r["privacy"] for r in summary["per_round"] if r.get("privacy")]
+
+    def mean(row: dict, mine: bool) -> float:
+        values = [x for c, v in row.items() if (c == owner) == mine for x in v.get("exposure", [])]
+        return sum(values) / len(values) if values else float("nan")
+
+    return tuple(f"{mean(rows[0], mine):.2f} → {mean(rows[-1], mine):.2f}" for mine in (True, False))
+
+
 PHASES = {"train": "training", "answer": "answers", "exchange": "exchange", "rest": "evaluation and setup"}
 
 
@@ -208,6 +221,14 @@ def honest_mean(summary: dict, metric: str = "bpb", excluded: set[str] = frozens
     every cell's attackers, so that all its cells average the same clients)."""
     skip = set(summary.get("attackers") or []) | set(excluded)
     return mean_or_none([v for c, v in seed_scores(summary, metric).items() if c not in skip])
+
+
+def honest_delta(summary: dict, clean: dict, metric: str = "bpb") -> dict[str, float]:
+    """Per client that does not attack in ``summary``, its ``metric`` minus its own in ``clean`` (the same setting
+    and seed with no attacker): paired, so that attackers that rotate across clients compare like with like."""
+    ours, theirs = seed_scores(summary, metric), seed_scores(clean, metric)
+    skip = set(summary.get("attackers") or [])
+    return {c: v - theirs[c] for c, v in ours.items() if c not in skip and c in theirs}
 
 
 def attacker_share(summary: dict) -> float | None:

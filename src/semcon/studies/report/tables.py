@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from semcon.comm import human_bytes
+from semcon.config import config_key
 from semcon.provenance import describe
 from semcon.studies.report.cells import budget_cell, md_table, over_seeds, paired, share_text
 from semcon.studies.report.figures import axis_plot
@@ -15,6 +16,7 @@ from semcon.studies.report.numbers import (
     attacker_share,
     client_mean,
     dig,
+    honest_delta,
     honest_mean,
     label_quality,
     mean_expert_share,
@@ -58,6 +60,14 @@ def replay_lines(rows: list[dict], run: str, produced_by: dict) -> list[str]:
             *md_table(head, table), ""]
 
 
+def clean_runs(cell, method: str, cells: list) -> dict[int, dict]:
+    """Per seed, the run of ``method`` in the cell that is ``cell`` with no attacker (same setting otherwise), if
+    the ablation has one."""
+    mine = config_key(cell.cfgs[method].model_copy(update={"adversaries": None}))
+    return next((c.runs[method] for c in cells if not c.error and method in c.cfgs and
+                 not c.cfgs[method].attackers and config_key(c.cfgs[method]) == mine), {})
+
+
 def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
     """``out/ablation.md``, ``ablation.json`` and ``ablation_<axis>.png``: one row per cell and method."""
     ever = {a for c in cells if not c.error for p in c.runs.values() for s in p.values() for a in s.get("attackers") or []}
@@ -65,7 +75,7 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
     honest = lambda s: honest_mean(s, excluded=ever)  # noqa: E731
     head = ["cell", "method", "seeds", "bits/byte ↓", f"− {BASELINE} (paired)", "own ↓", "other ↓",
             "label ROUGE-L", "label cosine", "expert share", "steps / client", "bytes", "wall s"]
-    head[6:6] = ["honest bits/byte ↓", "attacker share"] if attacked else []
+    head[6:6] = ["honest bits/byte ↓", "honest Δ (paired) ↓", "attacker share"] if attacked else []
     rows, record = [], []
     for cell in cells:
         if cell.error:
@@ -73,11 +83,14 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
             record.append({"cell": cell.name, "overrides": cell.overrides, "error": cell.error})
             continue
         for method, per_seed in cell.runs.items():
+            clean = clean_runs(cell, method, cells)
+            deltas = {seed: d for seed, s in per_seed.items() if seed in clean and (d := honest_delta(s, clean[seed]))}
             rule = cell.cfgs[method].consensus.rule if method == "semantic_consensus" else None
             label = method + (f" ({rule}{', a bound' if rule.startswith('oracle') else ''})" if rule else "")
             rows.append([cell.name, label, str(len(per_seed)), over_seeds(per_seed, client_mean), paired(cell.runs, method),
                          over_seeds(per_seed, lambda s: own_other(s, "bpb")[0]), over_seeds(per_seed, lambda s: own_other(s, "bpb")[1]),
-                         *([over_seeds(per_seed, honest), over_seeds(per_seed, attacker_share, 2)] if attacked else []),
+                         *([over_seeds(per_seed, honest), over_seeds(deltas, lambda d: sum(d.values()) / len(d)),
+                            over_seeds(per_seed, attacker_share, 2)] if attacked else []),
                          over_seeds(per_seed, lambda s: label_quality(s, "rouge_l")),
                          over_seeds(per_seed, lambda s: label_quality(s, "cosine")),
                          over_seeds(per_seed, mean_expert_share, 2), budget_cell(per_seed, 0),
@@ -89,6 +102,7 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
                            if BASELINE in cell.runs and method != BASELINE else [],
                            "expert_share": [mean_expert_share(s) for s in per_seed.values()],
                            "honest_bpb": [honest(s) for s in per_seed.values()],
+                           "honest_delta": {seed: d for seed, d in deltas.items()},
                            "attacker_share": [attacker_share(s) for s in per_seed.values()],
                            "seconds": [s["seconds"] for s in per_seed.values()]})
     panels = [("honest_bpb", "honest clients' bits per byte ↓"), ("attacker_share", "attackers' share of the labels")
@@ -102,7 +116,9 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
              "label ROUGE-L / cosine: the pseudo-labels against the held-back references, mean over rounds; expert "
              "share: of each domain's labels, the share that is its expert's answer; honest bits/byte: the mean over "
              f"the clients that attack in no cell ({', '.join(sorted(ever)) or 'none'} left out of every cell, so "
-             "that all cells average the same clients); attacker share: the attackers' share of all labels, mean over rounds; "
+             "that all cells average the same clients); honest Δ: per seed, the mean over the clients that do not attack "
+             "in the run of their bits per byte minus their own in the cell with no attacker at that seed (paired: "
+             "for attackers that rotate across clients); attacker share: the attackers' share of all labels, mean over rounds; "
              "steps / client: optimizer steps of a client over the run (the clients' range in brackets). "
              "A run that started from an "
              "earlier cell's round 0 and round-1 answers (same seed, only the server's consensus differs) counts "
