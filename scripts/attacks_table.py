@@ -76,7 +76,8 @@ def seed_text(values: dict[int, float], digits: int = 3) -> str:
     stats = seed_level({s: [v] for s, v in values.items()})
     if stats["t"] is not None:
         return f"{stats['mean']:+.{digits}f} [{stats['t'][0]:+.{digits}f}, {stats['t'][1]:+.{digits}f}]"
-    return f"{stats['mean']:+.{digits}f} (" + ", ".join(f"s{s} {v:+.{digits}f}" for s, v in sorted(values.items())) + ")"
+    by_seed = ", ".join(f"s{s} {v:+.{digits}f}" for s, v in sorted(values.items()))
+    return f"{stats['mean']:+.{digits}f} ({by_seed})"
 
 
 def table(runs: dict, clean: dict[int, dict]) -> None:

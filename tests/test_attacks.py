@@ -179,5 +179,10 @@ def test_ablate_over_the_number_of_attackers_reports_their_share_and_honest_qual
     geo = seed_scores(summary, "bpb")["geo"] - seed_scores(clean, "bpb")["geo"]  # paired with the clean run, same seed
     assert record["adversaries.count=1"]["honest_delta"] == {"0": {"geo": pytest.approx(geo)}}
     assert record["adversaries.count=0"]["honest_delta"] == {"0": {"geo": 0.0, "math": 0.0}}
-    assert "attacker share" in (out / "ablation.md").read_text() and (out / "ablation_adversaries.count.png").is_file()
+    assert (out / "ablation_adversaries.count.png").is_file()
+    lines = (out / "ablation.md").read_text().splitlines()
+    table = [line.strip("| ").split(" | ") for line in lines if line.startswith("| ")]
+    clean_row = dict(zip(table[0], next(r for r in table if r[0] == "adversaries.count=0")))  # values under headers
+    assert clean_row["honest Δ (paired) ↓"] == "0.000" and clean_row["attacker share"] == "0.00"
+    assert clean_row["honest bits/byte ↓"] == f"{seed_scores(clean, 'bpb')['geo']:.3f}"
     assert cli("verify", attacked).exit_code == 0

@@ -142,7 +142,8 @@ class AttackConfig(Strict):
     target: str | None = Field(None, description="the prompts it attacks: a public prompt's domain, `own` (the "
                                "domain of most of its private rows) or `next` (the domain after its own among the "
                                "round's, in sorted order: another member's); elsewhere it uploads honestly. Default: "
-                               "every prompt (expert_liar: `own`). On Flower a member sees no prompt's domain: use `share`")
+                               "every prompt (expert_liar: `own`). On Flower a member sees no prompt's domain: use "
+                               "`share`")
     share: float | None = Field(None, gt=0, le=1, description="of the targeted prompts, the fraction it attacks, "
                                 "drawn each round by the attacker (a rank budget: claiming top competence on at most "
                                 "1 - gate of the prompts passes a rank-normalized gate there)")

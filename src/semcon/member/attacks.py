@@ -69,9 +69,9 @@ def described(cfg: AttackConfig) -> str:
 
 
 def targeted(cfg: AttackConfig, prompts: list[Prompt], upload: Upload, seed: int, own_domain: str | None) -> set[str]:
-    """The ids of the prompts the attack acts on: those of ``cfg.target``'s domain (``own``: ``own_domain``; ``next``:
-    the domain after it among the prompts'; none: every prompt), then this member's ``part`` of them (a group's members share one seeded order), then a
-    ``share`` of them drawn by the attacker for this round."""
+    """The ids of the prompts the attack acts on: those of ``cfg.target``'s domain (``own``: ``own_domain``;
+    ``next``: the domain after it among the prompts'; none: every prompt), then this member's ``part`` of them (a
+    group's members share one seeded order), then a ``share`` of them drawn by the attacker for this round."""
     domain = own_domain if cfg.target == "own" or (cfg.target is None and cfg.kind == "expert_liar") else cfg.target
     if domain == "next":
         domains = sorted({p.domain for p in prompts})

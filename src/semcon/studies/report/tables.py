@@ -75,7 +75,7 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
     honest = lambda s: honest_mean(s, excluded=ever)  # noqa: E731
     head = ["cell", "method", "seeds", "bits/byte ↓", f"− {BASELINE} (paired)", "own ↓", "other ↓",
             "label ROUGE-L", "label cosine", "expert share", "steps / client", "bytes", "wall s"]
-    head[6:6] = ["honest bits/byte ↓", "honest Δ (paired) ↓", "attacker share"] if attacked else []
+    head[7:7] = ["honest bits/byte ↓", "honest Δ (paired) ↓", "attacker share"] if attacked else []
     rows, record = [], []
     for cell in cells:
         if cell.error:
