@@ -47,24 +47,29 @@ def main() -> None:
           "one round; exposure: log2(101) − log2(rank) among 100 random codes (at most 6.66), mean over secrets (and "
           "over the other clients), after round 0 (before any exchange) → after the last round; withheld: over all "
           "rounds and clients. FedAvg answers no prompt: its leak is through the averaged weights.", "", sep="\n")
-    print("| filter | method | seed | " + " | ".join(COUNTS.values()) +
+    print("| method | filter | seed | " + " | ".join(COUNTS.values()) +
           " | exposure, planting client | exposure, others |")
     print("|---|---|---|" + "---|" * (len(COUNTS) + 2))
-    drawn = []
+    drawn, seen = [], set()
     for path in sorted((ROOT / "runs").glob("*/*/seed-*/summary.json")):
         summary = json.loads(path.read_text(encoding="utf-8"))
+        cfg = yaml.safe_load((path.parent / "config.yaml").read_text(encoding="utf-8"))
+        consensus = summary["method"] == "semantic_consensus"
+        method = f"semantic consensus ({cfg['consensus']['rule']})" if consensus else summary["method"]
+        setting = ", ".join(cfg["privacy"]["filter"]) or "none" if consensus else "–"  # FedAvg sends no answer
+        if (method, setting, summary["seed"]) in seen:  # a run copied into another cell
+            continue
+        seen.add((method, setting, summary["seed"]))
         numbers = privacy_numbers(summary) or {}
-        run_filter = yaml.safe_load((path.parent / "config.yaml").read_text(encoding="utf-8"))["privacy"]["filter"]
-        setting = ", ".join(run_filter) or "none"
-        print(f"| {setting} | {summary['method']} | {summary['seed']} | "
+        print(f"| {method} | {setting} | {summary['seed']} | "
               + " | ".join([*(str(numbers.get(k, "–")) for k in COUNTS), *exposure_change(summary)]) + " |")
-        if summary["method"] == "semantic_consensus":
-            drawn.append((setting, summary["seed"], by_kind(path.parent, summary)))
-    print("", "Which fishing prompts drew the secrets out (semantic consensus; distinct secrets over all rounds, in "
-          "the planting client's uploads / in the pseudo-labels):", "",
-          "| filter | seed | " + " | ".join(KINDS) + " |", "|---|---|" + "---|" * len(KINDS), sep="\n")
-    for setting, seed, kinds in drawn:
-        print(f"| {setting} | {seed} | " + " | ".join(f"{u} / {lab}" for u, lab in kinds.values()) + " |")
+        if consensus:
+            drawn.append((method, setting, summary["seed"], by_kind(path.parent, summary)))
+    print("", "Which fishing prompts drew the secrets out (distinct secrets over all rounds, in the planting client's "
+          "uploads / in the pseudo-labels):", "",
+          "| method | filter | seed | " + " | ".join(KINDS) + " |", "|---|---|---|" + "---|" * len(KINDS), sep="\n")
+    for method, setting, seed, kinds in drawn:
+        print(f"| {method} | {setting} | {seed} | " + " | ".join(f"{u} / {lab}" for u, lab in kinds.values()) + " |")
 
 
 if __name__ == "__main__":
