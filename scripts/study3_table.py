@@ -21,10 +21,13 @@ from semcon.studies.stats import MIN_SEEDS, t_interval
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/study3")
 FIGURE = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "budget_curve.png"
-# label, folder of seed-N runs, public prompts answered a round (None: none), whether it is a bound
+# label, folder of seed-N runs, public prompts answered a round (None: none), whether it is a bound. local+ has the
+# gated runs' total steps (6 extra a round over rounds 0-3 = 8 label steps x rounds 1-3, `--set
+# train.label_steps=6`); the first local+ added 8 in round 0 too (48 steps against 40) and was stopped after seed 0.
 ROWS = [
     ("local", "gain/local", None, False),
-    ("local+ (as many extra private steps)", "gain/local+", None, False),
+    ("local+ (as many extra private steps)", "gain-plus/local+", None, False),
+    ("local+ with 32 extra steps (8 in round 0 too)", "local+48/local+", None, False),
     ("gated on knn, 64 a round", "gain/semantic_consensus", 64, False),
     ("medoid, 64 a round", "medoid/semantic_consensus", 64, False),
     ("gated on knn, 256 a round (fresh)", "gated-256/semantic_consensus", 256, False),
