@@ -65,7 +65,9 @@ def test_label_epochs_round_up_to_whole_batches(federation):
 def test_extra_steps_add_private_steps_after_the_round(federation):
     local, _ = trained(federation, labels=False)
     plus, stats = trained(federation, labels=False, extra_steps=3)
-    assert [s.steps for s in stats] == [5, 5] and plus != local
+    assert [s.steps for s in stats] == [2, 5] and plus != local  # from round 1 on, as the label steps
+    additive, additive_stats = trained(federation, labels=True, schedule="additive", label_steps=3)
+    assert sum(s.steps for s in stats) == sum(s.steps for s in additive_stats)  # local+ trains as much as additive
     assert all(len(s.losses) == s.steps and s.tokens > 0 for s in stats)
 
 

@@ -309,8 +309,8 @@ class TrainConfig(Strict):
                                     "(default: `label_epochs` passes over them, rounded up to whole batches)")
     label_epochs: float = Field(1.0, gt=0, description="additive, when label_steps is unset: passes over the labels")
     extra_steps: int = Field(0, ge=0, description="steps over the client's own private rows after the rest of its "
-                             "round: with method local, the `local+` control for additive's label steps (as many "
-                             "more steps, without the labels)")
+                             "round, from round 1 on (as label steps: round 0 has no labels): with method local, the "
+                             "`local+` control for additive's label steps (as many more steps, without the labels)")
     micro_batch_tokens: int = Field(1024, gt=0, description="padded tokens per forward pass; a batch is "
                                     "accumulated over micro-batches, which bounds activation memory")
     pseudo_label_weight: float = Field(1.0, ge=0, description="loss weight λ of pseudo-labelled examples: "

@@ -79,7 +79,8 @@ class Client:
     def train(self, round: int, prompts: list[Prompt], prox_mu: float = 0.0, on_step=None) -> TrainStats:
         """One round's fine-tuning of the adapter, by ``train.schedule``: ``mixed`` takes its steps from private
         data ∪ pseudo-labelled public prompts (a plain union, weight λ); ``additive`` runs exactly local's private
-        steps, then steps over the labels alone. ``train.extra_steps`` more over the private rows come last.
+        steps, then steps over the labels alone. ``train.extra_steps`` more over the private rows come last, from
+        round 1 on (as label steps: round 0 has no labels), so that ``local+`` trains as many steps as additive.
         A pseudo-label that was cut at the length cap (kept by ``consensus.truncated: keep``) gets no end-of-turn."""
         import torch
 
@@ -90,7 +91,7 @@ class Client:
         else:
             phases = [(self._private_tok, self.steps, seed, prox_mu),
                       (labels, self.label_steps(len(labels)), f"{seed}:labels", 0.0)]
-        phases.append((self._private_tok, t.extra_steps, f"{seed}:extra", 0.0))
+        phases.append((self._private_tok, t.extra_steps if round else 0, f"{seed}:extra", 0.0))
         torch.manual_seed(seed)
         stats = [self._fit(rows, steps, stream, mu, on_step) for rows, steps, stream, mu in phases if rows and steps]
         return TrainStats(sum(s.steps for s in stats), sum(s.tokens for s in stats), [x for s in stats for x in s.losses],
