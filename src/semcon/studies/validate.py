@@ -58,12 +58,12 @@ def plan(cfg: RunConfig) -> Plan:
         s = cfg.client_settings(c.name)
         rows = splits.private[c.name]
         per_row = tokens([e.instruction + e.response for e in rows]) / max(len(rows), 1)
-        steps = s.steps + s.train.extra_steps
+        later = s.train.extra_steps  # extra and label steps run from round 1 on; round 0 has no labels
         if cfg.method == "semantic_consensus" and s.train.schedule == "additive":
-            steps += s.train.label_steps if s.train.label_steps is not None else \
+            later += s.train.label_steps if s.train.label_steps is not None else \
                 math.ceil(s.train.label_epochs * prompts / s.batch_size)
         # a frozen base: forward and the backward through activations, 4N per token
-        train = (cfg.rounds + 1) * steps * s.batch_size * per_row * 4 * n
+        train = ((cfg.rounds + 1) * s.steps + cfg.rounds * later) * s.batch_size * per_row * 4 * n
         answer = cfg.rounds * prompts * (asked + s.max_new_tokens) * 2 * n if answering else 0.0
         evaluate = (scored + (answered if cfg.eval.generate else 0)) * 2 * n
         flops[c.name] = {"train": train, "answer": answer, "evaluate": evaluate}
