@@ -90,9 +90,9 @@ def table(runs: dict, clean: dict[int, dict]) -> None:
         if count == 0:
             continue
         who = "; ".join(f"s{s}: {', '.join(x['attackers'])}" for s, x in sorted(per_seed.items()))
-        attacked = "; ".join(f"s{s}: " + " → ".join(f"{100 * v:.0f}%" for v in shares(x)[0])
-                             for s, x in sorted(per_seed.items()))
-        own = "; ".join(f"s{s}: {100 * v:.0f}%" for s, x in sorted(per_seed.items()) if (v := shares(x)[1]) is not None)
+        by_seed = {s: shares(x) for s, x in sorted(per_seed.items())}
+        attacked = "; ".join(f"s{s}: " + " → ".join(f"{100 * v:.0f}%" for v in rounds) for s, (rounds, _) in by_seed.items())
+        own = "; ".join(f"s{s}: {100 * v:.0f}%" for s, (_, v) in by_seed.items() if v is not None)
         cols = []
         for measure, (metric, domains, _) in MEASURES.items():
             diffs = {s: honest_delta(measured(x, metric, domains), measured(clean[s], metric, domains), metric)

@@ -102,7 +102,7 @@ def ablation_report(out: Path, axes: dict[str, list[str]], cells: list) -> Path:
                            if BASELINE in cell.runs and method != BASELINE else [],
                            "expert_share": [mean_expert_share(s) for s in per_seed.values()],
                            "honest_bpb": [honest(s) for s in per_seed.values()],
-                           "honest_delta": {seed: d for seed, d in deltas.items()},
+                           "honest_delta": deltas,
                            "attacker_share": [attacker_share(s) for s in per_seed.values()],
                            "seconds": [s["seconds"] for s in per_seed.values()]})
     panels = [("honest_bpb", "honest clients' bits per byte ↓"), ("attacker_share", "attackers' share of the labels")
