@@ -101,50 +101,55 @@ def main() -> None:
         print(f"\n![paired gain over local against bytes moved]({FIGURE.name})")
 
 
-def gain(runs: dict[int, dict], local: dict[int, dict]) -> tuple[float, float]:
-    """Mean over seeds of (local − run) in bits per byte (positive: better than local) and the t half-width
-    (0 below ``MIN_SEEDS`` seeds: no interval claimed)."""
-    diffs = paired_differences({"local": local, "x": runs}, "x", "bpb")
-    means = [-float(np.mean(list(per.values()))) for per in diffs.values()]
-    mean, half = t_interval(means)
-    return mean, (half or 0.0) if len(means) >= MIN_SEEDS else 0.0
+def gain(runs: dict[int, dict], local: dict[int, dict], value) -> tuple[float, float]:
+    """Mean over the seeds both ran of value(local) − value(run) (positive: better than local), and the t
+    half-width (0 below ``MIN_SEEDS`` seeds: no interval claimed). Over the same clients, the client mean of the
+    paired differences is the difference of the client means."""
+    per_seed = [value(local[s]) - value(runs[s]) for s in sorted(runs) if s in local]
+    mean, half = t_interval(per_seed)
+    return mean, (half or 0.0) if len(per_seed) >= MIN_SEEDS else 0.0
+
+
+PANELS = (("all four domains", client_mean("bpb")), ("own domain", lambda s: own_other(s, "bpb")[0]),
+          ("the other three domains", lambda s: own_other(s, "bpb")[1]))
 
 
 def figure(found: dict, local: dict, plus: dict) -> None:
-    """Paired gain over local against bytes moved (log scale): a line per rule across budgets, FedAvg a point,
-    local+ a band (it moves no bytes)."""
+    """Paired gain over local against bytes moved (log scale), on all domains and split into each client's own
+    domain and the others: a line per rule across budgets, FedAvg a point, local+ a band (it moves no bytes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    families: dict[str, list[tuple[float, float, float, str]]] = {}
-    for label, (runs, budget, _) in found.items():
-        if label.startswith("local") or not runs:
-            continue
-        family = label.split(",")[0]
-        mean, half = gain(runs, local)
-        families.setdefault(family, []).append((float(np.mean([total_bytes(s) for s in runs.values()])), mean, half,
-                                                f"{budget}" if budget else ""))
-    for family, points in families.items():
-        points.sort()
-        xs, ys, err, names = zip(*points)
-        ax.errorbar(xs, ys, yerr=err, marker="o" if "FedAvg" not in family else "*", capsize=3,
-                    linestyle="--" if "bound" in family or "oracle" in family else "-", label=family)
-        for x, y, name in zip(xs, ys, names):
-            if name:
-                ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
-    if plus:
-        mean, half = gain(plus, local)
-        lo, hi = (mean - half, mean + half) if half else (mean - 1e-4, mean + 1e-4)
-        ax.axhspan(lo, hi, color="grey", alpha=0.3, label="local+ (no bytes)")
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set(xlabel="bytes moved in a run (up + down, all clients; log scale)",
-           ylabel="local − run, bits per byte\n(above 0: better than local)",
-           title="what text consensus buys, against its traffic")
-    ax.legend(fontsize="small")
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(16, 4.8), sharey=True)
+    for ax, (title, value) in zip(axes, PANELS):
+        families: dict[str, list[tuple[float, float, float, str]]] = {}
+        for label, (runs, budget, _) in found.items():
+            if label.startswith("local") or not runs:
+                continue
+            mean, half = gain(runs, local, value)
+            families.setdefault(label.split(",")[0], []).append(
+                (float(np.mean([total_bytes(s) for s in runs.values()])), mean, half, f"{budget}" if budget else ""))
+        for family, points in families.items():
+            points.sort()
+            xs, ys, err, names = zip(*points)
+            ax.errorbar(xs, ys, yerr=err, marker="*" if "FedAvg" in family else "o", capsize=3,
+                        linestyle="--" if "oracle" in family else "-", label=family)
+            for x, y, name in zip(xs, ys, names):
+                if name:
+                    ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
+        if plus:
+            mean, half = gain(plus, local, value)
+            lo, hi = (mean - half, mean + half) if half else (mean - 1e-4, mean + 1e-4)
+            ax.axhspan(lo, hi, color="grey", alpha=0.3, label="local+ (no bytes)")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set(xlabel="bytes moved in a run (up + down, all clients; log)", title=title)
+    axes[0].set_ylabel("local − run, bits per byte\n(above 0: better than local)")
+    axes[0].legend(fontsize="small")
+    fig.suptitle("what text consensus buys, against its traffic (points: mean over seeds; bars: 95% t from "
+                 f"{MIN_SEEDS} seeds)")
     fig.tight_layout()
     fig.savefig(FIGURE, dpi=110)
 
