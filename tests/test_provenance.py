@@ -1,6 +1,8 @@
 """Provenance: the git commit (and uncommitted changes) of a checkout, and the report's line."""
 
+import os
 import subprocess
+import sys
 
 from semcon.provenance import describe, git_commit, provenance
 
@@ -32,3 +34,11 @@ def test_the_report_line_names_version_commit_and_machine():
     line = describe({**p, "commit": "0123456789abcdef", "uncommitted_changes": True})
     assert "at commit `0123456` with uncommitted changes" in line and p["machine"] in line
     assert "no git commit (installed package)" in describe({**p, "commit": None})
+
+
+def test_the_machine_names_the_instruction_set_of_torchs_kernels():
+    """Runs on one box can differ in their floats by the kernels torch picks; a pin shows in the provenance."""
+    pinned = subprocess.run([sys.executable, "-c", "from semcon.provenance import machine; print(machine())"],
+                            capture_output=True, text=True, check=True,
+                            env={**os.environ, "ATEN_CPU_CAPABILITY": "default"}).stdout
+    assert "torch DEFAULT)" in pinned

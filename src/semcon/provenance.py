@@ -40,11 +40,13 @@ def cpu_model() -> str:
 
 
 def machine() -> str:
-    """One line: OS, CPUs and their model, GPU if any (e.g. 'Linux x86_64, 2 CPUs (AMD EPYC 9R14), no GPU')."""
+    """One line: OS, CPUs, their model and the instruction set torch's kernels use (the same floats need the same
+    one: ATEN_CPU_CAPABILITY pins it), GPU if any (e.g. 'Linux x86_64, 2 CPUs (AMD EPYC, torch AVX2), no GPU')."""
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu_model()}), {gpu}"
+    kernels = torch.backends.cpu.get_cpu_capability()
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu_model()}, torch {kernels}), {gpu}"
 
 
 def _version(package: str) -> str | None:
