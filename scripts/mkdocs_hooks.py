@@ -17,16 +17,21 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 LINK = re.compile(r"\]\((?!https?:|#|mailto:)([^)\s]+)\)")
 
 
-def front_page(repo_url: str) -> str:
-    """The README as the site's front page: a link into docs/ becomes a link to that page, any other link a link to
-    the file in the repository."""
+def relinked(readme_text: str, repo_url: str) -> str:
+    """README text for a page at the site's root: a link into docs/ becomes a link to that page, any other link a
+    link to the file in the repository."""
     def relink(match: re.Match) -> str:
         target = match.group(1)
         if target.startswith("docs/"):
             return f"]({target.removeprefix('docs/')})"
         return f"]({repo_url.rstrip('/')}/blob/main/{target})"
 
-    return LINK.sub(relink, README.read_text(encoding="utf-8"))
+    return LINK.sub(relink, readme_text)
+
+
+def front_page(repo_url: str) -> str:
+    """The README as the site's front page."""
+    return relinked(README.read_text(encoding="utf-8"), repo_url)
 
 
 def on_files(files, config):
@@ -41,17 +46,17 @@ def on_files(files, config):
 WHICH_RULE = "<!-- which-rule -->"
 
 
-def which_rule() -> str:
-    """The README's "Which rule?" section, without its heading and its comment."""
+def which_rule(repo_url: str) -> str:
+    """The README's "Which rule?" section, without its heading and its comment, for a page at the site's root."""
     section = README.read_text(encoding="utf-8").split("## Which rule?\n", 1)[1].split("\n## ", 1)[0]
-    return re.sub(r"<!--.*?-->\n", "", section).strip()
+    return relinked(re.sub(r"<!--.*?-->\n", "", section).strip(), repo_url)
 
 
 FOLDER_LINK = re.compile(r"\]\((?!https?:|#)([^)\s]+/)\)")  # ](local/seed-0/): a folder, not a page
 
 
 def on_page_markdown(markdown, page, config, files):
-    markdown = markdown.replace(WHICH_RULE, which_rule()) if WHICH_RULE in markdown else markdown
+    markdown = markdown.replace(WHICH_RULE, which_rule(config['repo_url'])) if WHICH_RULE in markdown else markdown
     here = Path(page.file.src_uri).parent
 
     def in_repository(match: re.Match) -> str:

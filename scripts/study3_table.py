@@ -15,8 +15,9 @@ import numpy as np
 
 from semcon.comm import human_bytes
 from semcon.provenance import describe, provenance
-from semcon.studies.report import (budget_cell, difference_cell, mean_expert_share, over_seeds, own_other, paired_differences,
-                           seed_scores)
+from semcon.studies.report import budget_cell, difference_cell, mean_expert_share, over_seeds, own_other, paired_differences
+from semcon.studies.report.cells import md_table
+from semcon.studies.report.numbers import client_mean
 from semcon.studies.stats import MIN_SEEDS, t_interval
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/study3")
@@ -46,8 +47,13 @@ def runs_in(folder: Path) -> dict[int, dict]:
             for p in sorted(folder.glob("seed-*/summary.json"))}
 
 
-def client_mean(metric: str):
-    return lambda s: float(np.mean(list(v.values()))) if (v := seed_scores(s, metric)) else None
+def metric_of(metric: str):
+    return lambda s: client_mean(s, metric)
+
+
+def wall_range(runs: dict[int, dict]) -> str:
+    seconds = [s["seconds"] for s in runs.values()]
+    return f"{min(seconds):,.0f}" + (f"–{max(seconds):,.0f}" if len(seconds) > 1 else "")
 
 
 def total_bytes(s: dict) -> float:
@@ -68,22 +74,28 @@ def main() -> None:
           "mean over clients of the paired difference, then the mean over seeds with its t-interval over seeds and "
           f"two-level bootstrap (`boot`), from {MIN_SEEDS} seeds on; fewer: every seed's value and no interval. "
           "Bits per byte: lower is better; `plain`: without GSM8K's calculator annotations.\n")
-    head = ["run", "seeds", *(label for _, label in METRICS), "− local (bits/byte)", "− local+ (bits/byte)",
-            "own ↓", "other ↓", "expert share", "steps / client", "bytes", "wall s"]
-    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for label, (runs, _, _) in found.items():
-        cells = [over_seeds(runs, client_mean(k)) for k, _ in METRICS]
-        vs_local = difference_cell(paired_differences({"local": local, "x": runs}, "x", "bpb")) if local and \
-            not label.startswith("local") else "–"
-        vs_plus = difference_cell(paired_differences({"local": plus, "x": runs}, "x", "bpb")) if plus and \
-            not label.startswith("local") else "–"
-        if label.startswith("local+") and local:
-            vs_local = difference_cell(paired_differences({"local": local, "x": runs}, "x", "bpb"))
-        print(f"| {label} | {len(runs)} | {' | '.join(cells)} | {vs_local} | {vs_plus} | "
-              f"{over_seeds(runs, lambda s: own_other(s, 'bpb')[0])} | {over_seeds(runs, lambda s: own_other(s, 'bpb')[1])} | "
-              f"{over_seeds(runs, mean_expert_share, 2)} | {budget_cell(runs, 0)} | "
-              f"{human_bytes(np.mean([total_bytes(s) for s in runs.values()]))} | "
-              f"{over_seeds(runs, lambda s: s['seconds'], 0)} |")
+    def versus(baseline: dict, label: str, metric: str) -> str:
+        return "–" if not baseline or label.startswith("local") and baseline is plus else \
+            difference_cell(paired_differences({"local": baseline, "x": found[label][0]}, "x", metric))
+
+    print("**Quality**, held-out, client mean (own: each client's own domain; other: the mean of the other three):\n")
+    print("\n".join(md_table(["run", "seeds", *(name for _, name in METRICS), "own bits/byte ↓", "other ↓", "expert share"],
+                              [[label, str(len(runs)), *(over_seeds(runs, metric_of(k)) for k, _ in METRICS),
+                                over_seeds(runs, lambda s: own_other(s, "bpb")[0]),
+                                over_seeds(runs, lambda s: own_other(s, "bpb")[1]), over_seeds(runs, mean_expert_share, 2)]
+                               for label, (runs, _, _) in found.items()])))
+    print("\n**Paired with local and with local+** on the same seed (run − baseline; bits per byte: below 0 is better, "
+          "the task metrics: above 0 is better):\n")
+    print("\n".join(md_table(["run", "− local+ (bits/byte)", *(f"− local, {name}" for _, name in METRICS)],
+                              [[label, versus(plus, label, "bpb"), *(versus(local, label, k) for k, _ in METRICS)]
+                               for label in found if label != "local"])))
+    print("\n**What it cost**, per client over the whole run (optimizer steps, trained tokens), the bytes moved by all "
+          "clients, and the wall time of each seed's run (its range over seeds; it includes other work on the box, "
+          "see the README):\n")
+    print("\n".join(md_table(["run", "steps / client", "tokens / client", "bytes", "wall s"],
+                              [[label, budget_cell(runs, 0), budget_cell(runs, 1),
+                                human_bytes(np.mean([total_bytes(s) for s in runs.values()])), wall_range(runs)]
+                               for label, (runs, _, _) in found.items()])))
     if missing:
         print(f"\nNot run yet: {'; '.join(missing)}.")
     if local:
@@ -97,8 +109,30 @@ def main() -> None:
             for c in dict.fromkeys(c for per in diffs.values() for c in per):
                 print(f"| {label} | {c} | " + " | ".join(f"{diffs[s][c]:+.3f}" if c in diffs.get(s, {}) else "–"
                                                          for s in seeds) + " |")
+        print("\nBy evaluation domain, (run − local) in bits per byte, mean over seeds (± the 95% t half-width from "
+              f"{MIN_SEEDS} seeds on): the domain's expert (the client that holds it) and the mean of the other three "
+              "clients (under a consensus rule they see that domain only through its labels):\n")
+        domains = list((next(iter(local.values())).get("own_domain") or {}).items())
+        print("\n".join(md_table(["run", *(f"{d}: expert / others" for _, d in domains)],
+                                  [[label, *(domain_cell(runs, local, client, domain) for client, domain in domains)]
+                                   for label, (runs, _, _) in found.items() if label != "local"])))
         figure(found, local, plus)
         print(f"\n![paired gain over local against bytes moved]({FIGURE.name})")
+
+
+def domain_cell(runs: dict[int, dict], local: dict[int, dict], expert: str, domain: str) -> str:
+    """(run − local) bits per byte on one evaluation domain: its expert's, then the other clients' mean."""
+    def change(s: int, clients: list[str]) -> float:
+        return float(np.mean([runs[s]["eval_after"][c][domain]["bpb"] - local[s]["eval_after"][c][domain]["bpb"]
+                              for c in clients]))
+
+    seeds = [s for s in sorted(runs) if s in local]
+    others = [c for c in local[seeds[0]]["eval_after"] if c != expert] if seeds else []
+    cells = []
+    for clients in ([expert], others):
+        mean, half = t_interval([change(s, clients) for s in seeds])
+        cells.append(f"{mean:+.3f}" + (f" ± {half:.3f}" if len(seeds) >= MIN_SEEDS else ""))
+    return " / ".join(cells) if seeds else "–"
 
 
 def gain(runs: dict[int, dict], local: dict[int, dict], value) -> tuple[float, float]:
@@ -110,7 +144,7 @@ def gain(runs: dict[int, dict], local: dict[int, dict], value) -> tuple[float, f
     return mean, (half or 0.0) if len(per_seed) >= MIN_SEEDS else 0.0
 
 
-PANELS = (("all four domains", client_mean("bpb")), ("own domain", lambda s: own_other(s, "bpb")[0]),
+PANELS = (("all four domains", metric_of("bpb")), ("own domain", lambda s: own_other(s, "bpb")[0]),
           ("the other three domains", lambda s: own_other(s, "bpb")[1]))
 
 
