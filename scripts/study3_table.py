@@ -116,6 +116,15 @@ def main() -> None:
         print("\n".join(md_table(["run", *(f"{d}: expert / others" for _, d in domains)],
                                   [[label, *(domain_cell(runs, local, client, domain) for client, domain in domains)]
                                    for label, (runs, _, _) in found.items() if label != "local"])))
+        label_runs = {label: runs for label, (runs, budget, _) in found.items() if budget}
+        if label_runs:
+            print("\nThe labels round by round: ROUGE-L against the held-back references of the consensus labels / a "
+                  "random client's answer on the same prompts / the best single client's answers, mean over seeds:\n")
+            rounds = sorted({r["round"] for runs in label_runs.values() for s in runs.values() for r in s["per_round"]
+                             if r.get("answer_quality")})
+            print("\n".join(md_table(["run", *(f"round {r}" for r in rounds)],
+                                      [[label, *(label_cell(runs, r) for r in rounds)]
+                                       for label, runs in label_runs.items()])))
         figure(found, local, plus)
         print(f"\n![paired gain over local against bytes moved]({FIGURE.name})")
 
@@ -133,6 +142,17 @@ def domain_cell(runs: dict[int, dict], local: dict[int, dict], expert: str, doma
         mean, half = t_interval([change(s, clients) for s in seeds])
         cells.append(f"{mean:+.3f}" + (f" ± {half:.3f}" if len(seeds) >= MIN_SEEDS else ""))
     return " / ".join(cells) if seeds else "–"
+
+
+def label_cell(runs: dict[int, dict], round_: int) -> str:
+    """Consensus / random client / best client ROUGE-L of one round's labels, mean over seeds."""
+    rows = [q for s in runs.values() for r in s["per_round"] if r["round"] == round_ and (q := r.get("answer_quality"))]
+    if not rows:
+        return "–"
+    best = [max(c["rouge_l"] for c in q["clients"].values()) if q.get("clients") else np.nan for q in rows]
+    cells = ([(q.get("consensus") or {}).get("rouge_l", np.nan) for q in rows],
+             [(q.get("random") or {}).get("rouge_l", np.nan) for q in rows], best)
+    return " / ".join("–" if np.isnan(v).all() else f"{np.nanmean(v):.3f}" for v in map(np.asarray, cells))
 
 
 def gain(runs: dict[int, dict], local: dict[int, dict], value) -> tuple[float, float]:
