@@ -73,60 +73,86 @@ def main() -> None:
           f"95% t-interval from {MIN_SEEDS} seeds on (fewer: the seeds' range). '− local' and '− local+': per seed the "
           "mean over clients of the paired difference, then the mean over seeds with its t-interval over seeds and "
           f"two-level bootstrap (`boot`), from {MIN_SEEDS} seeds on; fewer: every seed's value and no interval. "
-          "Bits per byte: lower is better; `plain`: without GSM8K's calculator annotations.\n")
-    def versus(baseline: dict, label: str, metric: str) -> str:
-        return "–" if not baseline or label.startswith("local") and baseline is plus else \
-            difference_cell(paired_differences({"local": baseline, "x": found[label][0]}, "x", metric))
-
-    print("**Quality**, held-out, client mean (own: each client's own domain; other: the mean of the other three):\n")
-    print("\n".join(md_table(["run", "seeds", *(name for _, name in METRICS), "own bits/byte ↓", "other ↓", "expert share"],
-                              [[label, str(len(runs)), *(over_seeds(runs, metric_of(k)) for k, _ in METRICS),
-                                over_seeds(runs, lambda s: own_other(s, "bpb")[0]),
-                                over_seeds(runs, lambda s: own_other(s, "bpb")[1]), over_seeds(runs, mean_expert_share, 2)]
-                               for label, (runs, _, _) in found.items()])))
-    print("\n**Paired with local and with local+** on the same seed (run − baseline; bits per byte: below 0 is better, "
-          "the task metrics: above 0 is better):\n")
-    print("\n".join(md_table(["run", "− local+ (bits/byte)", *(f"− local, {name}" for _, name in METRICS)],
-                              [[label, versus(plus, label, "bpb"), *(versus(local, label, k) for k, _ in METRICS)]
-                               for label in found if label != "local"])))
-    print("\n**What it cost**, per client over the whole run (optimizer steps, trained tokens), the bytes moved by all "
-          "clients, and the wall time of each seed's run (its range over seeds; it includes other work on the box, "
-          "see the README):\n")
-    print("\n".join(md_table(["run", "steps / client", "tokens / client", "bytes", "wall s"],
-                              [[label, budget_cell(runs, 0), budget_cell(runs, 1),
-                                human_bytes(np.mean([total_bytes(s) for s in runs.values()])), wall_range(runs)]
-                               for label, (runs, _, _) in found.items()])))
+          "Bits per byte: lower is better; `plain`: without GSM8K's calculator annotations.")
+    runs_of = {label: runs for label, (runs, _, _) in found.items()}
+    quality_table(runs_of)
+    paired_table(runs_of, local, plus)
+    cost_table(runs_of)
     if missing:
         print(f"\nNot run yet: {'; '.join(missing)}.")
     if local:
-        print("\nPer client, (run − local) in bits per byte, seed by seed:\n")
-        seeds = sorted(local)
-        print("| run | client | " + " | ".join(f"seed {s}" for s in seeds) + " |\n|---|---|" + "---|" * len(seeds))
-        for label, (runs, _, _) in found.items():
-            if label == "local":
-                continue
-            diffs = paired_differences({"local": local, "x": runs}, "x", "bpb")
-            for c in dict.fromkeys(c for per in diffs.values() for c in per):
-                print(f"| {label} | {c} | " + " | ".join(f"{diffs[s][c]:+.3f}" if c in diffs.get(s, {}) else "–"
-                                                         for s in seeds) + " |")
-        print("\nBy evaluation domain, (run − local) in bits per byte, mean over seeds (± the 95% t half-width from "
-              f"{MIN_SEEDS} seeds on): the domain's expert (the client that holds it) and the mean of the other three "
-              "clients (under a consensus rule they see that domain only through its labels):\n")
-        domains = list((next(iter(local.values())).get("own_domain") or {}).items())
-        print("\n".join(md_table(["run", *(f"{d}: expert / others" for _, d in domains)],
-                                  [[label, *(domain_cell(runs, local, client, domain) for client, domain in domains)]
-                                   for label, (runs, _, _) in found.items() if label != "local"])))
-        label_runs = {label: runs for label, (runs, budget, _) in found.items() if budget}
-        if label_runs:
-            print("\nThe labels round by round: ROUGE-L against the held-back references of the consensus labels / a "
-                  "random client's answer on the same prompts / the best single client's answers, mean over seeds:\n")
-            rounds = sorted({r["round"] for runs in label_runs.values() for s in runs.values() for r in s["per_round"]
-                             if r.get("answer_quality")})
-            print("\n".join(md_table(["run", *(f"round {r}" for r in rounds)],
-                                      [[label, *(label_cell(runs, r) for r in rounds)]
-                                       for label, runs in label_runs.items()])))
+        per_client_table(runs_of, local)
+        domain_table(runs_of, local)
+        label_table({label: runs for label, (runs, budget, _) in found.items() if budget})
         figure(found, local, plus)
         print(f"\n![paired gain over local against bytes moved]({FIGURE.name})")
+
+
+def table(title: str, head: list[str], rows: list[list[str]]) -> None:
+    print(f"\n{title}\n\n" + "\n".join(md_table(head, rows)))
+
+
+def quality_table(runs_of: dict[str, dict]) -> None:
+    table("**Quality**, held-out, client mean (own: each client's own domain; other: the mean of the other three):",
+          ["run", "seeds", *(name for _, name in METRICS), "own bits/byte ↓", "other ↓", "expert share"],
+          [[label, str(len(runs)), *(over_seeds(runs, metric_of(k)) for k, _ in METRICS),
+            over_seeds(runs, lambda s: own_other(s, "bpb")[0]), over_seeds(runs, lambda s: own_other(s, "bpb")[1]),
+            over_seeds(runs, mean_expert_share, 2)] for label, runs in runs_of.items()])
+
+
+def paired_table(runs_of: dict[str, dict], local: dict, plus: dict) -> None:
+    def versus(baseline: dict, label: str, metric: str) -> str:
+        if not baseline or label.startswith("local+") and baseline is plus:
+            return "–"
+        return difference_cell(paired_differences({"local": baseline, "x": runs_of[label]}, "x", metric))
+
+    table("**Paired with local and with local+** on the same seed (run − baseline; bits per byte: below 0 is better, "
+          "the task metrics: above 0 is better):",
+          ["run", "− local+ (bits/byte)", *(f"− local, {name}" for _, name in METRICS)],
+          [[label, versus(plus, label, "bpb"), *(versus(local, label, k) for k, _ in METRICS)]
+           for label in runs_of if label != "local"])
+
+
+def cost_table(runs_of: dict[str, dict]) -> None:
+    table("**What it cost**, per client over the whole run (optimizer steps, trained tokens), the bytes moved by all "
+          "clients, and the wall time of each seed's run (its range over seeds; it includes other work on the box, "
+          "see the README):",
+          ["run", "steps / client", "tokens / client", "bytes", "wall s"],
+          [[label, budget_cell(runs, 0), budget_cell(runs, 1), human_bytes(np.mean([total_bytes(s) for s in runs.values()])),
+            wall_range(runs)] for label, runs in runs_of.items()])
+
+
+def per_client_table(runs_of: dict[str, dict], local: dict) -> None:
+    seeds = sorted(local)
+    rows = []
+    for label, runs in runs_of.items():
+        if label == "local":
+            continue
+        diffs = paired_differences({"local": local, "x": runs}, "x", "bpb")
+        rows += [[label, c, *(f"{diffs[s][c]:+.3f}" if c in diffs.get(s, {}) else "–" for s in seeds)]
+                 for c in dict.fromkeys(c for per in diffs.values() for c in per)]
+    table("Per client, (run − local) in bits per byte, seed by seed:",
+          ["run", "client", *(f"seed {s}" for s in seeds)], rows)
+
+
+def domain_table(runs_of: dict[str, dict], local: dict) -> None:
+    domains = list((next(iter(local.values())).get("own_domain") or {}).items())
+    table("By evaluation domain, (run − local) in bits per byte, mean over seeds (± the 95% t half-width from "
+          f"{MIN_SEEDS} seeds on): the domain's expert (the client that holds it) and the mean of the other three "
+          "clients (under a consensus rule they see that domain only through its labels):",
+          ["run", *(f"{d}: expert / others" for _, d in domains)],
+          [[label, *(domain_cell(runs, local, client, domain) for client, domain in domains)]
+           for label, runs in runs_of.items() if label != "local"])
+
+
+def label_table(label_runs: dict[str, dict]) -> None:
+    rounds = sorted({r["round"] for runs in label_runs.values() for s in runs.values() for r in s["per_round"]
+                     if r.get("answer_quality")})
+    if rounds:
+        table("The labels round by round: ROUGE-L against the held-back references of the consensus labels / a random "
+              "client's answer on the same prompts / the best single client's answers, mean over seeds:",
+              ["run", *(f"round {r}" for r in rounds)],
+              [[label, *(label_cell(runs, r) for r in rounds)] for label, runs in label_runs.items()])
 
 
 def domain_cell(runs: dict[int, dict], local: dict[int, dict], expert: str, domain: str) -> str:
