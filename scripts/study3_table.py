@@ -2,7 +2,7 @@
 paired with local on the seed (the replicate), and the budget curve: the paired gain over local against the bytes
 moved. Folders that have not run yet are left out and named.
 
-    python scripts/study3_table.py [RUNS_DIR] > docs/results/study3/summary.md     (RUNS_DIR: runs/study3)
+    python scripts/study3_table.py [RUNS_DIR [FIGURE]] > docs/results/study3/summary.md     (RUNS_DIR: runs/study3)
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from semcon.studies.stats import MIN_SEEDS, t_interval
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/study3")
 FIGURE = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "budget_curve.png"
 # label, folder of seed-N runs, public prompts answered a round (None: none), whether it is a bound. local+ has the
-# gated runs' total steps (6 extra a round over rounds 0-3 = 8 label steps x rounds 1-3, `--set
-# train.label_steps=6`); the first local+ added 8 in round 0 too (48 steps against 40) and was stopped after seed 0.
+# gated runs' total steps (6 extra a round over rounds 0-3 = 8 label steps x rounds 1-3, `--set train.label_steps=6`).
 ROWS = [
     ("local", "gain/local", None, False),
     ("local+ (as many extra private steps)", "gain-plus/local+", None, False),
-    ("local+ with 32 extra steps (8 in round 0 too)", "local+48/local+", None, False),
     ("gated on knn, 64 a round", "gain/semantic_consensus", 64, False),
     ("medoid, 64 a round", "medoid/semantic_consensus", 64, False),
     ("gated on knn, 256 a round (fresh)", "gated-256/semantic_consensus", 256, False),
@@ -64,6 +62,9 @@ def main() -> None:
     found = {label: (runs_in(ROOT / folder), budget, bound) for label, folder, budget, bound in ROWS}
     missing = [label for label, (runs, _, _) in found.items() if not runs]
     found = {label: row for label, row in found.items() if row[0]}
+    if not found:
+        print(f"No run of the study has finished yet (in `{ROOT}`): {'; '.join(missing)}.")
+        return
     local = found.get("local", ({}, None, False))[0]
     plus = found.get("local+ (as many extra private steps)", ({}, None, False))[0]
     commits = sorted({s.get("provenance", {}).get("commit", "?")[:7] for runs, _, _ in found.values() for s in runs.values()})
@@ -86,6 +87,7 @@ def main() -> None:
         label_table({label: runs for label, (runs, budget, _) in found.items() if budget})
         figure(found, local, plus)
         print(f"\n![paired gain over local against bytes moved]({FIGURE.name})")
+        trend_text(found, local)
 
 
 def table(title: str, head: list[str], rows: list[list[str]]) -> None:
@@ -179,6 +181,52 @@ def label_cell(runs: dict[int, dict], round_: int) -> str:
     cells = ([(q.get("consensus") or {}).get("rouge_l", np.nan) for q in rows],
              [(q.get("random") or {}).get("rouge_l", np.nan) for q in rows], best)
     return " / ".join("–" if np.isnan(v).all() else f"{np.nanmean(v):.3f}" for v in map(np.asarray, cells))
+
+
+def budget_trend(points: list[tuple[int, float, float]]) -> tuple[float, float, float] | None:
+    """Fit gain(m) = a − b/√m over the budgets m (prompts a round) of one rule, the form in which a federated
+    distillation bound shrinks with the public budget (FPLD, arXiv 2605.29642); points are (m, bytes, gain).
+    Returns (a, b, bytes per prompt), or None below two budgets."""
+    if len({m for m, _, _ in points}) < 2:
+        return None
+    m, moved, g = (np.asarray(v, dtype=float) for v in zip(*points))
+    slope, a = np.polyfit(1 / np.sqrt(m), g, 1)
+    return float(a), float(-slope), float(np.mean(moved / m))
+
+
+def budget_to_reach(a: float, b: float, target: float) -> float | None:
+    """The budget m at which a − b/√m reaches target; None where the curve's ceiling a stays below it."""
+    return (b / (a - target)) ** 2 if a > target and b > 0 else None
+
+
+def trend_text(found: dict, local: dict) -> None:
+    """Where each rule's budget trend meets FedAvg's gain over local, if it does: an extrapolation, said as one."""
+    fedavg = found.get("FedAvg", ({}, None, False))[0]
+    families: dict[str, list[tuple[int, float, float]]] = {}
+    for label, (runs, budget, _) in found.items():
+        if budget:
+            families.setdefault(label.split(",")[0], []).append(
+                (budget, float(np.mean([total_bytes(s) for s in runs.values()])), gain(runs, local, metric_of("bpb"))[0]))
+    lines = []
+    target = gain(fedavg, local, metric_of("bpb"))[0] if fedavg else None
+    fedavg_bytes = float(np.mean([total_bytes(s) for s in fedavg.values()])) if fedavg else None
+    for family, points in families.items():
+        fit = budget_trend(points)
+        if fit is None:
+            continue
+        a, b, per_prompt = fit
+        text = (f"- {family}: gain over local ≈ {a:+.3f} − {b:.3f}/√m bits per byte, fitted to "
+                f"{len({m for m, _, _ in points})} budgets ({', '.join(str(m) for m, _, _ in sorted(points))} a round)")
+        if target is not None:
+            m = budget_to_reach(a, b, target)
+            text += (f"; its ceiling ({a:+.3f}) stays below FedAvg's gain ({target:+.3f}): on this trend no budget "
+                     "reaches FedAvg" if m is None else
+                     f"; it would reach FedAvg's gain ({target:+.3f}) at about {m:,.0f} prompts a round, "
+                     f"{human_bytes(m * per_prompt)} moved against FedAvg's {human_bytes(fedavg_bytes)}")
+        lines.append(text + ".")
+    if lines:
+        print("\nThe budget trend (an extrapolation from a few budgets and seeds, not a measurement; m: prompts a "
+              "round):\n\n" + "\n".join(lines))
 
 
 def gain(runs: dict[int, dict], local: dict[int, dict], value) -> tuple[float, float]:
