@@ -18,7 +18,7 @@ from semcon.provenance import describe, provenance
 from semcon.studies.report import budget_cell, difference_cell, mean_expert_share, over_seeds, own_other, paired_differences
 from semcon.studies.report.cells import md_table
 from semcon.studies.report.numbers import client_mean
-from semcon.studies.stats import MIN_SEEDS, t_interval
+from semcon.studies.stats import MIN_SEEDS, budget_to_reach, budget_trend, t_interval
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/study3")
 FIGURE = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "budget_curve.png"
@@ -183,22 +183,6 @@ def label_cell(runs: dict[int, dict], round_: int) -> str:
     return " / ".join("–" if np.isnan(v).all() else f"{np.nanmean(v):.3f}" for v in map(np.asarray, cells))
 
 
-def budget_trend(points: list[tuple[int, float, float]]) -> tuple[float, float, float] | None:
-    """Fit gain(m) = a − b/√m over the budgets m (prompts a round) of one rule, the form in which a federated
-    distillation bound shrinks with the public budget (FPLD, arXiv 2605.29642); points are (m, bytes, gain).
-    Returns (a, b, bytes per prompt), or None below two budgets."""
-    if len({m for m, _, _ in points}) < 2:
-        return None
-    m, moved, g = (np.asarray(v, dtype=float) for v in zip(*points))
-    slope, a = np.polyfit(1 / np.sqrt(m), g, 1)
-    return float(a), float(-slope), float(np.mean(moved / m))
-
-
-def budget_to_reach(a: float, b: float, target: float) -> float | None:
-    """The budget m at which a − b/√m reaches target; None where the curve's ceiling a stays below it."""
-    return (b / (a - target)) ** 2 if a > target and b > 0 else None
-
-
 def trend_text(found: dict, local: dict) -> None:
     """Where each rule's budget trend meets FedAvg's gain over local, if it does: an extrapolation, said as one."""
     fedavg = found.get("FedAvg", ({}, None, False))[0]
@@ -211,10 +195,11 @@ def trend_text(found: dict, local: dict) -> None:
     target = gain(fedavg, local, metric_of("bpb"))[0] if fedavg else None
     fedavg_bytes = float(np.mean([total_bytes(s) for s in fedavg.values()])) if fedavg else None
     for family, points in families.items():
-        fit = budget_trend(points)
+        fit = budget_trend([m for m, _, _ in points], [g for _, _, g in points])
         if fit is None:
             continue
-        a, b, per_prompt = fit
+        a, b = fit
+        per_prompt = float(np.mean([moved / m for m, moved, _ in points]))
         text = (f"- {family}: gain over local ≈ {a:+.3f} − {b:.3f}/√m bits per byte, fitted to "
                 f"{len({m for m, _, _ in points})} budgets ({', '.join(str(m) for m, _, _ in sorted(points))} a round)")
         if target is not None:

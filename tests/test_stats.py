@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from semcon.studies.stats import seed_level, t_interval, two_level_bootstrap
+from semcon.studies.stats import budget_to_reach, budget_trend, seed_level, t_interval, two_level_bootstrap
 
 
 def test_t_interval_of_one_two_three():
@@ -43,3 +43,14 @@ def test_seed_level_difference_is_the_mean_of_seed_means_with_intervals_from_fiv
     assert five["mean"] == pytest.approx(mean) and five["t"] == pytest.approx((mean - half, mean + half))
     lo, hi = five["bootstrap"]
     assert 0.0 <= lo < mean < hi <= 0.42
+
+
+def test_budget_trend_recovers_a_curve_and_where_it_reaches_a_target():
+    # gain = 0.05 - 0.4/sqrt(m) at m = 64, 256, 576: -0.0, 0.025, 0.0333...
+    budgets = [64, 256, 576]
+    a, b = budget_trend(budgets, [0.05 - 0.4 / math.sqrt(m) for m in budgets])
+    assert (a, b) == (pytest.approx(0.05), pytest.approx(0.4))
+    assert budget_to_reach(a, b, 0.04) == pytest.approx((0.4 / 0.01) ** 2)  # 0.05 - 0.4/40 = 0.04 at m = 1600
+    assert budget_to_reach(a, b, 0.06) is None  # above the ceiling
+    assert budget_to_reach(0.05, -0.1, 0.0) is None  # a trend that falls with the budget never gets there
+    assert budget_trend([64, 64], [0.0, 0.1]) is None  # one budget: no trend

@@ -23,7 +23,6 @@ def t_interval(values: list[float]) -> tuple[float, float | None]:
     return float(x.mean()), float(stats.t.ppf(0.5 + LEVEL / 2, len(x) - 1) * sem)
 
 
-
 def two_level_bootstrap(groups: list[list[float]], resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of the mean of group means, resampling the groups (seeds) and then the values
     (clients) within each drawn group, each with replacement (numpy default_rng(seed))."""
@@ -55,3 +54,19 @@ def seed_level(per_seed: dict[int, list[float]]) -> dict:
         out["t"] = (mean - half, mean + half)
         out["bootstrap"] = two_level_bootstrap([list(per_seed[s]) for s in seeds])
     return out
+
+
+def budget_trend(budgets: list[float], gains: list[float]) -> tuple[float, float] | None:
+    """Least-squares fit of gain(m) = a − b/√m over public budgets m (prompts a round), the form in which a bound on
+    federated distillation shrinks with the public budget (FPLD, arXiv 2605.29642): (a, b), or None below two
+    distinct budgets. An extrapolation's basis, not a measurement."""
+    if len(set(budgets)) < 2:
+        return None
+    slope, a = np.polyfit(1 / np.sqrt(np.asarray(budgets, dtype=float)), np.asarray(gains, dtype=float), 1)
+    return float(a), float(-slope)
+
+
+def budget_to_reach(a: float, b: float, target: float) -> float | None:
+    """The budget m at which a − b/√m reaches target; None where the trend never does (its ceiling a is not above
+    target, or it does not rise with the budget)."""
+    return (b / (a - target)) ** 2 if a > target and b > 0 else None
