@@ -2,7 +2,8 @@
 # The third study's runs (configs/study3.yaml's comment says what each answers), one at a time, seed by seed, so that
 # an interruption leaves paired seeds. Run it again after an interruption: finished runs are kept, an interrupted one
 # resumes from its last round. With KEEP set, each finished run is copied there without checkpoints and adapters
-# (the layout scripts/study3_table.py reads), so it can be committed as it lands.
+# (the layout scripts/study3_table.py reads), so it can be committed as it lands, and a run already there is not run
+# again (a new box with only the committed runs picks up where they end).
 #
 #   SEMCON="python -m semcon" OUT=runs/study3 KEEP=docs/results/study3/runs bash scripts/study3_queue.sh
 #
@@ -19,6 +20,10 @@ one() {
   shift 3
   local out="$OUT/$name/s$seed" sets=(--set "seed=$seed")
   for s in "$@"; do sets+=(--set "$s"); done
+  if [ -n "$KEEP" ] && kept "$name" "$seed" "$methods"; then
+    echo "$(date -u +%FT%TZ) kept already: $name seed $seed" >> "$OUT/queue.log"
+    return 0
+  fi
   local resume=()
   [ -f "$out/compare.json" ] && resume=(--resume)
   echo "$(date -u +%FT%TZ) start $name seed $seed ($methods) $(python_kernels)" >> "$OUT/queue.log"
@@ -30,6 +35,14 @@ one() {
     local dest="$KEEP/$name/$(basename "$(dirname "$run")")"
     mkdir -p "$dest"
     tar -C "$(dirname "$run")" --exclude=checkpoints --exclude=adapters -cf - "seed-$seed" | tar -C "$dest" -xf -
+  done
+}
+
+# kept NAME SEED METHODS: every method's run at SEED is already in $KEEP (a new box need not run it again).
+kept() {
+  local m
+  for m in ${3//,/ }; do
+    [ -f "$KEEP/$1/$m/seed-$2/summary.json" ] || return 1
   done
 }
 
