@@ -46,7 +46,7 @@ def test_seed_level_difference_is_the_mean_of_seed_means_with_intervals_from_fiv
 
 
 def test_budget_trend_recovers_a_curve_and_where_it_reaches_a_target():
-    # gain = 0.05 - 0.4/sqrt(m) at m = 64, 256, 576: -0.0, 0.025, 0.0333...
+    # gain = 0.05 - 0.4/sqrt(m) at m = 64, 256, 576: 0.0, 0.025, 0.0333...
     budgets = [64, 256, 576]
     a, b = budget_trend(budgets, [0.05 - 0.4 / math.sqrt(m) for m in budgets])
     assert (a, b) == (pytest.approx(0.05), pytest.approx(0.4))
