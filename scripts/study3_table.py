@@ -58,6 +58,11 @@ def total_bytes(s: dict) -> float:
     return s["bytes_up"] + s["bytes_down"]
 
 
+def mean_bytes(runs: dict[int, dict]) -> float:
+    """Bytes moved by all clients in a run, mean over its seeds."""
+    return float(np.mean([total_bytes(s) for s in runs.values()]))
+
+
 def main() -> None:
     found = {label: (runs_in(ROOT / folder), budget, bound) for label, folder, budget, bound in ROWS}
     missing = [label for label, (runs, _, _) in found.items() if not runs]
@@ -120,7 +125,7 @@ def cost_table(runs_of: dict[str, dict]) -> None:
           "clients, and the wall time of each seed's run (its range over seeds; it includes other work on the box, "
           "see the README):",
           ["run", "steps / client", "tokens / client", "bytes", "wall s"],
-          [[label, budget_cell(runs, 0), budget_cell(runs, 1), human_bytes(np.mean([total_bytes(s) for s in runs.values()])),
+          [[label, budget_cell(runs, 0), budget_cell(runs, 1), human_bytes(mean_bytes(runs)),
             wall_range(runs)] for label, runs in runs_of.items()])
 
 
@@ -190,10 +195,10 @@ def trend_text(found: dict, local: dict) -> None:
     for label, (runs, budget, _) in found.items():
         if budget:
             families.setdefault(label.split(",")[0], []).append(
-                (budget, float(np.mean([total_bytes(s) for s in runs.values()])), gain(runs, local, metric_of("bpb"))[0]))
+                (budget, mean_bytes(runs), gain(runs, local, metric_of("bpb"))[0]))
     lines = []
     target = gain(fedavg, local, metric_of("bpb"))[0] if fedavg else None
-    fedavg_bytes = float(np.mean([total_bytes(s) for s in fedavg.values()])) if fedavg else None
+    fedavg_bytes = mean_bytes(fedavg) if fedavg else None
     for family, points in families.items():
         fit = budget_trend([m for m, _, _ in points], [g for _, _, g in points])
         if fit is None:
@@ -204,8 +209,9 @@ def trend_text(found: dict, local: dict) -> None:
                 f"{len({m for m, _, _ in points})} budgets ({', '.join(str(m) for m, _, _ in sorted(points))} a round)")
         if target is not None:
             m = budget_to_reach(a, b, target)
-            text += (f"; its ceiling ({a:+.3f}) stays below FedAvg's gain ({target:+.3f}): on this trend no budget "
-                     "reaches FedAvg" if m is None else
+            text += (f"; on this trend no budget reaches FedAvg's gain ({target:+.3f}): "
+                     + (f"its ceiling ({a:+.3f}) is not above it" if a <= target else "it does not rise with the budget")
+                     if m is None else
                      f"; it would reach FedAvg's gain ({target:+.3f}) at about {m:,.0f} prompts a round, "
                      f"{human_bytes(m * per_prompt)} moved against FedAvg's {human_bytes(fedavg_bytes)}")
         lines.append(text + ".")
@@ -243,7 +249,7 @@ def figure(found: dict, local: dict, plus: dict) -> None:
                 continue
             mean, half = gain(runs, local, value)
             families.setdefault(label.split(",")[0], []).append(
-                (float(np.mean([total_bytes(s) for s in runs.values()])), mean, half, f"{budget}" if budget else ""))
+                (mean_bytes(runs), mean, half, f"{budget}" if budget else ""))
         for family, points in families.items():
             points.sort()
             xs, ys, err, names = zip(*points)
