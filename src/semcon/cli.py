@@ -19,7 +19,7 @@ from rich.logging import RichHandler
 from rich.markdown import Markdown
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="Federated fine-tuning of LLMs by semantic consensus: clients share answers, never weights.")
 # Piped output (CI logs, files) gets wide tables rather than rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -243,7 +243,7 @@ def compare(
     seeds: Annotated[int | None, typer.Option("--seeds", min=1, help="runs per method, seeds seed, seed+1, ... "
                                               "(default: the config's `seeds`)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, as for `semcon run`")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="directory for DIR/<method>/seed-<S>/ and report.md")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="directory for DIR/METHOD/seed-S/ and report.md")] = None,
     overwrite: Overwrite = False,
     resume_: Annotated[bool, typer.Option("--resume", help="continue an interrupted compare in --out: finished "
                                           "runs are kept, an interrupted one resumes, missing ones run")] = False,
@@ -291,7 +291,7 @@ def ablate(
     config: Annotated[Path, typer.Argument(help="YAML config of the setting")],
     grid: Annotated[list[str], typer.Option("--grid", help="KEY=V1,V2,... (repeatable: the cells are the "
                                             "cartesian product), e.g. --grid consensus.rule=medoid,gated")],
-    out: Annotated[Path, typer.Option("--out", help="DIR: DIR/<cell>/ per cell, DIR/ablation.md")],
+    out: Annotated[Path, typer.Option("--out", help="DIR: DIR/CELL/ per cell, DIR/ablation.md")],
     methods: Annotated[str, typer.Option("--methods", help="comma-separated, in every cell")] = "semantic_consensus,local",
     seeds: Annotated[int | None, typer.Option("--seeds", min=1, help="runs per method and cell (default: the "
                                               "config's `seeds`)")] = None,
@@ -492,7 +492,7 @@ def evaluate(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
-    out: Annotated[Path, typer.Option("--out", help="new directory: OUT/<client>/ for each client, or OUT itself "
+    out: Annotated[Path, typer.Option("--out", help="new directory: OUT/CLIENT/ for each client, or OUT itself "
                                       "with --client")],
     client: Annotated[str | None, typer.Option("--client", help="only this client's adapter")] = None,
     merge: Annotated[bool, typer.Option("--merge", help="the base model with the adapter merged in (loads with "
@@ -512,7 +512,7 @@ def export(
         console.print(f"{'merged model' if merge else 'adapter'}: [bold]{path}[/]")
 
 
-flower_app = typer.Typer(no_args_is_help=True, help="Run on Flower's deployment engine (SuperLink + SuperNodes).")
+flower_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Run on Flower's deployment engine (SuperLink + SuperNodes).")
 app.add_typer(flower_app, name="flower")
 
 
