@@ -512,7 +512,8 @@ def export(
         console.print(f"{'merged model' if merge else 'adapter'}: [bold]{path}[/]")
 
 
-flower_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Run on Flower's deployment engine (SuperLink + SuperNodes).")
+flower_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                         help="Run on Flower's deployment engine (SuperLink + SuperNodes).")
 app.add_typer(flower_app, name="flower")
 
 
