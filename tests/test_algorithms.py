@@ -7,8 +7,8 @@ import torch
 from conftest import built_once, rows, tiny_tree
 from safetensors.torch import save as save_tensors
 
-from semcon.config import METHODS, ConfigError, load_config
-from semcon.coordinator.algorithms import FedAvg, average_states, make_algorithm, method_problem
+from semcon.config import METHODS, ConfigError, load_config, method_problem
+from semcon.coordinator.algorithms import FedAvg, average_states, make_algorithm
 from semcon.protocol import AdapterUpdate
 from semcon.rounds.rundir import RunDir, RunState
 from semcon.transport import simulation

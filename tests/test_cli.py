@@ -22,6 +22,17 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2_from_the_real_command():
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_the_flower_launcher_loads_no_model_stack(tmp_path):
+    """`semcon flower local` reads and checks the config and claims --out without importing torch or
+    transformers (about 9 CPU-s a process): the coordinator's launcher only starts and watches processes."""
+    (tmp_path / "notes.txt").write_text("not a run")
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "semcon", "flower", "local", "configs/demo.yaml",
+                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "holds no semcon run" in proc.stderr, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "semcon.config" in imported and not imported & {"torch", "transformers", "peft"}
+
+
 @pytest.mark.parametrize("args, needle", [  # in process: the same handler, without an interpreter start each
     (["run", "configs/demo.yaml", "--set", "rounds=two"], "rounds: Input should be a valid integer"),
     (["run", "configs/nope.yaml"], "config file not found"),

@@ -91,7 +91,7 @@ def run(
     cfg = _load_run_config(config, with_log(set_, log))
     _quiet_libraries()
     from semcon.studies.report import print_summary
-    from semcon.transport.simulation import default_out
+    from semcon.rounds.rundir import default_out
 
     out = out or default_out(cfg)
     summary = _run_one(cfg, out, overwrite=overwrite)
@@ -132,8 +132,7 @@ def _outcome(out: Path, summary: dict) -> None:
 
 def _load_run_config(config: Path, set_: list[str] | None):
     """The config, checked that its method can run on its clients; else one line and exit code 2."""
-    from semcon.config import ConfigError, load_config
-    from semcon.coordinator.algorithms import method_problem
+    from semcon.config import ConfigError, load_config, method_problem
 
     try:
         cfg = load_config(config, set_ or [])
@@ -561,7 +560,7 @@ def flower_local(
     cfg = _flower_config(config, with_log(set_, log))
     from semcon.studies.report import print_summary
     from semcon.transport.flower.launch import run_local
-    from semcon.transport.simulation import default_out
+    from semcon.rounds.rundir import default_out
 
     out = out or default_out(cfg)
     _create_run_dir(out, cfg, overwrite)
@@ -587,7 +586,7 @@ def flower_run(
     _setup_logging(False)
     from semcon.studies.report import print_summary
     from semcon.transport.flower.launch import closed_settings, flwr_run, mark, write_connection
-    from semcon.transport.simulation import default_out
+    from semcon.rounds.rundir import default_out
 
     if certs is not None:
         _check_certs(certs, "ca.crt", "signer", "members.yaml")

@@ -655,6 +655,16 @@ class MemberConsensus:
     skip_own: bool
 
 
+def method_problem(cfg: RunConfig) -> str | None:
+    """Why this method cannot run on this federation, or None when it can: parameter averaging
+    (fedavg/fedprox) and centralized training (one model on the pooled data) need one base model."""
+    if cfg.method not in ("fedavg", "fedprox", "centralized") or len({c.model for c in cfg.clients}) == 1:
+        return None
+    models = ", ".join(f"{c.name}={c.model}" for c in cfg.clients)
+    why = "averages adapter weights" if cfg.method != "centralized" else "trains one model on the pooled data"
+    return f"{cfg.method} {why} and needs one base model for all clients; got {models}"
+
+
 def member_tree(tree: dict) -> dict:
     """A config tree as a member reads it: the coordinator's consensus settings (the rule, its settings, the
     defences) left out, so a member neither needs nor checks them (a user's rule imports on the coordinator only)."""

@@ -12,7 +12,7 @@ import math
 import torch
 from safetensors.torch import save as save_tensors
 
-from semcon.config import LOCAL_PLUS, ConfigError, RunConfig
+from semcon.config import LOCAL_PLUS, ConfigError, RunConfig, method_problem
 from semcon.coordinator.server import SemanticConsensus
 from semcon.data import Prompt
 from semcon.embed import Embedder
@@ -95,16 +95,6 @@ def average_states(states: list[dict[str, torch.Tensor]], weights: list[float]) 
     if not states or not math.isfinite(total) or total <= 0:
         raise ValueError("nothing to average")
     return {k: sum(s[k].float() * (w / total) for s, w in zip(states, weights)).contiguous() for k in states[0]}
-
-
-def method_problem(cfg: RunConfig) -> str | None:
-    """Why this method cannot run on this federation, or None when it can: parameter averaging
-    (fedavg/fedprox) and centralized training (one model on the pooled data) need one base model."""
-    if cfg.method not in ("fedavg", "fedprox", "centralized") or len({c.model for c in cfg.clients}) == 1:
-        return None
-    models = ", ".join(f"{c.name}={c.model}" for c in cfg.clients)
-    why = "averages adapter weights" if cfg.method != "centralized" else "trains one model on the pooled data"
-    return f"{cfg.method} {why} and needs one base model for all clients; got {models}"
 
 
 def make_algorithm(cfg: RunConfig, prompts: list[Prompt], embedder: Embedder | None = None,

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,11 @@ def kind_of(path: Path) -> str | None:
     if (path / "compare.json").is_file():
         return "compare"
     return None
+
+
+def default_out(cfg: RunConfig) -> Path:
+    """runs/NAME-TIME: where a run goes when no --out is given."""
+    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def claim(path: Path, overwrite: bool = False) -> Path:

@@ -11,8 +11,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from semcon.config import LOCAL_PLUS, METHODS, ConfigError, RunConfig, load_config
-from semcon.coordinator.algorithms import method_problem
+from semcon.config import LOCAL_PLUS, METHODS, ConfigError, RunConfig, load_config, method_problem
 from semcon.rounds.rundir import RunDir, RunDirError, finished_run, kind_of
 from semcon.studies.report import Runs, cell_title, write_report
 

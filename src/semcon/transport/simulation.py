@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from semcon.config import RunConfig, config_key
@@ -164,7 +163,3 @@ def _session(cfg: RunConfig, run_dir: RunDir, progress, resuming: bool = False,
     summary["energy_kwh"], summary["energy_method"] = meter.result.kwh, meter.result.method
     run_dir.summary(summary)
     return summary
-
-
-def default_out(cfg: RunConfig) -> Path:
-    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
