@@ -82,13 +82,21 @@ def main() -> None:
           "Bits per byte: lower is better; `plain`: without GSM8K's calculator annotations.")
     runs_of = {label: runs for label, (runs, _, _) in found.items()}
     quality_table(runs_of)
-    paired_table(runs_of, local, plus)
+    if local:
+        paired_table({label: runs for label, runs in runs_of.items() if label != "local"}, local, "local")
+    # What the labels do beyond their extra steps: the rules with local+'s step count (8 label steps a round).
+    same_steps = {label: runs for label, (runs, budget, _) in found.items() if budget == 64}
+    if plus:
+        paired_table(same_steps, plus, "local+", ", the rules with as many optimizer steps")
     cost_table(runs_of)
     if missing:
         print(f"\nNot run yet: {'; '.join(missing)}.")
     if local:
         per_client_table(runs_of, local)
         domain_table(runs_of, local)
+        if plus:
+            per_client_table(same_steps, plus, "local+")
+            domain_table(same_steps, plus, "local+")
         label_table({label: runs for label, (runs, budget, _) in found.items() if budget})
         figure(found, local, plus)
         print(f"\n![paired gain over local against bytes moved]({FIGURE.name})")
@@ -107,17 +115,13 @@ def quality_table(runs_of: dict[str, dict]) -> None:
             over_seeds(runs, mean_expert_share, 2)] for label, runs in runs_of.items()])
 
 
-def paired_table(runs_of: dict[str, dict], local: dict, plus: dict) -> None:
-    def versus(baseline: dict, label: str, metric: str) -> str:
-        if not baseline or label.startswith("local+") and baseline is plus:
-            return "–"
-        return difference_cell(paired_differences({"local": baseline, "x": runs_of[label]}, "x", metric))
-
-    table("**Paired with local and with local+** on the same seed (run − baseline; bits per byte: below 0 is better, "
-          "the task metrics: above 0 is better):",
-          ["run", "− local+ (bits/byte)", *(f"− local, {name}" for _, name in METRICS)],
-          [[label, versus(plus, label, "bpb"), *(versus(local, label, k) for k, _ in METRICS)]
-           for label in runs_of if label != "local"])
+def paired_table(runs_of: dict[str, dict], baseline: dict, name: str, why: str = "") -> None:
+    """(run − baseline) on the same seed for every metric, one row per run in ``runs_of``."""
+    table(f"**Paired with {name}** on the same seed (run − {name}{why}; bits per byte: below 0 is better, the task "
+          "metrics: above 0 is better):",
+          ["run", *(f"− {name}, {title}" for _, title in METRICS)],
+          [[label, *(difference_cell(paired_differences({"local": baseline, "x": runs}, "x", metric))
+                     for metric, _ in METRICS)] for label, runs in runs_of.items()])
 
 
 def cost_table(runs_of: dict[str, dict]) -> None:
@@ -129,7 +133,7 @@ def cost_table(runs_of: dict[str, dict]) -> None:
             wall_range(runs)] for label, runs in runs_of.items()])
 
 
-def per_client_table(runs_of: dict[str, dict], local: dict) -> None:
+def per_client_table(runs_of: dict[str, dict], local: dict, baseline: str = "local") -> None:
     seeds = sorted(local)
     rows = []
     for label, runs in runs_of.items():
@@ -138,13 +142,13 @@ def per_client_table(runs_of: dict[str, dict], local: dict) -> None:
         diffs = paired_differences({"local": local, "x": runs}, "x", "bpb")
         rows += [[label, c, *(f"{diffs[s][c]:+.3f}" if c in diffs.get(s, {}) else "–" for s in seeds)]
                  for c in dict.fromkeys(c for per in diffs.values() for c in per)]
-    table("Per client, (run − local) in bits per byte, seed by seed:",
+    table(f"Per client, (run − {baseline}) in bits per byte, seed by seed:",
           ["run", "client", *(f"seed {s}" for s in seeds)], rows)
 
 
-def domain_table(runs_of: dict[str, dict], local: dict) -> None:
+def domain_table(runs_of: dict[str, dict], local: dict, baseline: str = "local") -> None:
     domains = list((next(iter(local.values())).get("own_domain") or {}).items())
-    table("By evaluation domain, (run − local) in bits per byte, mean over seeds (± the 95% t half-width from "
+    table(f"By evaluation domain, (run − {baseline}) in bits per byte, mean over seeds (± the 95% t half-width from "
           f"{MIN_SEEDS} seeds on): the domain's expert (the client that holds it) and the mean of the other three "
           "clients (under a consensus rule they see that domain only through its labels):",
           ["run", *(f"{d}: expert / others" for _, d in domains)],
