@@ -61,9 +61,11 @@ for seed in 0 1 2; do
   one medoid "$seed" semantic_consensus consensus.rule=medoid || exit 1
   one fedavg "$seed" fedavg || exit 1
 done
-# 3. The budget: gated at 4x the prompts (fresh each round), the references-only bound across 9x, the expert bound.
+# 3. The budget: gated at 4x the prompts (fresh each round) and local+ with its steps (24 x 4 = gated's 32 x 3), the
+# references-only bound across 9x, the expert bound.
 for seed in 0 1 2; do
   one gated-256 "$seed" semantic_consensus public.num_prompts=256 public.per_round=fresh train.label_steps=32 || exit 1
+  one plus-256 "$seed" local+ train.label_steps=24 || exit 1
 done
 for seed in 0 1; do
   for n in 64 192 576; do

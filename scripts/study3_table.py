@@ -23,10 +23,12 @@ from semcon.studies.stats import MIN_SEEDS, budget_to_reach, budget_trend, t_int
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/study3")
 FIGURE = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "budget_curve.png"
 # label, folder of seed-N runs, public prompts answered a round (None: none), whether it is a bound. local+ has the
-# gated runs' total steps (6 extra a round over rounds 0-3 = 8 label steps x rounds 1-3, `--set train.label_steps=6`).
+# gated runs' total steps (6 extra a round over rounds 0-3 = 8 label steps x rounds 1-3, `--set train.label_steps=6`);
+# local+ (256) those of the runs at 256 a round (24 x 4 = 32 label steps x 3, `--set train.label_steps=24`).
 ROWS = [
     ("local", "gain/local", None, False),
     ("local+ (as many extra private steps)", "gain-plus/local+", None, False),
+    ("local+ (256): as many as at 256 a round", "plus-256/local+", None, False),
     ("gated on knn, 64 a round", "gain/semantic_consensus", 64, False),
     ("medoid, 64 a round", "medoid/semantic_consensus", 64, False),
     ("gated on knn, 256 a round (fresh)", "gated-256/semantic_consensus", 256, False),
@@ -36,6 +38,9 @@ ROWS = [
     ("oracle_reference, 576 a round (a bound)", "reference-576/semantic_consensus", 576, True),
     ("FedAvg", "fedavg/fedavg", None, False),
 ]
+# The control with as many optimizer steps as the runs at a budget (label steps: one pass over a round's labels):
+# its short name and its row.
+CONTROLS = {64: ("local+", ROWS[1][0]), 256: ("local+ (256)", ROWS[2][0])}
 METRICS = (("bpb", "bits/byte ↓"), ("bpb_plain", "plain ↓"), ("rouge_l", "ROUGE-L ↑"), ("exact_match", "GSM8K EM ↑"),
            ("accuracy", "MMLU acc ↑"))
 
@@ -71,7 +76,9 @@ def main() -> None:
         print(f"No run of the study has finished yet (in `{ROOT}`): {'; '.join(missing)}.")
         return
     local = found.get("local", ({}, None, False))[0]
-    plus = found.get("local+ (as many extra private steps)", ({}, None, False))[0]
+    # Each control with the runs that have its step count: what the labels do beyond their extra steps.
+    controls = [(name, found[row][0], {label: runs for label, (runs, budget, _) in found.items() if budget == b})
+                for b, (name, row) in CONTROLS.items() if row in found]
     commits = sorted({s.get("provenance", {}).get("commit", "?")[:7] for runs, _, _ in found.values() for s in runs.values()})
     print(f"Tabulated by `python scripts/study3_table.py` with {describe(provenance())}, from the runs' summary.json "
           f"files (they ran at commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)}).\n")
@@ -84,21 +91,21 @@ def main() -> None:
     quality_table(runs_of)
     if local:
         paired_table({label: runs for label, runs in runs_of.items() if label != "local"}, local, "local")
-    # What the labels do beyond their extra steps: the rules with local+'s step count (8 label steps a round).
-    same_steps = {label: runs for label, (runs, budget, _) in found.items() if budget == 64}
-    if plus:
-        paired_table(same_steps, plus, "local+", ", the rules with as many optimizer steps")
+    for name, control, same_steps in controls:
+        if same_steps:
+            paired_table(same_steps, control, name, ", the rules with as many optimizer steps")
     cost_table(runs_of)
     if missing:
         print(f"\nNot run yet: {'; '.join(missing)}.")
     if local:
         per_client_table(runs_of, local)
         domain_table(runs_of, local)
-        if plus:
-            per_client_table(same_steps, plus, "local+")
-            domain_table(same_steps, plus, "local+")
+        for name, control, same_steps in controls:
+            if same_steps:
+                per_client_table(same_steps, control, name)
+                domain_table(same_steps, control, name)
         label_table({label: runs for label, (runs, budget, _) in found.items() if budget})
-        figure(found, local, plus)
+        figure(found, local, {name: control for name, control, _ in controls})
         print(f"\n![paired gain over local against bytes moved]({FIGURE.name})")
         trend_text(found, local)
 
@@ -237,9 +244,9 @@ PANELS = (("all four domains", metric_of("bpb")), ("own domain", lambda s: own_o
           ("the other three domains", lambda s: own_other(s, "bpb")[1]))
 
 
-def figure(found: dict, local: dict, plus: dict) -> None:
+def figure(found: dict, local: dict, controls: dict[str, dict]) -> None:
     """Paired gain over local against bytes moved (log scale), on all domains and split into each client's own
-    domain and the others: a line per rule across budgets, FedAvg a point, local+ a band (it moves no bytes)."""
+    domain and the others: a line per rule across budgets, FedAvg a point, each local+ a band (it moves no bytes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -262,10 +269,10 @@ def figure(found: dict, local: dict, plus: dict) -> None:
             for x, y, name in zip(xs, ys, names):
                 if name:
                     ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
-        if plus:
-            mean, half = gain(plus, local, value)
+        for (name, control), colour in zip(controls.items(), ("grey", "tan")):
+            mean, half = gain(control, local, value)
             lo, hi = (mean - half, mean + half) if half else (mean - 1e-4, mean + 1e-4)
-            ax.axhspan(lo, hi, color="grey", alpha=0.3, label="local+ (no bytes)")
+            ax.axhspan(lo, hi, color=colour, alpha=0.3, label=f"{name} (no bytes)")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xscale("log")
         ax.set(xlabel="bytes moved in a run (up + down, all clients; log)", title=title)
