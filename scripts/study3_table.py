@@ -140,26 +140,26 @@ def cost_table(runs_of: dict[str, dict]) -> None:
             wall_range(runs)] for label, runs in runs_of.items()])
 
 
-def per_client_table(runs_of: dict[str, dict], local: dict, baseline: str = "local") -> None:
-    seeds = sorted(local)
+def per_client_table(runs_of: dict[str, dict], base: dict, name: str = "local") -> None:
+    seeds = sorted(base)
     rows = []
     for label, runs in runs_of.items():
         if label == "local":
             continue
-        diffs = paired_differences({"local": local, "x": runs}, "x", "bpb")
+        diffs = paired_differences({"local": base, "x": runs}, "x", "bpb")
         rows += [[label, c, *(f"{diffs[s][c]:+.3f}" if c in diffs.get(s, {}) else "–" for s in seeds)]
                  for c in dict.fromkeys(c for per in diffs.values() for c in per)]
-    table(f"Per client, (run − {baseline}) in bits per byte, seed by seed:",
+    table(f"Per client, (run − {name}) in bits per byte, seed by seed:",
           ["run", "client", *(f"seed {s}" for s in seeds)], rows)
 
 
-def domain_table(runs_of: dict[str, dict], local: dict, baseline: str = "local") -> None:
-    domains = list((next(iter(local.values())).get("own_domain") or {}).items())
-    table(f"By evaluation domain, (run − {baseline}) in bits per byte, mean over seeds (± the 95% t half-width from "
+def domain_table(runs_of: dict[str, dict], base: dict, name: str = "local") -> None:
+    domains = list((next(iter(base.values())).get("own_domain") or {}).items())
+    table(f"By evaluation domain, (run − {name}) in bits per byte, mean over seeds (± the 95% t half-width from "
           f"{MIN_SEEDS} seeds on): the domain's expert (the client that holds it) and the mean of the other three "
           "clients (under a consensus rule they see that domain only through its labels):",
           ["run", *(f"{d}: expert / others" for _, d in domains)],
-          [[label, *(domain_cell(runs, local, client, domain) for client, domain in domains)]
+          [[label, *(domain_cell(runs, base, client, domain) for client, domain in domains)]
            for label, runs in runs_of.items() if label != "local"])
 
 
